@@ -1,0 +1,89 @@
+# runbooks.incident — developer entry points. Run as root on Debian 12 / Ubuntu (the sandbox installs packages
+# and starts dockerd). The two commands a newcomer needs:
+#   make demo   build the sandbox, run a real incident playbook against it, print what happened
+#   make test   the whole suite, exactly what CI runs (.ci/run)
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export RUNBOOKS_SANDBOX_DIR := $(CURDIR)/.sandbox
+export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export ANSIBLE_FORCE_COLOR ?= 0
+SANDBOX := $(BIN)/python tests/sandbox/sandbox.py
+COLLECTION_LINK := .build/collections/ansible_collections/runbooks/incident
+# Molecule scenarios, in the order `make test` runs them.
+SCENARIOS ?= whatsapp_mcp
+DEMO_INCIDENT ?= DEMO-$(shell date -u +%Y%m%dT%H%M%S)
+
+.PHONY: help
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
+
+$(BIN)/.installed: requirements.txt constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	touch $@
+
+.PHONY: venv
+venv: $(BIN)/.installed ## the pinned Python toolchain in .venv
+
+.PHONY: collection
+collection: ## link this checkout as runbooks.incident for ansible (.build/collections)
+	mkdir -p $(dir $(COLLECTION_LINK))
+	ln -sfn $(CURDIR) $(COLLECTION_LINK)
+
+.PHONY: deps
+deps: venv ## host packages (docker.io, postgresql, certbot, pebble, age, ...) and a running dockerd
+	$(SANDBOX) deps
+
+.PHONY: sandbox
+sandbox: deps collection ## build the sandbox images (cached)
+	$(SANDBOX) build
+
+.PHONY: demo
+demo: sandbox ## sandbox up, re-bootstrap the app host with the incident playbook, seed data, print the result
+	$(SANDBOX) up
+	ansible-playbook -i inventories/sandbox playbooks/rebootstrap.yml -e incident_id=$(DEMO_INCIDENT)
+	ansible-playbook -i inventories/sandbox tests/sandbox/seed.yml
+	ansible-playbook -i inventories/sandbox tests/sandbox/report.yml -e incident_id=$(DEMO_INCIDENT)
+
+.PHONY: demo-down
+demo-down: venv ## remove the sandbox hosts
+	$(SANDBOX) down
+
+.PHONY: lint
+lint: venv collection ## ansible-lint (production profile) and yamllint
+	ansible-lint --profile production
+
+.PHONY: sanity
+sanity: venv ## ansible-test sanity on a copy of the collection in an ansible_collections tree
+	tests/ansible_test.sh sanity
+
+.PHONY: unit
+unit: venv collection ## pytest: module logic and modules against real PostgreSQL, sops+age, files (no Docker)
+	pytest -q tests/unit
+
+.PHONY: molecule
+molecule: sandbox ## molecule scenarios on sandbox host containers
+	for scenario in $(SCENARIOS); do molecule test -s $$scenario; done
+
+.PHONY: test-fast
+test-fast: lint unit ## the quick subset for development: lint and pytest (about two minutes)
+
+.PHONY: test
+test: deps lint sanity unit molecule ## the whole suite (what CI runs)
+
+.PHONY: build
+build: venv ## the collection tarball (ansible-galaxy collection build)
+	mkdir -p .build/dist
+	ansible-galaxy collection build --force --output-path .build/dist .
+
+.PHONY: clean
+clean: ## remove sandbox hosts and generated files (keeps .venv and cached images)
+	-$(SANDBOX) down
+	rm -rf .build tests/output
