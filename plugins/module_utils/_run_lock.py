@@ -2,14 +2,18 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Per-host run lock of incident playbooks. PRIVATE to the collection: no compatibility promise.
 
-The lock is a JSON file created with O_EXCL, so of two runs racing for it exactly one wins. It names its holder
-(run id, incident id, playbook, start time) so a refused run can say who holds it. A lock older than `stale_after`
-seconds is treated as abandoned (the run that took it died without its `always:` step) and taken over.
+The lock outlives the module process (it is held from a playbook's first task to its `always:`), so it is a JSON
+file naming its holder (run id, incident, playbook, start time) rather than a kernel lock. Every read-decide-write
+on it happens under flock(2) on a sibling guard file, so of two runs racing, even to take over an abandoned lock,
+exactly one wins. A lock older than `stale_after` seconds belongs to a run that died before its `always:` step.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import tempfile
 import time
 
 
@@ -30,30 +34,26 @@ def read_holder(path):
         return {"run_id": None, "started_epoch": 0}
 
 
-def _create(path, holder):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+@contextlib.contextmanager
+def _guarded(path):
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd = os.open(path + ".guard", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _write(path, holder):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".run-lock.")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(holder, handle, sort_keys=True)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _displace(path, expected):
-    """Move an abandoned lock aside; put it back if it turned out to be a newer holder's (a racing takeover)."""
-    aside = "%s.displaced.%d" % (path, os.getpid())
-    try:
-        os.rename(path, aside)
-    except FileNotFoundError:
-        return False
-    if read_holder(aside) != expected:
-        try:
-            os.link(aside, path)
-        except FileExistsError:
-            pass
-        os.unlink(aside)
-        return False
-    os.unlink(aside)
-    return True
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
 
 
 def acquire(path, holder, stale_after, break_lock=False, now=None):
@@ -63,37 +63,26 @@ def acquire(path, holder, stale_after, break_lock=False, now=None):
     broken holder that was replaced, else None. Raises LockHeld when another live run holds it.
     """
     now = time.time() if now is None else now
-    holder = dict(holder, started_epoch=now)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    for _attempt in range(3):
-        try:
-            _create(path, holder)
-            return True, None
-        except FileExistsError:
-            current = read_holder(path)
-        if current is None:
-            continue
-        if current.get("run_id") == holder["run_id"]:
+    holder = dict(holder, started_epoch=now, started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)))
+    with _guarded(path):
+        current = read_holder(path)
+        if current is not None and current.get("run_id") == holder["run_id"]:
             return False, None
-        age = now - float(current.get("started_epoch") or 0)
-        if not (break_lock or age > stale_after):
-            raise LockHeld(current)
-        if not _displace(path, current):
-            continue
-        try:
-            _create(path, holder)
-            return True, current
-        except FileExistsError:
-            continue
-    raise LockHeld(read_holder(path) or {})
+        if current is not None:
+            age = now - float(current.get("started_epoch") or 0)
+            if not (break_lock or age > stale_after):
+                raise LockHeld(current)
+        _write(path, holder)
+        return True, current
 
 
 def release(path, run_id):
     """Remove the lock if this run holds it. Returns 'released', 'absent' or the foreign holder dict."""
-    current = read_holder(path)
-    if current is None:
-        return "absent"
-    if current.get("run_id") != run_id:
-        return current
-    os.unlink(path)
-    return "released"
+    with _guarded(path):
+        current = read_holder(path)
+        if current is None:
+            return "absent"
+        if current.get("run_id") != run_id:
+            return current
+        os.unlink(path)
+        return "released"

@@ -11,18 +11,20 @@ description:
   - Every playbook of this collection takes this lock on each host before acting and releases it in C(always:).
     A second run against the same host, even for the same incident, refuses with a message naming the holder
     (incident, playbook, run id, start time), so two on-call engineers or a retried AWX job cannot interleave.
-  - The lock is a file created atomically (C(O_EXCL)) under C(/run/lock), so it disappears at reboot. A lock
-    older than I(stale_after) seconds belongs to a run that died without releasing it and is taken over with a
-    warning; I(break_lock=true) takes over at once.
+  - The lock is a file under C(/run/lock) naming its holder, written atomically under C(flock) so two racing runs
+    never both win, and gone at reboot. A lock older than I(stale_after) seconds belongs to a run that died
+    without releasing it and is taken over with a warning; I(break_lock=true) takes over at once.
   - Acquiring or releasing never reports C(changed) and also happens in check mode, because the lock guards
     the dry run's reads too; it is not a change of the managed system.
 extends_documentation_fragment:
   - runbooks.incident.incident
 attributes:
   check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: The lock is taken and released in check mode too (it changes nothing the runbook manages).
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   path:
@@ -51,7 +53,7 @@ options:
     type: bool
     default: false
 author:
-  - runbooks.incident contributors
+  - runbooks.incident contributors (@runbooks)
 """
 
 EXAMPLES = r"""
@@ -73,7 +75,8 @@ holder:
   description: The lock's holder after the call (absent after a release).
   returned: when I(state=present)
   type: dict
-  sample: {run_id: 20261122T0300Z-k3j2, incident_id: INC-2026-0042, playbook: restore_database, started_epoch: 1795000000.0}
+  sample: {run_id: 20261122T030000Z-k3j2x9aa, incident_id: INC-2026-0042, playbook: restore_database, host: wa-prod-1,
+           started: '2026-11-22T03:00:00Z', started_epoch: 1795316400.0}
 displaced:
   description: The abandoned or broken holder this run took the lock over from.
   returned: when a lock was taken over
@@ -95,9 +98,9 @@ INCIDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
 def describe(holder):
-    return "incident %s, playbook %s, run %s, since %s (epoch)" % (
+    return "incident %s, playbook %s, run %s, started %s on %s" % (
         holder.get("incident_id", "?"), holder.get("playbook") or "?", holder.get("run_id", "?"),
-        holder.get("started_epoch", "?"))
+        holder.get("started", "?"), holder.get("host", "?"))
 
 
 def main():

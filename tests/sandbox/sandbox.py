@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: contributors to runbooks.incident
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Build and run the runbooks.incident sandbox: real hosts as containers, built without any registry.
@@ -55,7 +54,7 @@ CONTAINER_PREFIX = "runbooks-sandbox-"
 
 APT_PACKAGES = [
     "docker.io", "debootstrap", "postgresql", "nginx", "certbot", "pebble", "age", "rclone", "pigz", "rsync",
-    "openssh-client", "git", "bind9-dnsutils", "util-linux",
+    "openssh-client", "git", "bind9-dnsutils", "util-linux", "shellcheck",
 ]
 # Phone number id of the sandbox's WhatsApp Business number (Graph API stand-in).
 SANDBOX_PHONE_ID = "109876543210987"

@@ -182,7 +182,7 @@ def app(request, pg_server, tmp_path, graph_stub, free_port) -> App:
 def test_migrate_is_idempotent_and_concurrency_safe(pg_server, tmp_path, graph_stub, free_port):
     instance = App(tmp_path, pg_server, pg_server.create_database("wa_migrate"), graph_stub, free_port)
     command = [sys.executable, "-m", "wa_mcp", "migrate"]
-    runs = [subprocess.Popen(command, env=instance.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    runs = [subprocess.Popen(command, env=instance.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _run in range(3)]
     outputs = sorted(proc.communicate(timeout=60)[0].strip() for proc in runs)
     assert [proc.returncode for proc in runs] == [0, 0, 0]
     assert outputs == ["applied 1 migration(s): 0001_init", "schema up to date", "schema up to date"]
@@ -259,7 +259,7 @@ def test_auth_and_pepper_rotation(app):
         assert http("GET", f"{url}/v1/whoami", token=doomed).status == 200
         app.cli("keys", "revoke", "--prefix", prefix[doomed])
         assert http("GET", f"{url}/v1/whoami", token=doomed).status == 401
-    reasons = [(details["reason"], details.get("key_prefix")) for _, _, details in app.audit("auth_failure")]
+    reasons = [(details["reason"], details.get("key_prefix")) for _actor, _outcome, details in app.audit("auth_failure")]
     assert reasons == [("hash_mismatch", prefix[active]), ("malformed_token", None), ("missing_bearer_token", None), ("revoked", prefix[doomed])]
 
     # Rotation: the old pepper becomes "previous" with a grace period.
@@ -273,7 +273,7 @@ def test_auth_and_pepper_rotation(app):
         assert health["pepper_fingerprint"] == fp2
         assert health["previous_pepper"]["fingerprint"] == fp1 and health["previous_pepper"]["accepted"] is True
         assert health["checks"]["previous_pepper"] == "accepted"
-        for _ in range(2):
+        for _attempt in range(2):
             assert http("GET", f"{url}/v1/whoami", token=active).status == 200
     assert app.query("SELECT pepper_fingerprint FROM api_keys WHERE key_prefix = %s", (prefix[active],)) == [(fp2,)]
     assert app.query("SELECT pepper_fingerprint FROM api_keys WHERE key_prefix = %s", (prefix[idle],)) == [(fp1,)]
@@ -324,14 +324,14 @@ def test_send_through_graph(app, graph_stub, free_port):
         assert unreachable.status == 502 and unreachable.json()["detail"].startswith("connection error")
 
     rows = app.query("SELECT id, status, wamid FROM messages ORDER BY id")
-    assert [(status, wamid is not None) for _, status, wamid in rows] == [("sent", True), ("failed", False), ("failed", False), ("failed", False)]
+    assert [(status, wamid is not None) for _id, status, wamid in rows] == [("sent", True), ("failed", False), ("failed", False), ("failed", False)]
     assert rows[0][2] == ok.json()["wamid"]
     attempts = app.audit("send_attempt")
-    assert [(actor, outcome) for actor, outcome, _ in attempts] == [(f"client:{client_id}", "success")] + [(f"client:{client_id}", "failure")] * 3
+    assert [(actor, outcome) for actor, outcome, _details in attempts] == [(f"client:{client_id}", "success")] + [(f"client:{client_id}", "failure")] * 3
     assert attempts[0][2] == {"phone_id": PHONE_ID, "message_id": rows[0][0], "http_status": 200}
     assert attempts[1][2]["http_status"] == 401 and "Error validating access token" in attempts[1][2]["error"]
     assert attempts[2][2] == {"phone_id": "999", "message_id": rows[2][0], "http_status": None, "error": "no access token for phone_id"}
-    assert_no_secrets(json.dumps([details for _, _, details in attempts]), app.secret_values)
+    assert_no_secrets(json.dumps([details for _actor, _outcome, details in attempts]), app.secret_values)
 
 
 def test_media_round_trip(app):

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 # Copyright: contributors to runbooks.incident
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Decrypt the service's sops file and write each top-level key to <dest>/<key> (mode 0400, owner:group).

@@ -126,7 +126,7 @@ class Handler(BaseHTTPRequestHandler):
         self.log_message('"%s %s" %s', self.command, urlsplit(self.path).path, code)
 
     def _send_message(self, phone_id: str, body: Any) -> None:
-        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
+        scheme, _sep, token = self.headers.get("Authorization", "").partition(" ")
         # Like the real API, the token is checked before the payload.
         if scheme.lower() != "bearer" or not self.server.tokens.valid(phone_id, token.strip()):
             self._send_json(401, INVALID_TOKEN)
@@ -165,7 +165,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    host, _, port = os.environ.get("GRAPH_LISTEN", "0.0.0.0:8081").rpartition(":")
+    host, _sep, port = os.environ.get("GRAPH_LISTEN", "0.0.0.0:8081").rpartition(":")
     tokens = TokenStore(Path(os.environ.get("GRAPH_TOKENS_FILE", "/var/lib/graph/tokens.json")))
     server = GraphStub((host or "0.0.0.0", int(port)), tokens)
     print(f"graph-stub listening on {host or '0.0.0.0'}:{port}, tokens from {tokens.path}", file=sys.stderr, flush=True)

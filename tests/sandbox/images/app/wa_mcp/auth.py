@@ -87,7 +87,7 @@ def authenticate(conn, creds: Credentials, authorization: str | None, now: datet
 
 
 def _verify(cur, creds: Credentials, authorization: str | None, now: datetime) -> Principal:
-    scheme, _, token = (authorization or "").partition(" ")
+    scheme, _sep, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError("missing_bearer_token")
     token = token.strip()

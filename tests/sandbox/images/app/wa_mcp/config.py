@@ -26,7 +26,8 @@ class Config:
     listen: str
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> Config:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        env = os.environ if env is None else env
         return cls(
             db_host=env.get("WA_DB_HOST", "postgres"),
             db_port=int(env.get("WA_DB_PORT", "5432")),
@@ -44,5 +45,5 @@ class Config:
 
     @property
     def listen_address(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
+        host, _sep, port = self.listen.rpartition(":")
         return host or "0.0.0.0", int(port)

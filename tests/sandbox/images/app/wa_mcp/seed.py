@@ -93,7 +93,7 @@ def seed(conn, config: Config, pepper: bytes, spec: SeedSpec, force: bool = Fals
 def _insert_media(cur, media_dir: Path, client_ids: list[int], spec: SeedSpec, written: list[Path]) -> None:
     """Write random blobs for random clients, recording each path in ``written`` as soon as it exists."""
     rows = []
-    for _ in range(spec.media_files):
+    for _index in range(spec.media_files):
         client_id = random.choice(client_ids)
         storage_path, sha256, size = store_media(media_dir, client_id, _random_chunks(spec.media_size))
         written.append(media_dir / storage_path)
@@ -128,7 +128,7 @@ def _insert_keys(cur, owners: list[int], pepper: bytes) -> list[str]:
             fetch=True,
         )
         done = {row[0] for row in inserted}
-        tokens += [token for prefix, (_, token) in batch.items() if prefix in done]
+        tokens += [token for prefix, (_client, token) in batch.items() if prefix in done]
         # Prefixes already used by existing keys are simply drawn again.
-        owners = [client_id for prefix, (client_id, _) in batch.items() if prefix not in done]
+        owners = [client_id for prefix, (client_id, _token) in batch.items() if prefix not in done]
     return tokens

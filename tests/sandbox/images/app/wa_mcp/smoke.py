@@ -42,9 +42,9 @@ def _http(method: str, url: str, payload: Any = None, token: str | None = None) 
 def smoke(config: Config, base_url: str, send_phone_id: str | None, send_to: str) -> bool:
     report = Report()
     base_url = base_url.rstrip("/")
-    status, _, detail = _http("GET", f"{base_url}/health")
+    status, _body, detail = _http("GET", f"{base_url}/health")
     report.check("GET /health returns 200", status == 200, detail)
-    status, _, detail = _http("GET", f"{base_url}/v1/whoami", token=BOGUS_TOKEN)
+    status, _body, detail = _http("GET", f"{base_url}/v1/whoami", token=BOGUS_TOKEN)
     report.check("bogus API key rejected with 401", status == 401, detail)
     try:
         conn = db.connect(config)

@@ -1,0 +1,204 @@
+# Copyright: contributors to runbooks.incident
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Shared fixtures: a real PostgreSQL cluster, and two ways to run the collection's modules.
+
+`run_module` runs a module in-process (fast, for the many cases of a primitive); `ansible_play` runs tasks
+through ansible-playbook on localhost, as a user would (action plugins, no_log, check and diff mode for real).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+COLLECTIONS = REPO_ROOT / ".build" / "collections"
+
+
+def _link_collection() -> None:
+    """Make this checkout importable as ansible_collections.runbooks.incident (same link as `make collection`)."""
+    link = COLLECTIONS / "ansible_collections" / "runbooks" / "incident"
+    if not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(REPO_ROOT)
+    if str(COLLECTIONS) not in sys.path:
+        sys.path.insert(0, str(COLLECTIONS))
+
+
+_link_collection()
+
+PG_BINDIR = Path(os.environ.get("PG_BINDIR", "/usr/lib/postgresql/15/bin"))
+
+
+def _free_port() -> int:
+    """A TCP port that is free right now on 127.0.0.1 (another process could still take it before use)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """Call the returned function for each free TCP port needed on 127.0.0.1."""
+    return _free_port
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster with trust authentication for the ``postgres`` role."""
+
+    user = "postgres"
+
+    def __init__(self, host: str, port: int):
+        self.host = host  # Unix socket directory; the server also listens on 127.0.0.1:port.
+        self.port = port
+
+    @property
+    def env(self) -> dict[str, str]:
+        """libpq environment variables (PGHOST/PGPORT/PGUSER) for subprocesses such as psql."""
+        return {"PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.user}
+
+    def connect(self, dbname: str = "postgres", **kwargs):
+        # Imported lazily so that collecting tests which never use PostgreSQL does not require psycopg2.
+        import psycopg2  # pylint: disable=import-outside-toplevel
+
+        return psycopg2.connect(host=self.host, port=self.port, user=self.user, dbname=dbname, **kwargs)
+
+    def create_database(self, name: str) -> str:
+        from psycopg2 import sql  # pylint: disable=import-outside-toplevel
+
+        conn = self.connect()
+        try:
+            conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        finally:
+            conn.close()
+        return name
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    pytest.importorskip("psycopg2", reason="psycopg2 is needed to talk to the test PostgreSQL server")
+    if not (PG_BINDIR / "initdb").is_file() or not (PG_BINDIR / "pg_ctl").is_file():
+        pytest.skip(f"PostgreSQL server binaries not found in {PG_BINDIR} (set PG_BINDIR)")
+    run_as: list[str] = []
+    owner = None
+    if os.geteuid() == 0:
+        # initdb refuses to run as root, so the cluster belongs to the postgres OS user.
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root but there is no 'postgres' OS user to own the test cluster")
+        run_as = ["runuser", "-u", "postgres", "--"]
+    base = Path(tempfile.mkdtemp(prefix="pg-test-"))
+    if owner is not None:
+        os.chown(base, owner.pw_uid, owner.pw_gid)
+    data, sockets, port = base / "data", base / "sockets", _free_port()
+    sockets.mkdir()
+    if owner is not None:
+        os.chown(sockets, owner.pw_uid, owner.pw_gid)
+
+    def pg(*args: str) -> None:
+        subprocess.run([*run_as, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=base)
+
+    try:
+        pg(str(PG_BINDIR / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync")
+        # Durability is pointless for a throwaway cluster; turning it off keeps the tests fast.
+        options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        pg(str(PG_BINDIR / "pg_ctl"), "-D", str(data), "-l", str(base / "postgres.log"), "-o", options, "-w", "-t", "30", "start")
+    except subprocess.CalledProcessError as exc:
+        log = base / "postgres.log"
+        details = exc.stderr.decode(errors="replace") + (log.read_text(errors="replace") if log.exists() else "")
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.fail(f"could not start PostgreSQL: {details}")
+    try:
+        yield PostgresServer(str(sockets), port)
+    finally:
+        subprocess.run([*run_as, str(PG_BINDIR / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], check=False, capture_output=True, cwd=base)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def run_module(name: str, params: dict, *, check_mode: bool = False, diff: bool = False, tmpdir: str | None = None) -> dict:
+    """Run runbooks.incident.<name> in this process with `params`; returns the module's JSON result."""
+    from ansible.module_utils.testing import patch_module_args  # pylint: disable=import-outside-toplevel
+
+    module = importlib.import_module(f"ansible_collections.runbooks.incident.plugins.modules.{name}")
+    args = dict(params, _ansible_check_mode=check_mode, _ansible_diff=diff,
+                _ansible_remote_tmp=tmpdir or tempfile.gettempdir(), _ansible_keep_remote_files=False)
+    out = io.StringIO()
+    with patch_module_args(args), contextlib.redirect_stdout(out):
+        try:
+            module.main()
+        except SystemExit:
+            pass
+    result = json.loads(out.getvalue())
+    # ansible-core 2.19 wraps warnings in structured events; tests compare their text.
+    result["warnings"] = [w["event"]["msg"] if isinstance(w, dict) else w for w in result.get("warnings", [])]
+    return result
+
+
+@pytest.fixture(name="run_module")
+def run_module_fixture(tmp_path: Path) -> Callable[..., dict]:
+    def runner(name: str, params: dict, **kwargs) -> dict:
+        kwargs.setdefault("tmpdir", str(tmp_path))
+        return run_module(name, params, **kwargs)
+    return runner
+
+
+class PlayResult:
+    """Outcome of ansible-playbook with the json callback: per-task results of localhost, stdout and rc."""
+
+    def __init__(self, rc: int, stdout: str, stderr: str):
+        self.rc, self.stdout, self.stderr = rc, stdout, stderr
+        self.data = json.loads(stdout[stdout.index("{"):]) if "{" in stdout else {}
+
+    def tasks(self) -> dict[str, dict]:
+        """Results by task name (the last play's tasks; a looped task gives its aggregate result)."""
+        results = {}
+        for play in self.data.get("plays", []):
+            for task in play["tasks"]:
+                results[task["task"]["name"]] = task["hosts"].get("localhost", {})
+        return results
+
+    def __getitem__(self, task_name: str) -> dict:
+        return self.tasks()[task_name]
+
+
+@pytest.fixture
+def ansible_play(tmp_path: Path) -> Callable[..., PlayResult]:
+    """Run a list of tasks on localhost through ansible-playbook; check/diff/extra vars like on the CLI."""
+
+    def play(tasks: list, *, check: bool = False, diff: bool = False, extra_vars: dict | None = None,
+             verbosity: int = 0, env: dict | None = None) -> PlayResult:
+        playbook = tmp_path / "play.yml"
+        playbook.write_text(json.dumps([{"name": "test", "hosts": "localhost", "gather_facts": False,
+                                         "tasks": tasks}]))
+        command = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(playbook)]
+        if check:
+            command.append("--check")
+        if diff:
+            command.append("--diff")
+        if extra_vars:
+            command += ["-e", json.dumps(extra_vars)]
+        if verbosity:
+            command.append("-" + "v" * verbosity)
+        run_env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
+                       ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"), ANSIBLE_LOCALHOST_WARNING="false",
+                       ANSIBLE_PYTHON_INTERPRETER=sys.executable, **(env or {}))
+        res = subprocess.run(command, capture_output=True, text=True, env=run_env, cwd=tmp_path, check=False)
+        return PlayResult(res.returncode, res.stdout, res.stderr)
+
+    return play
