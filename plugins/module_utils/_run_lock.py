@@ -13,8 +13,12 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import tempfile
 import time
+
+# What an incident/change id may look like (it is recorded in lock files, journal markers and database comments).
+INCIDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
 class LockHeld(Exception):

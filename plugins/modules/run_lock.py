@@ -87,14 +87,11 @@ released:
   type: bool
 """
 
-import re
 import socket
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _run_lock
-
-INCIDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
 def describe(holder):
@@ -117,7 +114,7 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    if not INCIDENT_ID.match(params["incident_id"]):
+    if not _run_lock.INCIDENT_ID.match(params["incident_id"]):
         module.fail_json(msg="incident_id %r is not valid: use letters, digits and ._:- (at most 64 characters)"
                          % params["incident_id"])
 

@@ -1,0 +1,23 @@
+# Copyright: contributors to runbooks.incident
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Argument specs shared by the collection's modules (documented in the matching doc fragments).
+PRIVATE to the collection: no compatibility promise."""
+from __future__ import annotations
+
+
+def postgres_argument_spec():
+    """Options of doc fragment runbooks.incident.postgres."""
+    return dict(
+        login_user=dict(type="str", default="wa"),
+        login_password=dict(type="str", no_log=True),
+        login_host=dict(type="str"),
+        login_port=dict(type="int", default=5432),
+        login_unix_socket=dict(type="str"),
+        compose_project_dir=dict(type="path"),
+        compose_service=dict(type="str", default="postgres"),
+        maintenance_db=dict(type="str", default="postgres"),
+        pg_bin_dir=dict(type="path"),
+    )
+
+
+POSTGRES_MUTUALLY_EXCLUSIVE = [("compose_project_dir", "login_host"), ("compose_project_dir", "login_unix_socket")]

@@ -1,0 +1,464 @@
+# Copyright: contributors to runbooks.incident
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Restore a dump without ever destroying the live database first. PRIVATE to the collection.
+
+swap strategy (default):
+  stage    create <db>_restore_staging, load the dump into it while the service keeps running (one streaming pass
+           that also proves the file whole and counts its rows), verify tables and exact row counts against the
+           manifest, then mark it verified (a JSON comment on the database).
+  swap     one transaction renames <db> -> <db>_pre_restore_<stamp> and the staging database -> <db>, after
+           terminating sessions; the service is down only for this step. Older pre-restore databases beyond
+           keep_previous are dropped afterwards, never the one just made.
+  rollback one transaction renames <db> -> <db>_failed_restore_<stamp> and the pre-restore database back.
+
+Every step records the change id in the database comments, so a re-run of the same change is a no-op, and a run
+killed at any point leaves the live database intact: leftovers (a half-loaded staging database) are dropped by the
+next run. in_place (the seeds' way, force only) drops and reloads the live database.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+
+from ansible_collections.runbooks.incident.plugins.module_utils import _dumpfile, _faults, _pg
+
+MARK = "runbooks.incident"
+STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+# <db>_failed_restore_20261122T030000Z must fit PostgreSQL's 63-byte identifiers.
+MAX_DB_NAME = 63 - len("_failed_restore_20261122T030000Z")
+
+
+class RestoreError(Exception):
+    pass
+
+
+def staging_name(db):
+    return db + "_restore_staging"
+
+
+def marker(comment):
+    """The restore marker of a database comment, or None."""
+    try:
+        data = json.loads(comment or "")
+    except ValueError:
+        return None
+    return data.get(MARK) if isinstance(data, dict) else None
+
+
+def comment_sql(db, mark):
+    return "COMMENT ON DATABASE %s IS %s" % (_pg.quote_ident(db), _pg.quote_literal(json.dumps({MARK: mark}, sort_keys=True)))
+
+
+def _drain(stream, sink):
+    thread = threading.Thread(target=lambda: sink.append(stream.read()), daemon=True)
+    thread.start()
+    return thread
+
+
+class Restorer:
+    def __init__(self, runtime, db, change_id, keep_previous=1, jobs=2, owner=None, disk_headroom=0.1, analyze=True,
+                 check_mode=False, warn=None):
+        _pg.check_name(db, max_len=MAX_DB_NAME)
+        if keep_previous < 1:
+            raise RestoreError("keep_previous must be at least 1: the pre-restore database is the way back")
+        self.runtime = runtime
+        self.db = db
+        self.staging = staging_name(db)
+        self.change_id = change_id
+        self.keep_previous = keep_previous
+        self.jobs = max(1, jobs)
+        self.owner = owner
+        self.disk_headroom = disk_headroom
+        self.analyze = analyze
+        self.check_mode = check_mode
+        self.warn = warn or (lambda _msg: None)
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def mark_of(self, name):
+        return marker(self.runtime.database_comment(name)) if self.runtime.database_exists(name) else None
+
+    def drop(self, name):
+        self.runtime.terminate_sessions(name)
+        self.runtime.execute("DROP DATABASE IF EXISTS %s" % _pg.quote_ident(name))
+
+    def previous_databases(self):
+        return self.runtime.databases_like("^%s_pre_restore_[0-9]{8}T[0-9]{6}Z$" % self.db)
+
+    def free_bytes(self):
+        """Free space of the server's data directory, or None when it cannot be measured from here."""
+        try:
+            data_dir = self.runtime.scalar("SHOW data_directory")
+        except _pg.PgError:
+            return None
+        if self.runtime.kind == "compose":
+            try:
+                out = self.runtime.run(self.runtime.prefix() + ["df", "-Pk", data_dir])
+                return int(out.splitlines()[-1].split()[3]) * 1024
+            except (_pg.PgError, IndexError, ValueError):
+                return None
+        host = self.runtime.login_host
+        if (host is None or host.startswith("/") or host in ("localhost", "127.0.0.1", "::1")) and os.path.isdir(data_dir):
+            stats = os.statvfs(data_dir)
+            return stats.f_bavail * stats.f_frsize
+        return None
+
+    def check_disk(self, manifest, live_exists):
+        needed = int((manifest or {}).get("db_size_bytes") or 0)
+        if live_exists:
+            needed = max(needed, int(self.runtime.scalar("SELECT pg_database_size(%s)" % _pg.quote_literal(self.db))))
+        if not needed:
+            self.warn("no size estimate (no manifest and no live database): free disk space not checked")
+            return None
+        needed = int(needed * (1 + self.disk_headroom))
+        free = self.free_bytes()
+        if free is None:
+            self.warn("free disk space of the database server cannot be measured from this host: not checked")
+        elif free < needed:
+            raise RestoreError("not enough free disk for the staging copy on the database server: %d MiB free, %d MiB "
+                               "needed (database size plus %d%% headroom)" % (free >> 20, needed >> 20, self.disk_headroom * 100))
+        return needed
+
+    # ------------------------------------------------------------------------------------------ loading
+    def create_database(self, name):
+        if self.runtime.database_exists(self.db):
+            row = self.runtime.query(
+                "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database "
+                "WHERE datname = %s" % _pg.quote_literal(self.db))[0]
+        else:
+            row = [self.runtime.login_user, "UTF8", None, None]
+        owner = self.owner or row[0]
+        sql = "CREATE DATABASE %s OWNER %s TEMPLATE template0 ENCODING %s" % (
+            _pg.quote_ident(name), _pg.quote_ident(owner), _pg.quote_literal(row[1]))
+        if row[2]:
+            sql += " LC_COLLATE %s LC_CTYPE %s" % (_pg.quote_literal(row[2]), _pg.quote_literal(row[3]))
+        self.runtime.execute(sql)
+
+    def load(self, target, src, fmt, compression):
+        if fmt == "plain":
+            return self._load_plain(target, src, compression)
+        self._load_archive(target, src, fmt)
+        return None
+
+    def _psql(self, target):
+        return subprocess.Popen(self.runtime.psql_command(target, "-f", "-"), stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=self.runtime.env())
+
+    def _load_plain(self, target, src, compression):
+        """Stream the dump into psql; the post-data section goes to parallel sessions when jobs > 1."""
+        reader = _dumpfile.DumpReader(src, compression)
+        main = self._psql(target)
+        errors = []
+        stderr_reader = _drain(main.stderr, errors)
+        scanner = _dumpfile.SqlScanner(main.stdin.write, split_post_data=self.jobs > 1)
+        in_copy_reported = False
+        try:
+            for chunk in reader.chunks():
+                scanner.feed(chunk)
+                if not in_copy_reported and scanner.in_copy:
+                    _faults.checkpoint("restore_copy")
+                    in_copy_reported = True
+            scanner.finish()
+            main.stdin.close()
+        except BrokenPipeError:
+            pass
+        except _dumpfile.DumpError:
+            main.kill()
+            main.wait()
+            raise
+        finally:
+            if main.poll() is None and main.stdin.closed is False:
+                main.stdin.close()
+        if main.wait() != 0:
+            stderr_reader.join()
+            raise RestoreError("loading the dump failed: %s" % _pg.first_line(b"".join(errors).decode(errors="replace")))
+        _faults.checkpoint("restore_post_data")
+        if scanner.post_data:
+            self._run_post_data(target, scanner)
+        return reader, scanner
+
+    def _run_post_data(self, target, scanner):
+        """Indexes and constraints in `jobs` sessions (largest tables first), then the rest in dump order."""
+        preamble = b"".join(scanner.preamble)
+        parallel = [entry for entry in scanner.post_data if entry[0] in _dumpfile.PARALLEL_TYPES]
+        ordered = [entry for entry in scanner.post_data if entry[0] not in _dumpfile.PARALLEL_TYPES]
+        buckets = [[0, []] for _index in range(self.jobs)]
+        for entry in sorted(parallel, key=lambda e: -scanner.copy_rows.get(e[1], 0)):
+            bucket = min(buckets, key=lambda b: b[0])
+            bucket[0] += scanner.copy_rows.get(entry[1], 0) + 1
+            bucket[1].append(entry[2])
+        self._run_sessions(target, [preamble + b"".join(sql) for _weight, sql in buckets if sql])
+        if ordered:
+            self._run_sessions(target, [preamble + b"".join(entry[2] for entry in ordered)])
+
+    def _run_sessions(self, target, scripts):
+        procs = []
+        for script in scripts:
+            proc = self._psql(target)
+            errors = []
+            writer = threading.Thread(target=self._feed, args=(proc, script), daemon=True)
+            writer.start()
+            procs.append((proc, errors, _drain(proc.stderr, errors), writer))
+        failures = []
+        for proc, errors, reader, writer in procs:
+            writer.join()
+            if proc.wait() != 0:
+                reader.join()
+                failures.append(_pg.first_line(b"".join(errors).decode(errors="replace")))
+        if failures:
+            raise RestoreError("building indexes and constraints failed: %s" % failures[0])
+
+    @staticmethod
+    def _feed(proc, script):
+        try:
+            proc.stdin.write(script)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+
+    def _load_archive(self, target, src, fmt):
+        """pg_restore -j into the target; in the compose runtime the archive is copied into the container first."""
+        path = src
+        inner = None
+        if self.runtime.kind == "compose":
+            inner = "/tmp/runbooks-incident-restore-%d" % os.getpid()
+            self.runtime.run(self.runtime.prefix() + ["rm", "-rf", inner])
+            res = subprocess.run(["docker", "compose", "--project-directory", self.runtime.compose_project_dir, "cp",
+                                  src, "%s:%s" % (self.runtime.compose_service, inner)], capture_output=True, text=True,
+                                 check=False)
+            if res.returncode != 0:
+                raise RestoreError("cannot copy %s into the database container: %s" % (src, _pg.first_line(res.stderr)))
+            path = inner
+        try:
+            jobs = ["-j", str(self.jobs)]
+            self.runtime.run(self.runtime.command("pg_restore", "--exit-on-error", "-d", target, *jobs, path))
+        except _pg.PgError as exc:
+            raise RestoreError("pg_restore into %s failed: %s" % (target, exc))
+        finally:
+            if inner:
+                self.runtime.run(self.runtime.prefix() + ["rm", "-rf", inner])
+        del fmt
+
+    def verify_database(self, target, manifest, expect_tables, dump_rows):
+        """Tables and exact row counts of the restored database against the manifest (and the dump's COPY rows)."""
+        tables = self.runtime.user_tables(target)
+        _dumpfile.check_expected_tables(tables, expect_tables, "the restored database")
+        listed = (manifest or {}).get("tables") or sorted(dump_rows or tables)
+        missing = sorted(set(listed) - set(tables))
+        if missing:
+            raise RestoreError("the restored database lacks tables: %s" % ", ".join(missing))
+        counts = self.runtime.row_counts(target, listed)
+        if manifest is not None:
+            _dumpfile.compare_counts(counts, manifest, "the restored database's")
+        elif dump_rows is not None:
+            _dumpfile.compare_counts(counts, {"row_counts": dump_rows}, "the restored database's (against the dump)")
+        return counts
+
+    # ------------------------------------------------------------------------------------------ the steps
+    def stage(self, src, fmt, compression, manifest, expect_tables):
+        """Load and verify the dump in the staging database; the live database is not touched."""
+        sha = (manifest or {}).get("sha256")
+        mark = self.mark_of(self.staging)
+        if mark and mark.get("change_id") == self.change_id and mark.get("state") == "verified" and mark.get("sha256") == sha:
+            return dict(changed=False, staging_db=self.staging, row_counts=mark["row_counts"], verified=True,
+                        msg="%s already holds the verified dump of change %s" % (self.staging, self.change_id))
+        live_exists = self.runtime.database_exists(self.db)
+        self.check_disk(manifest, live_exists)
+        leftover = self.runtime.database_exists(self.staging)
+        if self.check_mode:
+            return dict(changed=True, staging_db=self.staging, verified=False, plan=[
+                step for step in ("drop the leftover staging database %s" % self.staging if leftover else None,
+                                  "create %s and load %s into it (%d job(s))" % (self.staging, src, self.jobs),
+                                  "verify its tables and row counts against %s" % ("the manifest" if manifest else "the dump"))
+                if step])
+        if leftover:
+            self.warn("dropped %s, left by an interrupted restore (marker: %s)" % (self.staging, mark))
+            self.drop(self.staging)
+        self.create_database(self.staging)
+        try:
+            counts = self._fill(self.staging, src, fmt, compression, manifest, expect_tables)
+            self.runtime.execute(comment_sql(self.staging, dict(change_id=self.change_id, state="verified", sha256=sha,
+                                                                source=os.path.basename(src.rstrip("/")), row_counts=counts)))
+        except BaseException:
+            self.drop(self.staging)
+            raise
+        return dict(changed=True, staging_db=self.staging, row_counts=counts, verified=True,
+                    msg="loaded %s into %s and verified %d tables" % (src, self.staging, len(counts)))
+
+    def _fill(self, target, src, fmt, compression, manifest, expect_tables):
+        loaded = self.load(target, src, fmt, compression)
+        dump_rows = None
+        if loaded is not None:
+            reader, scanner = loaded
+            if manifest is not None and reader.hexdigest != manifest["sha256"]:
+                raise _dumpfile.DumpError("%s changed while it was being restored (sha256 now %s)" % (src, reader.hexdigest[:16]))
+            _dumpfile.check_expected_tables(scanner.tables, expect_tables, src)
+            if manifest is not None:
+                _dumpfile.compare_counts(scanner.copy_rows, manifest, "the dump's")
+            dump_rows = scanner.copy_rows
+        counts = self.verify_database(target, manifest, expect_tables, dump_rows)
+        if self.analyze:
+            self.runtime.execute("ANALYZE", db=target)
+        return counts
+
+    def _transaction(self, statements, databases):
+        """Run renames in one transaction, retrying while sessions reconnect; returns the seconds it took."""
+        sql = "BEGIN;\n%s;\nCOMMIT;\n" % ";\n".join(statements)
+        start = time.monotonic()
+        for attempt in range(50):
+            for name in databases:
+                self.runtime.terminate_sessions(name)
+            try:
+                self.runtime.execute(sql)
+                return time.monotonic() - start
+            except _pg.PgError as exc:
+                if "being accessed by other users" not in str(exc) or attempt == 49:
+                    raise RestoreError("swapping databases failed, nothing was renamed: %s" % exc)
+                time.sleep(0.1)
+        return time.monotonic() - start
+
+    def swap(self):
+        """Staging becomes live in one transaction; the live database is kept as <db>_pre_restore_<stamp>."""
+        live = self.mark_of(self.db)
+        if live and live.get("change_id") == self.change_id and live.get("state") == "live":
+            return dict(changed=False, previous_db=live.get("previous_db"), row_counts=live.get("row_counts"),
+                        verified=True, downtime_s=0.0, msg="%s already is the restore of change %s" % (self.db, self.change_id))
+        mark = self.mark_of(self.staging)
+        if not (mark and mark.get("change_id") == self.change_id and mark.get("state") == "verified"):
+            raise RestoreError("no verified staging database %s for change %s: stage it first (state=staged)"
+                               % (self.staging, self.change_id))
+        stamp = time.strftime(STAMP_FORMAT, time.gmtime())
+        previous = "%s_pre_restore_%s" % (self.db, stamp) if self.runtime.database_exists(self.db) else None
+        if self.check_mode:
+            return dict(changed=True, previous_db=previous, row_counts=mark["row_counts"], verified=True, plan=[
+                "terminate the sessions of %s" % self.db,
+                "in one transaction: rename %s to %s and %s to %s" % (self.db, previous, self.staging, self.db)])
+        statements = ["ALTER DATABASE %s RENAME TO %s" % (_pg.quote_ident(self.db), _pg.quote_ident(previous))] if previous else []
+        statements += ["ALTER DATABASE %s RENAME TO %s" % (_pg.quote_ident(self.staging), _pg.quote_ident(self.db)),
+                       comment_sql(self.db, dict(mark, state="live", previous_db=previous,
+                                                 swapped_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))]
+        _faults.checkpoint("restore_before_swap")
+        downtime = self._transaction(statements, [self.db, self.staging])
+        _faults.checkpoint("restore_after_swap")
+        return dict(changed=True, previous_db=previous, row_counts=mark["row_counts"], verified=True,
+                    downtime_s=round(downtime, 3), dropped=self.prune(),
+                    msg="%s is now the restored database; the previous one is kept as %s" % (self.db, previous))
+
+    def prune(self):
+        """Drop pre-restore and failed-restore databases beyond keep_previous (oldest first)."""
+        dropped = []
+        for kind in ("pre_restore", "failed_restore"):
+            names = self.runtime.databases_like("^%s_%s_[0-9]{8}T[0-9]{6}Z$" % (self.db, kind))
+            for name in names[:-self.keep_previous]:
+                self.drop(name)
+                dropped.append(name)
+        return dropped
+
+    def rollback(self):
+        """Put the pre-restore database back; the restored one is kept as <db>_failed_restore_<stamp>."""
+        live = self.mark_of(self.db)
+        if not (live and live.get("change_id") == self.change_id and live.get("state") == "live"):
+            for name in self.runtime.databases_like("^%s_failed_restore_[0-9]{8}T[0-9]{6}Z$" % self.db):
+                failed = self.mark_of(name)
+                if failed and failed.get("change_id") == self.change_id:
+                    return dict(changed=False, previous_db=name, msg="change %s was already rolled back" % self.change_id)
+            raise RestoreError("%s is not the restore of change %s: nothing to roll back" % (self.db, self.change_id))
+        previous = live.get("previous_db")
+        if not previous or not self.runtime.database_exists(previous):
+            raise RestoreError("the pre-restore database %s is gone: cannot roll back" % previous)
+        failed = "%s_failed_restore_%s" % (self.db, time.strftime(STAMP_FORMAT, time.gmtime()))
+        if self.check_mode:
+            step = "in one transaction: rename %s to %s and %s to %s" % (self.db, failed, previous, self.db)
+            return dict(changed=True, previous_db=failed, plan=[step])
+        downtime = self._transaction([
+            "ALTER DATABASE %s RENAME TO %s" % (_pg.quote_ident(self.db), _pg.quote_ident(failed)),
+            "ALTER DATABASE %s RENAME TO %s" % (_pg.quote_ident(previous), _pg.quote_ident(self.db)),
+            comment_sql(failed, dict(live, state="rolled_back"))], [self.db, previous])
+        return dict(changed=True, previous_db=failed, downtime_s=round(downtime, 3),
+                    msg="rolled back: %s is the database from before the restore again; the restored one is kept as %s"
+                    % (self.db, failed))
+
+    def in_place(self, src, fmt, compression, manifest, expect_tables, force):
+        """The seeds' way: drop the live database and load the dump into a new one (no way back)."""
+        live = self.mark_of(self.db)
+        if live and live.get("change_id") == self.change_id and live.get("state") == "live":
+            return dict(changed=False, row_counts=live.get("row_counts"), verified=True,
+                        msg="%s already is the restore of change %s" % (self.db, self.change_id))
+        if not force:
+            raise RestoreError("strategy=in_place drops the live database %s before the dump is loaded and verified "
+                               "(no way back); pass force=true to accept that, or use strategy=swap" % self.db)
+        if self.check_mode:
+            return dict(changed=True, verified=False, plan=["drop %s" % self.db, "create %s and load %s" % (self.db, src)])
+        self.create_database(self.staging)  # only to copy the live database's encoding, locale and owner
+        self.drop(self.staging)
+        self.drop(self.db)
+        self.create_database(self.db)
+        counts = self._fill(self.db, src, fmt, compression, manifest, expect_tables)
+        self.runtime.execute(comment_sql(self.db, dict(change_id=self.change_id, state="live", strategy="in_place",
+                                                       source=os.path.basename(src.rstrip("/")), row_counts=counts)))
+        return dict(changed=True, row_counts=counts, verified=True, msg="dropped and reloaded %s from %s" % (self.db, src))
+
+
+def archive_tool_for(runtime):
+    """pg_restore that reads archives offline: on the host if installed, else inside the database container."""
+    local = runtime.pg_bin_dir and os.path.join(runtime.pg_bin_dir, "pg_restore") or shutil.which("pg_restore")
+    if local and os.path.exists(local):
+        return _dumpfile.ArchiveTool([local])
+    if runtime.kind == "compose":
+        return _dumpfile.ArchiveTool(runtime.prefix() + ["pg_restore"], env=runtime.env())
+    return None
+
+
+def restore(runtime, src, db, change_id, state="restored", strategy="swap", manifest=None, require_manifest=True,
+            expect_tables=(), force=False, keep_previous=1, jobs=2, owner=None, disk_headroom=0.1, analyze=True,
+            check_mode=False, warn=None):
+    clock = time.monotonic()
+    restorer = Restorer(runtime, db, change_id, keep_previous=keep_previous, jobs=jobs, owner=owner,
+                        disk_headroom=disk_headroom, analyze=analyze, check_mode=check_mode, warn=warn)
+    runtime.ping()
+    result = dict(db=db, staging_db=restorer.staging, previous_db=None, verified=False, downtime_s=0.0, dropped=[])
+    if state == "swapped":
+        result.update(restorer.swap())
+    elif state == "rolled_back":
+        result.update(restorer.rollback())
+    else:
+        live = restorer.mark_of(db)
+        if live and live.get("change_id") == change_id and live.get("state") == "live":
+            result.update(changed=False, previous_db=live.get("previous_db"), row_counts=live.get("row_counts"),
+                          verified=True, msg="%s already is the restore of change %s" % (db, change_id))
+        else:
+            fmt, compression = _dumpfile.detect_format(src)
+            if check_mode:
+                checked = _dumpfile.verify(src, manifest, require_manifest, expect_tables, archive_tool_for(runtime))
+                manifest_data = checked["manifest"]
+                result.update(dump_row_counts=checked["row_counts"])
+            else:
+                _manifest_path, manifest_data = _dumpfile.find_manifest(src, manifest, require_manifest)
+                if manifest_data is not None:
+                    _dumpfile.check_digest(src, fmt, manifest_data)
+                if fmt != "plain":
+                    tool = archive_tool_for(runtime)
+                    if tool is not None:
+                        _dumpfile.check_expected_tables(tool.tables(src), expect_tables, src)
+            result.update(format=fmt)
+            if strategy == "in_place":
+                result.update(restorer.in_place(src, fmt, compression, manifest_data, expect_tables, force))
+            else:
+                staged = restorer.stage(src, fmt, compression, manifest_data, expect_tables)
+                result.update(staged)
+                if state == "restored":
+                    plan = staged.get("plan", [])
+                    if check_mode:
+                        step = "swap %s into place, keeping %s as %s_pre_restore_<stamp>" % (restorer.staging, db, db)
+                        swapped = dict(changed=True, plan=[step])
+                    else:
+                        swapped = restorer.swap()
+                    result.update(swapped, changed=staged["changed"] or swapped["changed"],
+                                  plan=plan + swapped.get("plan", []))
+    result["duration_s"] = round(time.monotonic() - clock, 3)
+    if not result.get("plan"):
+        result.pop("plan", None)
+    return result

@@ -1,0 +1,122 @@
+#!/usr/bin/python
+# Copyright: contributors to runbooks.incident
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: dump_verify
+short_description: Prove a PostgreSQL dump whole and complete without restoring it
+version_added: 0.1.0
+description:
+  - Reads the whole dump once and fails, saying why, unless every check passes
+    (the seeds' monthly automated dump check, and the first step of every restore).
+  - The format is detected from the content (gzip or plain SQL, custom, directory), never from the file name.
+  - SHA-256 and size against the manifest written by M(runbooks.incident.pg_backup); complete decompression
+    (a truncated or corrupted gzip stream fails); a C(CREATE TABLE) for each of I(expect_tables); every table the
+    manifest lists; and the dump's own row counts (its COPY blocks) equal to the manifest's.
+  - Plain dumps are read in pure Python; custom and directory dumps with C(pg_restore --list) and
+    C(pg_restore -f -) (no server needed), from the host's client tools or, with I(compose_project_dir), the
+    database container's.
+  - Changes nothing.
+attributes:
+  check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
+    support: full
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+options:
+  src:
+    description: The dump (file or directory).
+    type: path
+    required: true
+  manifest:
+    description: Its manifest; default the sibling C(<name>.manifest.json).
+    type: path
+  require_manifest:
+    description: Fail when there is no manifest. Without one only the format, decompression and tables are checked.
+    type: bool
+    default: true
+  expect_tables:
+    description: Tables the dump must create.
+    type: list
+    elements: str
+    default: [clients, api_keys, messages, audit_log, media_objects]
+  compose_project_dir:
+    description: Read custom and directory dumps with the C(pg_restore) of this compose project's database container.
+    type: path
+  compose_service:
+    description: Compose service of the database.
+    type: str
+    default: postgres
+author:
+  - runbooks.incident contributors (@runbooks)
+"""
+
+EXAMPLES = r"""
+- name: Monthly check of the latest dump
+  runbooks.incident.dump_verify:
+    src: /var/lib/whatsapp-mcp/backups/db-2026-11-21.sql.gz
+    expect_tables: [clients, api_keys, messages, audit_log, media_objects]
+"""
+
+RETURN = r"""
+verified:
+  description: True (the module fails otherwise).
+  returned: success
+  type: bool
+format:
+  description: Detected format.
+  returned: success
+  type: str
+  sample: plain
+compression:
+  description: Compression of a plain dump (C(gzip) or null).
+  returned: success
+  type: str
+tables:
+  description: Tables the dump creates.
+  returned: success
+  type: list
+  elements: str
+row_counts:
+  description: Rows of each table's data in the dump.
+  returned: success
+  type: dict
+  sample: {clients: 50, messages: 3000000}
+manifest_path:
+  description: The manifest used (null without one).
+  returned: success
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.runbooks.incident.plugins.module_utils import _dumpfile, _pg, _pg_restore
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            src=dict(type="path", required=True),
+            manifest=dict(type="path"),
+            require_manifest=dict(type="bool", default=True),
+            expect_tables=dict(type="list", elements="str", default=["clients", "api_keys", "messages", "audit_log", "media_objects"]),
+            compose_project_dir=dict(type="path"),
+            compose_service=dict(type="str", default="postgres"),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    runtime = _pg.Runtime(compose_project_dir=params["compose_project_dir"], compose_service=params["compose_service"])
+    try:
+        result = _dumpfile.verify(params["src"], params["manifest"], params["require_manifest"], params["expect_tables"],
+                                  _pg_restore.archive_tool_for(runtime))
+    except (_dumpfile.DumpError, OSError) as exc:
+        module.fail_json(msg="dump %s failed verification: %s" % (params["src"], exc), verified=False)
+    result.pop("manifest")
+    module.exit_json(changed=False, verified=True, **result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+#!/usr/bin/python
+# Copyright: contributors to runbooks.incident
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: pg_backup
+short_description: Dump a PostgreSQL database with a manifest taken in the dump's own snapshot
+version_added: 0.1.0
+description:
+  - Dumps I(db) to I(dest) as C(db-YYYY-MM-DD.sql.gz) (plain SQL, compressed in parallel with pigz, readable with
+    the seeds' C(gunzip -c | psql)), or as a custom (C(.dump)) or directory (C(.dir)) dump for parallel restores.
+  - Writes C(db-YYYY-MM-DD.manifest.json) beside it with the dump's SHA-256 and size, the list of tables, exact
+    per-table row counts, server version and timestamps. The row counts are taken in the same snapshot as the dump
+    (an exported snapshot shared with C(pg_dump --snapshot)), so they describe exactly the rows in the file even
+    while the service writes.
+  - Both files are written under hidden partial names and renamed into place only when complete; a failed dump
+    leaves no file under the final name and never touches earlier backups.
+  - Idempotent per name. When the dump of that stamp already exists and matches its manifest, nothing is done.
+    Something there that does not match its manifest is refused unless I(force=true).
+extends_documentation_fragment:
+  - runbooks.incident.postgres
+attributes:
+  check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
+    support: full
+    details: Checks the server is reachable and whether a valid backup of that name exists; dumps nothing.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+options:
+  db:
+    description: Database to dump.
+    type: str
+    default: wa_mcp
+  dest:
+    description: Backup directory on the managed host.
+    type: path
+    default: /var/lib/whatsapp-mcp/backups
+  format:
+    description: C(plain) (SQL, gzip-compressed), C(custom) (C(pg_dump -Fc)) or C(directory) (C(pg_dump -Fd -j)).
+    type: str
+    choices: [plain, custom, directory]
+    default: plain
+  stamp:
+    description:
+      - Stamp in the file name, C(YYYY-MM-DD) (default today, UTC) optionally followed by a time
+        (C(2026-11-22T031500Z)) for an extra backup the same day.
+    type: str
+  prefix:
+    description: File name prefix.
+    type: str
+    default: db-
+  compress_level:
+    description: Compression level (1 fastest … 9 smallest). Level 1 costs about 9% more space than 6 and is much faster.
+    type: int
+    default: 1
+  jobs:
+    description: Compression threads (plain) or parallel dump jobs (directory).
+    type: int
+    default: 2
+  force:
+    description: Replace an existing dump of the same name even if it cannot be verified.
+    type: bool
+    default: false
+  mode:
+    description: Mode of the dump and manifest files.
+    type: raw
+    default: "0600"
+  owner:
+    description: Owner of the files (default the user running the module).
+    type: str
+  group:
+    description: Group of the files.
+    type: str
+author:
+  - runbooks.incident contributors (@runbooks)
+"""
+
+EXAMPLES = r"""
+- name: Nightly dump of wa_mcp through the compose stack (the seeds' runtime)
+  runbooks.incident.pg_backup:
+    db: wa_mcp
+    dest: /var/lib/whatsapp-mcp/backups
+    compose_project_dir: /opt/whatsapp-mcp
+
+- name: Extra backup before a risky change, on a server reached with libpq
+  runbooks.incident.pg_backup:
+    db: wa_mcp
+    dest: /srv/backups
+    format: directory
+    jobs: 4
+    stamp: "{{ now(utc=true, fmt='%Y-%m-%dT%H%M%SZ') }}"
+    login_host: db.internal
+    login_user: backup
+    login_password: "{{ vault_backup_password }}"
+"""
+
+RETURN = r"""
+path:
+  description: The dump.
+  returned: always
+  type: str
+  sample: /var/lib/whatsapp-mcp/backups/db-2026-11-22.sql.gz
+manifest_path:
+  description: The manifest beside it.
+  returned: always
+  type: str
+  sample: /var/lib/whatsapp-mcp/backups/db-2026-11-22.manifest.json
+manifest:
+  description: The manifest (sha256, size, tables, row_counts, server_version, snapshot, timestamps).
+  returned: when a dump exists after the call (not in check mode before the first dump)
+  type: dict
+  sample: {sha256: 9f2c..., size: 128004512, tables: [api_keys, audit_log, clients, media_objects, messages],
+           row_counts: {clients: 50, messages: 3000000}, server_version: "15.18"}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.runbooks.incident.plugins.module_utils import _dumpfile, _params, _pg, _pg_backup
+
+
+def main():
+    argument_spec = _params.postgres_argument_spec()
+    argument_spec.update(
+        db=dict(type="str", default="wa_mcp"),
+        dest=dict(type="path", default="/var/lib/whatsapp-mcp/backups"),
+        format=dict(type="str", choices=["plain", "custom", "directory"], default="plain"),
+        stamp=dict(type="str"),
+        prefix=dict(type="str", default="db-"),
+        compress_level=dict(type="int", default=1),
+        jobs=dict(type="int", default=2),
+        force=dict(type="bool", default=False),
+        mode=dict(type="raw", default="0600"),
+        owner=dict(type="str"),
+        group=dict(type="str"),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
+                           mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
+    params = module.params
+    if params["stamp"] is not None and not _pg_backup.STAMP.match(params["stamp"]):
+        module.fail_json(msg="stamp %r is not YYYY-MM-DD or YYYY-MM-DDTHHMMSSZ; nothing was dumped" % params["stamp"])
+    if not 1 <= params["compress_level"] <= 9 or params["jobs"] < 1:
+        module.fail_json(msg="compress_level must be 1..9 and jobs at least 1; nothing was dumped")
+    try:
+        mode = int(str(params["mode"]), 8)
+        result = _pg_backup.backup(
+            _pg.Runtime.from_params(params), params["db"], params["dest"], fmt=params["format"], stamp=params["stamp"],
+            compress_level=params["compress_level"], jobs=params["jobs"], prefix=params["prefix"], force=params["force"],
+            check_mode=module.check_mode, mode=mode, owner=params["owner"], group=params["group"])
+    except ValueError:
+        module.fail_json(msg="mode %r is not an octal file mode; nothing was dumped" % params["mode"])
+    except (_pg.PgError, _pg_backup.BackupError, _dumpfile.DumpError, OSError) as exc:
+        module.fail_json(msg="backup of %s failed, no file was written under its final name: %s" % (params["db"], exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

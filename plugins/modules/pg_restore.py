@@ -1,0 +1,216 @@
+#!/usr/bin/python
+# Copyright: contributors to runbooks.incident
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: pg_restore
+short_description: Restore a PostgreSQL dump without destroying the live database before the new one is verified
+version_added: 0.1.0
+description:
+  - Restores a plain (C(.sql), C(.sql.gz)), custom or directory dump, the format detected from the content.
+  - With I(strategy=swap) (default) the dump is loaded into C(<db>_restore_staging) while the service keeps running,
+    in one streaming pass that also proves the file whole (SHA-256 against the manifest, complete gzip stream) and
+    counts its rows; the staging database's tables and exact row counts are then checked against the manifest.
+    Only then, in one short transaction, sessions are terminated and C(<db>) becomes C(<db>_pre_restore_<stamp>)
+    and the staging database becomes C(<db>). The service is down only for that step.
+  - The steps can run separately (I(state=staged), then I(state=swapped)) so a playbook stops the app only for the
+    swap; I(state=rolled_back) puts the pre-restore database back if anything after the swap fails.
+  - Each step records I(incident_id) in the database comments, so re-running the same incident is a no-op
+    (C(changed=false)), and a run killed at any point leaves the live database intact; the next run drops a
+    half-loaded staging database and completes.
+  - I(strategy=in_place) is the seeds' way (drop the live database, load into it) and needs I(force=true).
+  - Check mode verifies the whole dump (integrity, tables, row counts against the manifest), that the server is
+    reachable and has the disk space, and returns the plan; it touches no database.
+  - Plain dumps load through psql; with I(jobs) > 1 their indexes and constraints are built in parallel sessions.
+    Custom and directory dumps load with C(pg_restore -j).
+extends_documentation_fragment:
+  - runbooks.incident.incident
+  - runbooks.incident.postgres
+attributes:
+  check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
+    support: full
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+options:
+  src:
+    description: The dump (file or directory) on the managed host.
+    type: path
+    required: true
+  db:
+    description: The live database.
+    type: str
+    default: wa_mcp
+  manifest:
+    description: The dump's manifest (written by M(runbooks.incident.pg_backup)); default the sibling C(<name>.manifest.json).
+    type: path
+  require_manifest:
+    description: Refuse to restore a dump without a manifest (its integrity and row counts could not be checked).
+    type: bool
+    default: true
+  expect_tables:
+    description: Tables the dump must create (the seeds' monthly check greps for them).
+    type: list
+    elements: str
+    default: [clients, api_keys, messages, audit_log, media_objects]
+  state:
+    description:
+      - C(restored) stages and swaps; C(staged) only loads and verifies the staging database; C(swapped) swaps a
+        verified staging database of the same incident into place; C(rolled_back) puts the pre-restore database back.
+    type: str
+    choices: [restored, staged, swapped, rolled_back]
+    default: restored
+  strategy:
+    description: C(swap) (staging database, then rename) or C(in_place) (drop and reload the live database; needs I(force)).
+    type: str
+    choices: [swap, in_place]
+    default: swap
+  force:
+    description: Accept I(strategy=in_place), which destroys the live database before the new one is verified.
+    type: bool
+    default: false
+  keep_previous:
+    description: How many pre-restore (and failed-restore) databases to keep; older ones are dropped after a swap.
+    type: int
+    default: 1
+  jobs:
+    description: Parallel sessions for index and constraint builds (plain) or C(pg_restore -j) (custom, directory).
+    type: int
+    default: 2
+  owner:
+    description: Owner of the restored database (default the live database's owner).
+    type: str
+  disk_headroom:
+    description: Free space required on the server beyond the database size, as a fraction (0.1 = 10%).
+    type: float
+    default: 0.1
+  analyze:
+    description: ANALYZE the restored database before it goes live, so the planner has statistics at once.
+    type: bool
+    default: true
+  maintenance_work_mem:
+    description: C(maintenance_work_mem) of the restore's sessions (index builds sort in memory up to this).
+    type: str
+    default: 512MB
+author:
+  - runbooks.incident contributors (@runbooks)
+"""
+
+EXAMPLES = r"""
+- name: Load and verify last night's dump while the app keeps running
+  runbooks.incident.pg_restore:
+    src: /var/lib/whatsapp-mcp/backups/db-2026-11-21.sql.gz
+    db: wa_mcp
+    state: staged
+    incident_id: INC-2026-0042
+    compose_project_dir: /opt/whatsapp-mcp
+
+- name: Swap it into place (app stopped)
+  runbooks.incident.pg_restore:
+    src: /var/lib/whatsapp-mcp/backups/db-2026-11-21.sql.gz
+    state: swapped
+    incident_id: INC-2026-0042
+    compose_project_dir: /opt/whatsapp-mcp
+  register: swapped
+
+- name: Put the previous database back if the service does not come up
+  runbooks.incident.pg_restore:
+    src: /var/lib/whatsapp-mcp/backups/db-2026-11-21.sql.gz
+    state: rolled_back
+    incident_id: INC-2026-0042
+    compose_project_dir: /opt/whatsapp-mcp
+"""
+
+RETURN = r"""
+db:
+  description: The live database.
+  returned: always
+  type: str
+  sample: wa_mcp
+staging_db:
+  description: The staging database the dump is loaded into.
+  returned: always
+  type: str
+  sample: wa_mcp_restore_staging
+previous_db:
+  description: Where the database that was live before is kept (after a swap), or the failed one (after a rollback).
+  returned: always
+  type: str
+  sample: wa_mcp_pre_restore_20261122T031502Z
+row_counts:
+  description: Exact row counts of the restored database, equal to the manifest's.
+  returned: when the dump was loaded or had been
+  type: dict
+  sample: {clients: 50, api_keys: 100, messages: 3000000}
+verified:
+  description: Whether the restored database matched the manifest (tables and row counts).
+  returned: always
+  type: bool
+duration_s:
+  description: Wall time of the call.
+  returned: always
+  type: float
+downtime_s:
+  description: Time the live database was unavailable (the swap transaction); 0 for a step that swaps nothing.
+  returned: always
+  type: float
+dropped:
+  description: Older pre-restore/failed-restore databases dropped after the swap (beyond I(keep_previous)).
+  returned: always
+  type: list
+  elements: str
+plan:
+  description: What the call would do (check mode).
+  returned: in check mode
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.runbooks.incident.plugins.module_utils import _dumpfile, _params, _pg, _pg_restore, _run_lock
+
+
+def main():
+    argument_spec = _params.postgres_argument_spec()
+    argument_spec.update(
+        incident_id=dict(type="str", required=True),
+        src=dict(type="path", required=True),
+        db=dict(type="str", default="wa_mcp"),
+        manifest=dict(type="path"),
+        require_manifest=dict(type="bool", default=True),
+        expect_tables=dict(type="list", elements="str", default=["clients", "api_keys", "messages", "audit_log", "media_objects"]),
+        state=dict(type="str", choices=["restored", "staged", "swapped", "rolled_back"], default="restored"),
+        strategy=dict(type="str", choices=["swap", "in_place"], default="swap"),
+        force=dict(type="bool", default=False),
+        keep_previous=dict(type="int", default=1),
+        jobs=dict(type="int", default=2),
+        owner=dict(type="str"),
+        disk_headroom=dict(type="float", default=0.1),
+        analyze=dict(type="bool", default=True),
+        maintenance_work_mem=dict(type="str", default="512MB"),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
+                           mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
+    params = module.params
+    if not _run_lock.INCIDENT_ID.match(params["incident_id"]):
+        module.fail_json(msg="incident_id %r is not valid (letters, digits and ._:-, at most 64); nothing was changed"
+                         % params["incident_id"])
+    runtime = _pg.Runtime.from_params(params)
+    runtime.pgoptions = "-c maintenance_work_mem=%s -c synchronous_commit=off" % params["maintenance_work_mem"]
+    try:
+        result = _pg_restore.restore(
+            runtime, params["src"], params["db"], params["incident_id"], state=params["state"], strategy=params["strategy"],
+            manifest=params["manifest"], require_manifest=params["require_manifest"], expect_tables=params["expect_tables"],
+            force=params["force"], keep_previous=params["keep_previous"], jobs=params["jobs"], owner=params["owner"],
+            disk_headroom=params["disk_headroom"], analyze=params["analyze"], check_mode=module.check_mode, warn=module.warn)
+    except (_pg.PgError, _pg_restore.RestoreError, _dumpfile.DumpError, OSError) as exc:
+        module.fail_json(msg="restore of %s refused or failed, the live database %s is untouched: %s"
+                         % (params["src"], params["db"], exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,463 @@
+# Copyright: contributors to runbooks.incident
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""pg_backup, dump_verify and pg_restore against a real PostgreSQL 15 (libpq runtime).
+
+Every bad input and fault must give a clear error and leave the live database exactly as it was.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import COLLECTIONS, PG_BINDIR, REPO_ROOT  # pylint: disable=import-error
+from servicedb import TABLES, populate_sql  # pylint: disable=import-error
+
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+class Db:
+    """The test cluster, seen through psql."""
+
+    def __init__(self, server):
+        self.server = server
+
+    def psql(self, db, sql, check=True):
+        res = subprocess.run([str(PG_BINDIR / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", db, "-f", "-"],
+                             input=sql, capture_output=True, text=True, env=dict(os.environ, **self.server.env), check=False)
+        if check and res.returncode != 0:
+            raise AssertionError(res.stderr)
+        return res.stdout.strip()
+
+    def databases(self):
+        return set(self.psql("postgres", "SELECT datname FROM pg_database").split())
+
+    def create(self, name, template):
+        self.psql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE); CREATE DATABASE "{name}" TEMPLATE "{template}"')
+
+    def state(self, name):
+        """What must not change when a restore is refused: the database's oid, row counts and a content digest."""
+        oid = self.psql("postgres", f"SELECT oid FROM pg_database WHERE datname = '{name}'")
+        counts = self.psql(name, " UNION ALL ".join(f"SELECT '{t}', count(*) FROM {t}" for t in TABLES))
+        digest = self.psql(name, "SELECT md5(string_agg(body, ',' ORDER BY id)) FROM messages")
+        return oid, counts, digest
+
+    def counts(self, name):
+        return dict(line.split("|") for line in self.psql(name, " UNION ALL ".join(
+            f"SELECT '{t}', count(*) FROM {t}" for t in TABLES)).splitlines())
+
+
+@pytest.fixture(scope="module", name="db")
+def db_fixture(pg_server):
+    db = Db(pg_server)
+    db.psql("postgres", "DROP DATABASE IF EXISTS small_template; CREATE DATABASE small_template; "
+                        "DROP DATABASE IF EXISTS large_template; CREATE DATABASE large_template")
+    db.psql("small_template", populate_sql(clients=20, messages=3000, audit_rows=2000, media=30))
+    db.psql("large_template", populate_sql(clients=50, messages=120000, audit_rows=60000, media=100))
+    return db
+
+
+@pytest.fixture(name="conn")
+def conn_fixture(pg_server):
+    return dict(login_unix_socket=pg_server.host, login_port=pg_server.port, login_user="postgres", pg_bin_dir=str(PG_BINDIR))
+
+
+@pytest.fixture(scope="module", name="dumps")
+def dumps_fixture(db, pg_server, tmp_path_factory):
+    """One backup per format of the small database, and a plain one of the large database."""
+    from conftest import run_module  # pylint: disable=import-error,import-outside-toplevel
+    conn = dict(login_unix_socket=pg_server.host, login_port=pg_server.port, login_user="postgres", pg_bin_dir=str(PG_BINDIR))
+    made = {}
+    for name, template, fmt in (("plain", "small_template", "plain"), ("custom", "small_template", "custom"),
+                                ("directory", "small_template", "directory"), ("large", "large_template", "plain")):
+        dest = tmp_path_factory.mktemp("backups-" + name)
+        result = run_module("pg_backup", dict(db=template, dest=str(dest), format=fmt, stamp="2026-11-21", **conn),
+                            tmpdir=str(dest.parent))
+        assert not result.get("failed"), result
+        made[name] = Path(result["path"])
+    return made
+
+
+def copy_dump(src, tmp_path):
+    """A private copy (dump + manifest) a test may damage."""
+    manifest = Path(str(src).rsplit(".", 2 if str(src).endswith(".sql.gz") else 1)[0] + ".manifest.json")
+    target = tmp_path / src.name
+    if src.is_dir():
+        shutil.copytree(src, target)
+    else:
+        shutil.copy(src, target)
+    shutil.copy(manifest, tmp_path / manifest.name)
+    return target, tmp_path / manifest.name
+
+
+def rewrite_manifest(manifest, **changes):
+    data = json.loads(manifest.read_text())
+    data.update(changes)
+    manifest.write_text(json.dumps(data))
+
+
+# ------------------------------------------------------------------------------------------------ backup
+def test_backup_is_seeds_compatible_with_an_exact_manifest(db, dumps):
+    dump = dumps["plain"]
+    manifest = json.loads(dump.with_name("db-2026-11-21.manifest.json").read_text())
+    assert dump.name == "db-2026-11-21.sql.gz" and oct(dump.stat().st_mode & 0o777) == "0o600"
+    assert manifest["row_counts"] == {t: int(n) for t, n in db.counts("small_template").items()}
+    assert sorted(manifest["tables"]) == TABLES
+    assert manifest["size"] == dump.stat().st_size and manifest["server_version"].startswith("15.")
+    # The seeds' own restore command works on it: gunzip -c db-<date>.sql.gz | psql
+    db.psql("postgres", "DROP DATABASE IF EXISTS seeds_way; CREATE DATABASE seeds_way")
+    sql = gzip.decompress(dump.read_bytes()).decode()
+    db.psql("seeds_way", sql)
+    assert db.counts("seeds_way") == db.counts("small_template")
+
+
+def test_backup_check_mode_then_idempotent(run_module, conn, tmp_path):
+    predicted = run_module("pg_backup", dict(db="small_template", dest=str(tmp_path), **conn), check_mode=True)
+    assert predicted["changed"] and not list(tmp_path.iterdir())
+    first = run_module("pg_backup", dict(db="small_template", dest=str(tmp_path), **conn))
+    assert first["changed"]
+    again = run_module("pg_backup", dict(db="small_template", dest=str(tmp_path), **conn))
+    assert not again["changed"] and again["manifest"]["sha256"] == first["manifest"]["sha256"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([Path(first["path"]).name, Path(first["manifest_path"]).name])
+
+
+def test_backup_refuses_to_overwrite_what_it_cannot_verify(run_module, conn, tmp_path):
+    stray = tmp_path / "db-2026-11-22.sql.gz"
+    stray.write_bytes(b"not mine")
+    result = run_module("pg_backup", dict(db="small_template", dest=str(tmp_path), stamp="2026-11-22", **conn))
+    assert result["failed"] and "force=true" in result["msg"] and stray.read_bytes() == b"not mine"
+    forced = run_module("pg_backup", dict(db="small_template", dest=str(tmp_path), stamp="2026-11-22", force=True, **conn))
+    assert forced["changed"] and stray.read_bytes()[:2] == b"\x1f\x8b"
+
+
+def test_failed_backup_leaves_no_file(run_module, conn, tmp_path):
+    result = run_module("pg_backup", dict(db="no_such_db", dest=str(tmp_path), **conn))
+    assert result["failed"] and "no_such_db" in result["msg"]
+    assert not list(tmp_path.iterdir())
+
+
+def test_manifest_counts_come_from_the_dumps_own_snapshot(db, run_module, conn, tmp_path):
+    """Rows inserted while the dump runs must be in neither the dump nor the manifest, or in both."""
+    db.create("busy", "large_template")
+    stop = threading.Event()
+
+    def writer():
+        while not stop.is_set():
+            db.psql("busy", "INSERT INTO audit_log (actor, action, outcome) SELECT 'w', 'login', 'success' FROM generate_series(1, 200)")
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        result = run_module("pg_backup", dict(db="busy", dest=str(tmp_path), **conn))
+    finally:
+        stop.set()
+        thread.join()
+    assert result["changed"]
+    verified = run_module("dump_verify", dict(src=result["path"], expect_tables=["audit_log"]))
+    assert verified["verified"], verified
+    assert verified["row_counts"]["audit_log"] == result["manifest"]["row_counts"]["audit_log"]
+    assert int(db.counts("busy")["audit_log"]) > result["manifest"]["row_counts"]["audit_log"]
+
+
+# ------------------------------------------------------------------------------------------------ verify
+@pytest.mark.parametrize("fmt", ["plain", "custom", "directory"])
+def test_dump_verify_accepts_each_format(run_module, dumps, fmt):
+    result = run_module("dump_verify", dict(src=str(dumps[fmt])), check_mode=True)
+    assert result["verified"] and result["format"] == fmt and not result["changed"]
+    assert result["row_counts"]["messages"] == 3000
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def flip_middle_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def reseal(dump, manifest):
+    """Corruption that happened before the manifest was written: the checksum matches, the content is still bad."""
+    from ansible_collections.runbooks.incident.plugins.module_utils import _fileio  # pylint: disable=import-outside-toplevel
+    rewrite_manifest(manifest, sha256=_fileio.sha256_file(dump), size=dump.stat().st_size)
+
+
+FAULTS = {
+    "truncated gzip": (lambda d, m: (truncate(d), reseal(d, m)), "truncated"),
+    "corrupted byte": (lambda d, m: (flip_middle_byte(d), reseal(d, m)), "corrupt"),
+    "empty file": (lambda d, m: d.write_bytes(b""), "is empty"),
+    "missing manifest": (lambda d, m: m.unlink(), "no manifest"),
+    "sha256 mismatch": (lambda d, m: rewrite_manifest(m, sha256="0" * 64), "does not match its manifest"),
+    "row counts differ": (lambda d, m: rewrite_manifest(m, row_counts=dict(json.loads(m.read_text())["row_counts"], messages=2999)),
+                          "row counts differ from the manifest: messages 3000 (manifest 2999)"),
+    "changed file": (lambda d, m: flip_middle_byte(d), "does not match its manifest"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_dump_verify_rejects(run_module, dumps, tmp_path, fault):
+    dump, manifest = copy_dump(dumps["plain"], tmp_path)
+    damage, message = FAULTS[fault]
+    damage(dump, manifest)
+    result = run_module("dump_verify", dict(src=str(dump)))
+    assert result["failed"] and message in result["msg"], result["msg"]
+
+
+def test_dump_verify_requires_expected_tables(run_module, dumps):
+    result = run_module("dump_verify", dict(src=str(dumps["plain"]), expect_tables=["clients", "contacts"]))
+    assert result["failed"] and "no CREATE TABLE for contacts" in result["msg"]
+
+
+def test_dump_verify_without_manifest_when_allowed(run_module, dumps, tmp_path):
+    dump, manifest = copy_dump(dumps["plain"], tmp_path)
+    manifest.unlink()
+    result = run_module("dump_verify", dict(src=str(dump), require_manifest=False))
+    assert result["verified"] and result["manifest_path"] is None
+
+
+# ------------------------------------------------------------------------------------------------ restore
+def restore_params(dump, live, conn, **extra):
+    return dict(dict(src=str(dump), db=live, incident_id="INC-1", **conn), **extra)
+
+
+def test_restore_four_runs(db, run_module, dumps, conn):
+    """check (predicts, touches nothing), run, check again (no change), run again (no-op)."""
+    db.create("four", "large_template")
+    db.psql("four", "DELETE FROM messages WHERE id > 100")  # the incident: data lost
+    before, databases = db.state("four"), db.databases()
+    params = restore_params(dumps["plain"], "four", conn)
+    check = run_module("pg_restore", params, check_mode=True)
+    assert check["changed"] and check["plan"] and db.state("four") == before and db.databases() == databases
+    done = run_module("pg_restore", params)
+    assert done["changed"] and done["verified"] and done["previous_db"].startswith("four_pre_restore_")
+    assert db.counts("four") == db.counts("small_template") and done["row_counts"]["messages"] == 3000
+    assert db.state(done["previous_db"]) == before  # the database that was live is kept as it was
+    assert 0 < done["downtime_s"] < done["duration_s"]
+    assert "four_restore_staging" not in db.databases()
+    recheck = run_module("pg_restore", params, check_mode=True)
+    assert not recheck["changed"]
+    again = run_module("pg_restore", params)
+    assert not again["changed"] and again["previous_db"] == done["previous_db"]
+
+
+@pytest.mark.parametrize("fmt", ["custom", "directory"])
+def test_restore_archive_formats(db, run_module, dumps, conn, fmt):
+    db.create("arch_" + fmt, "large_template")
+    result = run_module("pg_restore", restore_params(dumps[fmt], "arch_" + fmt, conn))
+    assert result["verified"] and result["format"] == fmt, result
+    assert db.counts("arch_" + fmt) == db.counts("small_template")
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_restore_serial_and_parallel_give_the_same_database(db, run_module, dumps, conn, jobs):
+    live = f"jobs_{jobs}"
+    db.create(live, "small_template")
+    result = run_module("pg_restore", restore_params(dumps["large"], live, conn, jobs=jobs))
+    assert result["verified"], result
+    assert db.counts(live) == db.counts("large_template")
+    indexes = db.psql(live, "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'")
+    assert indexes == db.psql("large_template", "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'")
+    fks = "SELECT count(*) FROM pg_constraint WHERE contype = 'f'"
+    assert db.psql(live, fks) == db.psql("large_template", fks) != "0"
+
+
+RESTORE_FAULTS = dict(FAULTS)
+RESTORE_FAULTS.update({
+    "missing expected table": (lambda d, m: None, "no CREATE TABLE for contacts"),
+})
+
+
+@pytest.mark.parametrize("fault", sorted(RESTORE_FAULTS))
+def test_restore_fault_leaves_live_untouched(db, run_module, dumps, conn, tmp_path, fault):
+    db.create("victim", "large_template")
+    before, databases = db.state("victim"), db.databases()
+    dump, manifest = copy_dump(dumps["plain"], tmp_path)
+    damage, message = RESTORE_FAULTS[fault]
+    damage(dump, manifest)
+    expect = ["clients", "contacts"] if fault == "missing expected table" else ["clients", "messages"]
+    result = run_module("pg_restore", restore_params(dump, "victim", conn, expect_tables=expect))
+    assert result["failed"] and message in result["msg"] and "untouched" in result["msg"], result["msg"]
+    assert db.state("victim") == before and db.databases() == databases
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupted"])
+def test_restore_without_manifest_still_catches_a_damaged_stream(db, run_module, dumps, conn, tmp_path, damage):
+    db.create("victim2", "large_template")
+    before = db.state("victim2")
+    dump, manifest = copy_dump(dumps["large"], tmp_path)
+    manifest.unlink()
+    (truncate if damage == "truncated" else flip_middle_byte)(dump)
+    result = run_module("pg_restore", restore_params(dump, "victim2", conn, require_manifest=False))
+    assert result["failed"] and ("truncated" in result["msg"] or "corrupt" in result["msg"] or "failed" in result["msg"])
+    assert db.state("victim2") == before and "victim2_restore_staging" not in db.databases()
+
+
+@pytest.mark.parametrize("name", ['wa"; DROP DATABASE postgres; --', "wa;mcp", "wa mcp", "x" * 40])
+def test_restore_refuses_unsafe_database_names(db, run_module, dumps, conn, name):
+    databases = db.databases()
+    result = run_module("pg_restore", restore_params(dumps["plain"], name, conn))
+    assert result["failed"] and "is not accepted" in result["msg"]
+    assert db.databases() == databases
+
+
+def test_restore_checks_free_disk_before_starting(db, run_module, dumps, conn):
+    db.create("roomy", "large_template")
+    before, databases = db.state("roomy"), db.databases()
+    result = run_module("pg_restore", restore_params(dumps["plain"], "roomy", conn, disk_headroom=1e9))
+    assert result["failed"] and "not enough free disk" in result["msg"]
+    assert db.state("roomy") == before and db.databases() == databases
+
+
+def test_restore_reports_a_server_that_is_down(run_module, dumps, conn, free_port):
+    params = restore_params(dumps["plain"], "wa_mcp", dict(conn, login_port=free_port(), login_unix_socket=None, login_host="127.0.0.1"))
+    result = run_module("pg_restore", params)
+    assert result["failed"] and "cannot reach PostgreSQL" in result["msg"]
+
+
+def test_staged_swapped_and_rolled_back(db, run_module, dumps, conn):
+    db.create("steps", "large_template")
+    before = db.state("steps")
+    staged = run_module("pg_restore", restore_params(dumps["plain"], "steps", conn, state="staged"))
+    assert staged["changed"] and staged["verified"] and db.state("steps") == before
+    assert not run_module("pg_restore", restore_params(dumps["plain"], "steps", conn, state="staged"))["changed"]
+    swapped = run_module("pg_restore", restore_params(dumps["plain"], "steps", conn, state="swapped"))
+    assert swapped["changed"] and db.counts("steps") == db.counts("small_template")
+    rolled = run_module("pg_restore", restore_params(dumps["plain"], "steps", conn, state="rolled_back"))
+    assert rolled["changed"] and db.state("steps")[1:] == before[1:]
+    assert rolled["previous_db"].startswith("steps_failed_restore_")
+    assert not run_module("pg_restore", restore_params(dumps["plain"], "steps", conn, state="rolled_back"))["changed"]
+
+
+def test_swap_refuses_without_a_verified_staging_database(db, run_module, dumps, conn):
+    db.create("nostage", "small_template")
+    result = run_module("pg_restore", restore_params(dumps["plain"], "nostage", conn, state="swapped"))
+    assert result["failed"] and "stage it first" in result["msg"]
+
+
+def test_keep_previous_drops_only_older_pre_restore_databases(db, run_module, dumps, conn):
+    db.create("kept", "small_template")
+    first = run_module("pg_restore", restore_params(dumps["plain"], "kept", conn, incident_id="INC-A"))
+    time.sleep(1.1)
+    second = run_module("pg_restore", restore_params(dumps["plain"], "kept", conn, incident_id="INC-B"))
+    assert second["dropped"] == [first["previous_db"]]
+    assert second["previous_db"] in db.databases() and first["previous_db"] not in db.databases()
+
+
+def test_leftover_staging_database_is_dropped_and_the_restore_completes(db, run_module, dumps, conn):
+    db.create("leftover", "small_template")
+    db.create("leftover_restore_staging", "large_template")  # what a killed run leaves
+    result = run_module("pg_restore", restore_params(dumps["plain"], "leftover", conn))
+    assert result["verified"] and any("interrupted restore" in w for w in result["warnings"])
+    assert db.counts("leftover") == db.counts("small_template")
+
+
+def test_in_place_needs_force(db, run_module, dumps, conn):
+    db.create("inplace", "large_template")
+    before = db.state("inplace")
+    refused = run_module("pg_restore", restore_params(dumps["plain"], "inplace", conn, strategy="in_place"))
+    assert refused["failed"] and "force=true" in refused["msg"] and db.state("inplace") == before
+    done = run_module("pg_restore", restore_params(dumps["plain"], "inplace", conn, strategy="in_place", force=True))
+    assert done["verified"] and db.counts("inplace") == db.counts("small_template")
+
+
+# ------------------------------------------------------------------------------------------------ kill -9
+def start_restore(tmp_path, params, fault_dir):
+    """pg_restore through ansible-playbook in its own process group, so kill -9 takes psql down with it."""
+    playbook = tmp_path / "restore.yml"
+    playbook.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False,
+                                     "tasks": [{"runbooks.incident.pg_restore": params}]}]))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"),
+               ANSIBLE_PYTHON_INTERPRETER=sys.executable, RUNBOOKS_INCIDENT_FAULT_DIR=str(fault_dir))
+    return subprocess.Popen([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(playbook)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(path, proc, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.monotonic() < deadline, f"{path.name} not reached"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("point", ["restore_copy", "restore_post_data_index", "restore_before_swap", "restore_after_swap"])
+def test_kill_9_never_harms_the_live_database_and_a_rerun_completes(db, run_module, dumps, conn, tmp_path, point):
+    live = "killed_" + point.split("_", 1)[1]
+    db.create(live, "small_template")
+    before = db.state(live)
+    fault_dir = tmp_path / "faults"
+    fault_dir.mkdir()
+    hook = "restore_post_data" if point == "restore_post_data_index" else point
+    (fault_dir / (hook + ".hold")).touch()
+    params = restore_params(dumps["large"], live, conn)
+    proc = start_restore(tmp_path, params, fault_dir)
+    locker = None
+    try:
+        wait_for(fault_dir / (hook + ".reached"), proc)
+        if point == "restore_post_data_index":
+            # Hold a lock on a staging table, let the restore go on: its index build waits on the lock, mid-statement.
+            locker = subprocess.Popen([str(PG_BINDIR / "psql"), "-X", "-q", "-d", live + "_restore_staging"], stdin=subprocess.PIPE,
+                                      text=True, env=dict(os.environ, **db.server.env))
+            locker.stdin.write("BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60);\n")
+            locker.stdin.flush()
+            time.sleep(0.5)
+            (fault_dir / (hook + ".hold")).unlink()
+            deadline = time.monotonic() + 30
+            while "CREATE" not in db.psql("postgres", "SELECT string_agg(left(query, 30), ' ') FROM pg_stat_activity "
+                                                      f"WHERE datname = '{live}_restore_staging' AND wait_event_type = 'Lock'"):
+                assert time.monotonic() < deadline, "the index build never waited on the lock"
+                time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if locker:
+            locker.kill()
+            locker.wait()
+    if point == "restore_after_swap":
+        assert db.counts(live) == db.counts("large_template")  # the swap committed: the restored database is live
+    else:
+        assert db.state(live) == before  # nothing reached the live database
+    rerun = run_module("pg_restore", params)
+    assert not rerun.get("failed"), rerun
+    assert db.counts(live) == db.counts("large_template")
+    assert live + "_restore_staging" not in db.databases()
+
+
+# ------------------------------------------------------------------------------------------------ third-party dumps
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="third-party dumps live in ../shared/data (development tree only)")
+def test_restores_a_dump_made_by_another_tool(db, run_module, conn, tmp_path):
+    """northwind.sql: DROP/CREATE TABLE, INSERTs and constraints interleaved, not in pg_dump's section order."""
+    db.psql("postgres", "DROP DATABASE IF EXISTS northwind; CREATE DATABASE northwind")
+    src = tmp_path / "northwind.sql"
+    shutil.copy(SHARED_DATA / "northwind.sql", src)
+    for jobs in (1, 2):
+        result = run_module("pg_restore", dict(src=str(src), db="northwind", incident_id=f"INC-NW-{jobs}", require_manifest=False,
+                                               expect_tables=["customers", "orders", "products"], jobs=jobs, **conn))
+        assert result.get("verified"), result.get("msg")
+        assert result["row_counts"]["orders"] == 830 and result["row_counts"]["order_details"] == 2155
+
+
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="third-party dumps live in ../shared/data (development tree only)")
+def test_a_dump_the_server_cannot_load_fails_clearly(db, run_module, conn, tmp_path):
+    """pagila-schema.sql (pg_dump 15beta2) calls uuidv7(), which PostgreSQL 15 lacks: verified, then refused."""
+    src = tmp_path / "pagila-schema.sql"
+    shutil.copy(SHARED_DATA / "pagila-schema.sql", src)
+    verified = run_module("dump_verify", dict(src=str(src), require_manifest=False, expect_tables=["actor", "film", "payment"]))
+    assert verified["verified"] and {"rental", "payment_p2022_01"} <= set(verified["tables"])
+    db.create("pagila", "small_template")
+    before, databases = db.state("pagila"), db.databases()
+    result = run_module("pg_restore", dict(src=str(src), db="pagila", incident_id="INC-PG", require_manifest=False,
+                                           expect_tables=["actor"], **conn))
+    assert result["failed"] and "uuidv7() does not exist" in result["msg"]
+    assert db.state("pagila") == before and db.databases() == databases
