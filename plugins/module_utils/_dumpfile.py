@@ -148,13 +148,17 @@ def check_digest(path, fmt, manifest):
 class SqlScanner:
     """Line-level scanner of plain pg_dump SQL, fed decompressed chunks in order.
 
-    Everything goes to `emit` (bytes), except, when `split_post_data` is set, the post-data section, which is kept
-    in `post_data` as (toc_type, target_table, sql) entries for the caller to run in parallel sessions.
+    Everything goes to `emit` (bytes), except in a script pg_dump wrote (its header says so): with `split_post_data`
+    the post-data section is kept in `post_data` as (toc_type, target_table, sql) entries for the caller to run in
+    parallel sessions, and with a `copy_sink` every COPY block goes to `copy_sink.start(header_line)`,
+    `.data(complete lines)` and `.end()` instead, for parallel loading.
     """
 
-    def __init__(self, emit, split_post_data=False):
+    def __init__(self, emit, split_post_data=False, copy_sink=None):
         self.emit = emit
         self.split_post_data = split_post_data
+        self.copy_sink = copy_sink
+        self.from_pg_dump = False
         self.tables = []
         self.copy_rows = {}
         self.preamble = []
@@ -166,6 +170,7 @@ class SqlScanner:
         self._in_post_data = False
         self._entry = None
         self._out = []
+        self._sink_active = False
 
     @property
     def in_copy(self):
@@ -187,12 +192,16 @@ class SqlScanner:
                         last = buf.rfind(b"\n", pos) + 1
                         if last > pos:
                             self._copy_count += buf.count(b"\n", pos, last)
-                            out.append(buf[pos:last])
+                            self._copy_data(buf[pos:last])
                             pos = last
                         break
                     stop = found + 1
                 self._copy_count += buf.count(b"\n", pos, stop)
-                out.append(buf[pos:stop + 3])
+                if self._sink_active:
+                    self.copy_sink.data(buf[pos:stop])
+                    self.copy_sink.end()
+                else:
+                    out.append(buf[pos:stop + 3])
                 pos = stop + 3
                 self.copy_rows[self._copy_table] = self.copy_rows.get(self._copy_table, 0) + self._copy_count
                 self._copy_table = None
@@ -208,8 +217,16 @@ class SqlScanner:
         if out:
             self.emit(b"".join(out))
 
+    def _copy_data(self, data):
+        if self._sink_active:
+            self.copy_sink.data(data)
+        else:
+            self._out.append(data)
+
     def _line(self, line):
         """Handle one SQL line; True when it belongs to the main stream."""
+        if not self._seen_toc and line.startswith(b"-- Dumped by pg_dump version "):
+            self.from_pg_dump = True
         if line.startswith(b"-- ") and b"; Type: " in line:
             match = TOC_RE.match(line)
             if match:
@@ -217,7 +234,7 @@ class SqlScanner:
                 toc_type = match.group("type").decode().strip()
                 if self._in_post_data and toc_type not in AFTER_POST_DATA_TYPES:
                     self._give_up_split()
-                elif self.split_post_data and (self._in_post_data or toc_type in POST_DATA_TYPES):
+                elif self.split_post_data and self.from_pg_dump and (self._in_post_data or toc_type in POST_DATA_TYPES):
                     self._in_post_data = True
                     self._entry = [toc_type, None, [line]]
                     self.post_data.append(self._entry)
@@ -232,6 +249,13 @@ class SqlScanner:
             if match:
                 self._copy_table = table_name(match.group("name"))
                 self._copy_count = 0
+                self._sink_active = self.copy_sink is not None and self.from_pg_dump
+                if self._sink_active:
+                    # What precedes the COPY (the tables it fills) must reach the main stream first.
+                    self.emit(b"".join(self._out))
+                    del self._out[:]
+                    self.copy_sink.start(line)
+                    return False
         elif line[:6].upper() == b"CREATE":
             match = CREATE_TABLE_RE.match(line)
             if match:

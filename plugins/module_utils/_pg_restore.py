@@ -17,8 +17,10 @@ next run. in_place (the seeds' way, force only) drops and reloads the live datab
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import queue
 import shutil
 import subprocess
 import threading
@@ -32,8 +34,15 @@ STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 MAX_DB_NAME = 63 - len("_failed_restore_20261122T030000Z")
 
 
+F_SETPIPE_SZ = 1031  # Linux fcntl, not exported by Python 3.8's fcntl module
+
+
 class RestoreError(Exception):
     pass
+
+
+class RolledBack(RestoreError):
+    """A step after the swap failed and the swap was undone: the previous database is live again."""
 
 
 def staging_name(db):
@@ -57,6 +66,152 @@ def _drain(stream, sink):
     thread = threading.Thread(target=lambda: sink.append(stream.read()), daemon=True)
     thread.start()
     return thread
+
+
+def enlarge_pipe(pipe, size=1 << 20):
+    """A 1 MiB pipe instead of 64 KiB: fewer context switches between this process and psql on a large stream."""
+    try:
+        fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, size)
+    except OSError:
+        pass
+
+
+class Session:
+    """A psql process fed on stdin (a whole `script` at once from a thread), its stderr collected."""
+
+    def __init__(self, proc, script=None):
+        self.proc = proc
+        self.errors = []
+        self._stderr = _drain(proc.stderr, self.errors)
+        self._writer = None
+        if script is not None:
+            self._writer = threading.Thread(target=self._write_all, args=(script,), daemon=True)
+            self._writer.start()
+
+    def _write_all(self, script):
+        try:
+            self.proc.stdin.write(script)
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+
+    def write(self, data):
+        try:
+            self.proc.stdin.write(data)
+        except BrokenPipeError:
+            self.close("loading the dump")
+
+    def close(self, what):
+        """Wait for psql to run everything it was sent; raise with its error if it failed."""
+        if self._writer:
+            self._writer.join()
+        elif not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        if self.proc.wait() != 0:
+            self._stderr.join()
+            raise RestoreError("%s failed: %s" % (what, _pg.first_line(b"".join(self.errors).decode(errors="replace"))))
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class MainStream:
+    """The session of everything but COPY data; restarted (preamble replayed) once the schema is complete."""
+
+    def __init__(self, open_session):
+        self.open_session = open_session
+        self.session = open_session()
+
+    def write(self, data):
+        self.session.write(data)
+
+    def restart(self, what, preamble):
+        self.session.close(what)
+        self.session = self.open_session()
+        self.session.write(preamble)
+
+
+class ParallelCopy:
+    """The copy_sink of SqlScanner: COPY data cut into units of about `unit_size` bytes (whole rows, each a COPY
+    statement of its own), loaded by `jobs` psql sessions at once. Big tables are split, so all sessions stay busy
+    whatever the table sizes; the look-ahead is bounded (2 units per session) so memory stays small."""
+
+    def __init__(self, open_session, main, jobs, unit_size=8 << 20):
+        self.open_session = open_session
+        self.main = main
+        self.jobs = jobs
+        self.unit_size = unit_size
+        self.scanner = None
+        self.sessions = []
+        self.queue = queue.Queue(maxsize=2 * jobs)
+        self.failed = threading.Event()
+        self._threads = []
+        self._header = None
+        self._parts = []
+        self._size = 0
+
+    def start(self, header):
+        if not self.sessions:
+            # The tables must exist before any COPY runs: let the pre-data section finish in its own session first.
+            preamble = b"".join(self.scanner.preamble)
+            self.main.restart("creating the schema", preamble)
+            for _index in range(self.jobs):
+                session = self.open_session()
+                session.write(preamble)
+                thread = threading.Thread(target=self._work, args=(session,), daemon=True)
+                thread.start()
+                self.sessions.append(session)
+                self._threads.append(thread)
+        self._header, self._parts, self._size = header, [], 0
+
+    def data(self, chunk):
+        if chunk:
+            self._parts.append(chunk)
+            self._size += len(chunk)
+            if self._size >= self.unit_size:
+                self._flush()
+
+    def end(self):
+        self._flush()
+
+    def _flush(self):
+        if self._parts:
+            unit = self._header + b"".join(self._parts) + b"\\.\n"
+            self._parts, self._size = [], 0
+            while not self.failed.is_set():
+                try:
+                    self.queue.put(unit, timeout=0.2)
+                    return
+                except queue.Full:
+                    continue
+            self.close()
+
+    def _work(self, session):
+        while True:
+            unit = self.queue.get()
+            if unit is None:
+                return
+            if self.failed.is_set():
+                continue  # keep draining so the producer never blocks
+            try:
+                session.write(unit)
+            except RestoreError:
+                self.failed.set()
+
+    def close(self):
+        """Wait for every unit to be loaded; raise with the first session error."""
+        for _thread in self._threads:
+            self.queue.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
+        for session in self.sessions:
+            session.close("loading the data")
 
 
 class Restorer:
@@ -144,16 +299,19 @@ class Restorer:
         return None
 
     def _psql(self, target):
-        return subprocess.Popen(self.runtime.psql_command(target, "-f", "-"), stdin=subprocess.PIPE,
+        proc = subprocess.Popen(self.runtime.psql_command(target, "-f", "-"), stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=self.runtime.env())
+        enlarge_pipe(proc.stdin)
+        return proc
 
     def _load_plain(self, target, src, compression):
-        """Stream the dump into psql; the post-data section goes to parallel sessions when jobs > 1."""
+        """Stream the dump into psql; with jobs > 1, COPY data and the post-data section go to parallel sessions."""
         reader = _dumpfile.DumpReader(src, compression)
-        main = self._psql(target)
-        errors = []
-        stderr_reader = _drain(main.stderr, errors)
-        scanner = _dumpfile.SqlScanner(main.stdin.write, split_post_data=self.jobs > 1)
+        main = MainStream(lambda: Session(self._psql(target)))
+        copier = ParallelCopy(main.open_session, main, self.jobs) if self.jobs > 1 else None
+        scanner = _dumpfile.SqlScanner(main.write, split_post_data=self.jobs > 1, copy_sink=copier)
+        if copier:
+            copier.scanner = scanner
         in_copy_reported = False
         try:
             for chunk in reader.chunks():
@@ -162,62 +320,39 @@ class Restorer:
                     _faults.checkpoint("restore_copy")
                     in_copy_reported = True
             scanner.finish()
-            main.stdin.close()
-        except BrokenPipeError:
-            pass
-        except _dumpfile.DumpError:
-            main.kill()
-            main.wait()
+            if copier:
+                copier.close()
+            main.session.close("loading the dump")
+        except BaseException:
+            for session in [main.session] + (copier.sessions if copier else []):
+                session.kill()
             raise
-        finally:
-            if main.poll() is None and main.stdin.closed is False:
-                main.stdin.close()
-        if main.wait() != 0:
-            stderr_reader.join()
-            raise RestoreError("loading the dump failed: %s" % _pg.first_line(b"".join(errors).decode(errors="replace")))
         _faults.checkpoint("restore_post_data")
         if scanner.post_data:
             self._run_post_data(target, scanner)
         return reader, scanner
 
     def _run_post_data(self, target, scanner):
-        """Indexes and constraints in `jobs` sessions (largest tables first), then the rest in dump order."""
+        """Indexes and constraints in `jobs` sessions, a table's statements always in the same session (two sessions
+        on one table would wait on each other's locks), largest tables first; then the rest in dump order."""
         preamble = b"".join(scanner.preamble)
-        parallel = [entry for entry in scanner.post_data if entry[0] in _dumpfile.PARALLEL_TYPES]
-        ordered = [entry for entry in scanner.post_data if entry[0] not in _dumpfile.PARALLEL_TYPES]
+        by_table = {}
+        ordered = []
+        for toc_type, target_table, sql in scanner.post_data:
+            if toc_type in _dumpfile.PARALLEL_TYPES and target_table:
+                by_table.setdefault(target_table, []).append(sql)
+            else:
+                ordered.append(sql)
         buckets = [[0, []] for _index in range(self.jobs)]
-        for entry in sorted(parallel, key=lambda e: -scanner.copy_rows.get(e[1], 0)):
+        for table in sorted(by_table, key=lambda t: -scanner.copy_rows.get(t, 0)):
             bucket = min(buckets, key=lambda b: b[0])
-            bucket[0] += scanner.copy_rows.get(entry[1], 0) + 1
-            bucket[1].append(entry[2])
-        self._run_sessions(target, [preamble + b"".join(sql) for _weight, sql in buckets if sql])
+            bucket[0] += scanner.copy_rows.get(table, 0) + 1
+            bucket[1].extend(by_table[table])
+        sessions = [Session(self._psql(target), preamble + b"".join(sql)) for _weight, sql in buckets if sql]
+        for session in sessions:
+            session.close("building indexes and constraints")
         if ordered:
-            self._run_sessions(target, [preamble + b"".join(entry[2] for entry in ordered)])
-
-    def _run_sessions(self, target, scripts):
-        procs = []
-        for script in scripts:
-            proc = self._psql(target)
-            errors = []
-            writer = threading.Thread(target=self._feed, args=(proc, script), daemon=True)
-            writer.start()
-            procs.append((proc, errors, _drain(proc.stderr, errors), writer))
-        failures = []
-        for proc, errors, reader, writer in procs:
-            writer.join()
-            if proc.wait() != 0:
-                reader.join()
-                failures.append(_pg.first_line(b"".join(errors).decode(errors="replace")))
-        if failures:
-            raise RestoreError("building indexes and constraints failed: %s" % failures[0])
-
-    @staticmethod
-    def _feed(proc, script):
-        try:
-            proc.stdin.write(script)
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
+            Session(self._psql(target), preamble + b"".join(ordered)).close("building constraints and triggers")
 
     def _load_archive(self, target, src, fmt):
         """pg_restore -j into the target; in the compose runtime the archive is copied into the container first."""
@@ -299,10 +434,25 @@ class Restorer:
             if manifest is not None:
                 _dumpfile.compare_counts(scanner.copy_rows, manifest, "the dump's")
             dump_rows = scanner.copy_rows
-        counts = self.verify_database(target, manifest, expect_tables, dump_rows)
+        # ANALYZE (statistics for the planner from the first query on) runs while the rows are counted.
+        analyze_errors = []
+        analyzer = threading.Thread(target=self._analyze, args=(target, analyze_errors), daemon=True)
         if self.analyze:
-            self.runtime.execute("ANALYZE", db=target)
+            analyzer.start()
+        try:
+            counts = self.verify_database(target, manifest, expect_tables, dump_rows)
+        finally:
+            if self.analyze:
+                analyzer.join()
+        if analyze_errors:
+            raise RestoreError("ANALYZE of the restored database failed: %s" % analyze_errors[0])
         return counts
+
+    def _analyze(self, target, errors):
+        try:
+            self.runtime.execute("ANALYZE", db=target)
+        except _pg.PgError as exc:
+            errors.append(exc)
 
     def _transaction(self, statements, databases):
         """Run renames in one transaction, retrying while sessions reconnect; returns the seconds it took."""
@@ -320,14 +470,23 @@ class Restorer:
                 time.sleep(0.1)
         return time.monotonic() - start
 
-    def swap(self):
-        """Staging becomes live in one transaction; the live database is kept as <db>_pre_restore_<stamp>."""
+    def swap(self, app=None):
+        """Staging becomes live in one transaction; the live database is kept as <db>_pre_restore_<stamp>.
+
+        With `app` (an AppCycle) the app is stopped just before and started just after, in this one step, so its
+        downtime is only stop, swap, (migrate,) start; if it does not come back healthy, the swap is rolled back.
+        """
         live = self.mark_of(self.db)
         if live and live.get("change_id") == self.change_id and live.get("state") == "live":
             return dict(changed=False, previous_db=live.get("previous_db"), row_counts=live.get("row_counts"),
                         verified=True, downtime_s=0.0, msg="%s already is the restore of change %s" % (self.db, self.change_id))
         mark = self.mark_of(self.staging)
-        if not (mark and mark.get("change_id") == self.change_id and mark.get("state") == "verified"):
+        staged = mark and mark.get("change_id") == self.change_id and mark.get("state") == "verified"
+        if self.check_mode and not staged:
+            # The staging step of this dry run only predicted the staging database.
+            return dict(changed=True, verified=False, plan=["swap %s into place, keeping %s as %s_pre_restore_<stamp>"
+                                                            % (self.staging, self.db, self.db)])
+        if not staged:
             raise RestoreError("no verified staging database %s for change %s: stage it first (state=staged)"
                                % (self.staging, self.change_id))
         stamp = time.strftime(STAMP_FORMAT, time.gmtime())
@@ -340,12 +499,35 @@ class Restorer:
         statements += ["ALTER DATABASE %s RENAME TO %s" % (_pg.quote_ident(self.staging), _pg.quote_ident(self.db)),
                        comment_sql(self.db, dict(mark, state="live", previous_db=previous,
                                                  swapped_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))]
+        clock = time.monotonic()
+        if app:
+            app.stop()
         _faults.checkpoint("restore_before_swap")
-        downtime = self._transaction(statements, [self.db, self.staging])
+        try:
+            downtime = self._transaction(statements, [self.db, self.staging])
+        except RestoreError:
+            if app:
+                app.start()
+            raise
         _faults.checkpoint("restore_after_swap")
-        return dict(changed=True, previous_db=previous, row_counts=mark["row_counts"], verified=True,
-                    downtime_s=round(downtime, 3), dropped=self.prune(),
-                    msg="%s is now the restored database; the previous one is kept as %s" % (self.db, previous))
+        if app:
+            try:
+                app.migrate()
+                app.start()
+            except RestoreError as exc:
+                rolled = self.rollback()
+                try:
+                    app.start()
+                except RestoreError as again:
+                    raise RolledBack("%s after the swap; %s, but the app does not start on it either: %s"
+                                     % (exc, rolled["msg"], again))
+                raise RolledBack("%s after the swap; %s" % (exc, rolled["msg"]))
+        result = dict(changed=True, previous_db=previous, row_counts=mark["row_counts"], verified=True,
+                      downtime_s=round(downtime, 3), dropped=self.prune(),
+                      msg="%s is now the restored database; the previous one is kept as %s" % (self.db, previous))
+        if app:
+            result["app_downtime_s"] = round(time.monotonic() - clock, 3)
+        return result
 
     def prune(self):
         """Drop pre-restore and failed-restore databases beyond keep_previous (oldest first)."""
@@ -357,8 +539,9 @@ class Restorer:
                 dropped.append(name)
         return dropped
 
-    def rollback(self):
-        """Put the pre-restore database back; the restored one is kept as <db>_failed_restore_<stamp>."""
+    def rollback(self, app=None):
+        """Put the pre-restore database back; the restored one is kept as <db>_failed_restore_<stamp>.
+        With `app`, the service is stopped before and started after."""
         live = self.mark_of(self.db)
         if not (live and live.get("change_id") == self.change_id and live.get("state") == "live"):
             for name in self.runtime.databases_like("^%s_failed_restore_[0-9]{8}T[0-9]{6}Z$" % self.db):
@@ -373,10 +556,14 @@ class Restorer:
         if self.check_mode:
             step = "in one transaction: rename %s to %s and %s to %s" % (self.db, failed, previous, self.db)
             return dict(changed=True, previous_db=failed, plan=[step])
+        if app:
+            app.stop()
         downtime = self._transaction([
             "ALTER DATABASE %s RENAME TO %s" % (_pg.quote_ident(self.db), _pg.quote_ident(failed)),
             "ALTER DATABASE %s RENAME TO %s" % (_pg.quote_ident(previous), _pg.quote_ident(self.db)),
             comment_sql(failed, dict(live, state="rolled_back"))], [self.db, previous])
+        if app:
+            app.start()
         return dict(changed=True, previous_db=failed, downtime_s=round(downtime, 3),
                     msg="rolled back: %s is the database from before the restore again; the restored one is kept as %s"
                     % (self.db, failed))
@@ -414,19 +601,20 @@ def archive_tool_for(runtime):
 
 def restore(runtime, src, db, change_id, state="restored", strategy="swap", manifest=None, require_manifest=True,
             expect_tables=(), force=False, keep_previous=1, jobs=2, owner=None, disk_headroom=0.1, analyze=True,
-            check_mode=False, warn=None):
+            check_mode=False, warn=None, app=None):
     clock = time.monotonic()
     restorer = Restorer(runtime, db, change_id, keep_previous=keep_previous, jobs=jobs, owner=owner,
                         disk_headroom=disk_headroom, analyze=analyze, check_mode=check_mode, warn=warn)
     runtime.ping()
     result = dict(db=db, staging_db=restorer.staging, previous_db=None, verified=False, downtime_s=0.0, dropped=[])
+    live = restorer.mark_of(db)
+    result["live_is_restore"] = bool(live and live.get("change_id") == change_id and live.get("state") == "live")
     if state == "swapped":
-        result.update(restorer.swap())
+        result.update(restorer.swap(app))
     elif state == "rolled_back":
-        result.update(restorer.rollback())
+        result.update(restorer.rollback(app))
     else:
-        live = restorer.mark_of(db)
-        if live and live.get("change_id") == change_id and live.get("state") == "live":
+        if result["live_is_restore"]:
             result.update(changed=False, previous_db=live.get("previous_db"), row_counts=live.get("row_counts"),
                           verified=True, msg="%s already is the restore of change %s" % (db, change_id))
         else:
@@ -451,13 +639,13 @@ def restore(runtime, src, db, change_id, state="restored", strategy="swap", mani
                 result.update(staged)
                 if state == "restored":
                     plan = staged.get("plan", [])
-                    if check_mode:
-                        step = "swap %s into place, keeping %s as %s_pre_restore_<stamp>" % (restorer.staging, db, db)
-                        swapped = dict(changed=True, plan=[step])
-                    else:
-                        swapped = restorer.swap()
+                    swapped = restorer.swap(app)
                     result.update(swapped, changed=staged["changed"] or swapped["changed"],
                                   plan=plan + swapped.get("plan", []))
+    if state in ("restored", "swapped") and result.get("changed") and not check_mode:
+        result["live_is_restore"] = True
+    elif state == "rolled_back" and result.get("changed"):
+        result["live_is_restore"] = False
     result["duration_s"] = round(time.monotonic() - clock, 3)
     if not result.get("plan"):
         result.pop("plan", None)

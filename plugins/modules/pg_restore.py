@@ -94,6 +94,29 @@ options:
     description: C(maintenance_work_mem) of the restore's sessions (index builds sort in memory up to this).
     type: str
     default: 512MB
+  app_stop_command:
+    description:
+      - Stops the service just before the swap (argv), e.g. C([docker, compose, --project-directory, /opt/whatsapp-mcp, stop, app]).
+      - With I(app_start_command), the service is stopped, the databases swapped, migrations run and the service
+        started in this one step, so its downtime (C(app_downtime_s)) is only that. If it does not start or answer
+        I(health_url), the swap is rolled back and the service started on the previous database.
+    type: list
+    elements: str
+  app_migrate_command:
+    description: Migrations run after the swap, before the service starts (argv).
+    type: list
+    elements: str
+  app_start_command:
+    description: Starts the service after the swap (argv).
+    type: list
+    elements: str
+  health_url:
+    description: URL that answers 200 once the service is back; polled after I(app_start_command).
+    type: str
+  health_timeout:
+    description: Seconds to wait for I(health_url).
+    type: int
+    default: 120
 author:
   - runbooks.incident contributors (@runbooks)
 """
@@ -161,6 +184,10 @@ dropped:
   returned: always
   type: list
   elements: str
+app_downtime_s:
+  description: Seconds from stopping the service to its answering I(health_url) again.
+  returned: when the step swapped with I(app_stop_command)
+  type: float
 plan:
   description: What the call would do (check mode).
   returned: in check mode
@@ -170,7 +197,7 @@ plan:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _dumpfile, _params, _pg, _pg_restore, _run_lock
+from ansible_collections.runbooks.incident.plugins.module_utils import _appcycle, _dumpfile, _params, _pg, _pg_restore, _run_lock
 
 
 def main():
@@ -191,6 +218,11 @@ def main():
         disk_headroom=dict(type="float", default=0.1),
         analyze=dict(type="bool", default=True),
         maintenance_work_mem=dict(type="str", default="512MB"),
+        app_stop_command=dict(type="list", elements="str"),
+        app_migrate_command=dict(type="list", elements="str"),
+        app_start_command=dict(type="list", elements="str"),
+        health_url=dict(type="str"),
+        health_timeout=dict(type="int", default=120),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
@@ -200,12 +232,19 @@ def main():
                          % params["incident_id"])
     runtime = _pg.Runtime.from_params(params)
     runtime.pgoptions = "-c maintenance_work_mem=%s -c synchronous_commit=off" % params["maintenance_work_mem"]
+    app = None
+    if params["app_stop_command"] or params["app_start_command"]:
+        app = _appcycle.AppCycle(params["app_stop_command"], params["app_migrate_command"], params["app_start_command"],
+                                 params["health_url"], params["health_timeout"])
     try:
         result = _pg_restore.restore(
             runtime, params["src"], params["db"], params["incident_id"], state=params["state"], strategy=params["strategy"],
             manifest=params["manifest"], require_manifest=params["require_manifest"], expect_tables=params["expect_tables"],
             force=params["force"], keep_previous=params["keep_previous"], jobs=params["jobs"], owner=params["owner"],
-            disk_headroom=params["disk_headroom"], analyze=params["analyze"], check_mode=module.check_mode, warn=module.warn)
+            disk_headroom=params["disk_headroom"], analyze=params["analyze"], check_mode=module.check_mode, warn=module.warn,
+            app=app)
+    except _pg_restore.RolledBack as exc:
+        module.fail_json(msg="restore of %s failed and was rolled back: %s" % (params["src"], exc), rolled_back=True)
     except (_pg.PgError, _pg_restore.RestoreError, _dumpfile.DumpError, OSError) as exc:
         module.fail_json(msg="restore of %s refused or failed, the live database %s is untouched: %s"
                          % (params["src"], params["db"], exc))

@@ -373,14 +373,38 @@ def test_in_place_needs_force(db, run_module, dumps, conn):
 
 # ------------------------------------------------------------------------------------------------ kill -9
 def start_restore(tmp_path, params, fault_dir):
-    """pg_restore through ansible-playbook in its own process group, so kill -9 takes psql down with it."""
+    """pg_restore through ansible-playbook, as an operator runs it."""
     playbook = tmp_path / "restore.yml"
     playbook.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False,
                                      "tasks": [{"runbooks.incident.pg_restore": params}]}]))
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"),
                ANSIBLE_PYTHON_INTERPRETER=sys.executable, RUNBOOKS_INCIDENT_FAULT_DIR=str(fault_dir))
     return subprocess.Popen([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(playbook)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def kill_9_run(fault_dir):
+    """kill -9 every process of the run (ansible-playbook, the module it started in a session of its own, psql
+    below it): they all carry the run's RUNBOOKS_INCIDENT_FAULT_DIR in their environment."""
+    marker = f"RUNBOOKS_INCIDENT_FAULT_DIR={fault_dir}".encode()
+    deadline = time.monotonic() + 10
+    while True:
+        victims = []
+        for environ in Path("/proc").glob("[0-9]*/environ"):
+            try:
+                if marker in environ.read_bytes().split(b"\0"):
+                    victims.append(int(environ.parent.name))
+            except OSError:
+                continue
+        if not victims:
+            return
+        assert time.monotonic() < deadline, f"processes {victims} survive kill -9"
+        for victim in victims:
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
 
 
 def wait_for(path, proc, timeout=60):
@@ -414,12 +438,14 @@ def test_kill_9_never_harms_the_live_database_and_a_rerun_completes(db, run_modu
             time.sleep(0.5)
             (fault_dir / (hook + ".hold")).unlink()
             deadline = time.monotonic() + 30
-            while "CREATE" not in db.psql("postgres", "SELECT string_agg(left(query, 30), ' ') FROM pg_stat_activity "
-                                                      f"WHERE datname = '{live}_restore_staging' AND wait_event_type = 'Lock'"):
+            # Building the primary key's index or another index of messages, blocked mid-statement.
+            while not any(word in db.psql("postgres", "SELECT string_agg(query, ' ') FROM pg_stat_activity "
+                                                      f"WHERE datname = '{live}_restore_staging' AND wait_event_type = 'Lock'")
+                          for word in ("PRIMARY KEY", "CREATE INDEX")):
                 assert time.monotonic() < deadline, "the index build never waited on the lock"
                 time.sleep(0.05)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_9_run(fault_dir)
         proc.wait()
         if locker:
             locker.kill()
@@ -461,3 +487,61 @@ def test_a_dump_the_server_cannot_load_fails_clearly(db, run_module, conn, tmp_p
                                            expect_tables=["actor"], **conn))
     assert result["failed"] and "uuidv7() does not exist" in result["msg"]
     assert db.state("pagila") == before and db.databases() == databases
+
+
+# ------------------------------------------------------------------------------------------------ the app around the swap
+@pytest.fixture(name="health")
+def health_fixture():
+    """A /health endpoint on loopback whose status the test sets (the service's stand-in for these tests)."""
+    import http.server  # pylint: disable=import-outside-toplevel
+
+    state = {"status": 200}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # pylint: disable=invalid-name
+            self.send_response(state["status"])
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield state, f"http://127.0.0.1:{server.server_address[1]}/health"
+    server.shutdown()
+
+
+def app_params(log, url, start="true"):
+    record = "echo {} >> " + str(log)
+    return dict(app_stop_command=["sh", "-c", record.format("stop")], app_start_command=["sh", "-c", record.format("start") + " && " + start],
+                health_url=url, health_timeout=2)
+
+
+def test_the_app_is_down_only_around_the_swap(db, run_module, dumps, conn, tmp_path, health):
+    _state, url = health
+    db.create("cycle", "large_template")
+    log = tmp_path / "app.log"
+    staged = run_module("pg_restore", restore_params(dumps["plain"], "cycle", conn, state="staged"))
+    assert staged["verified"] and not log.exists()  # staging never touches the app
+    swapped = run_module("pg_restore", restore_params(dumps["plain"], "cycle", conn, state="swapped", **app_params(log, url)))
+    assert swapped["changed"] and log.read_text().split() == ["stop", "start"]
+    assert 0 < swapped["downtime_s"] <= swapped["app_downtime_s"] < 5
+    assert db.counts("cycle") == db.counts("small_template")
+
+
+@pytest.mark.parametrize("failure", ["start fails", "health never 200"])
+def test_an_app_that_does_not_come_back_is_rolled_back(db, run_module, dumps, conn, tmp_path, health, failure):
+    state, url = health
+    db.create("noreturn", "large_template")
+    before = db.state("noreturn")
+    run_module("pg_restore", restore_params(dumps["plain"], "noreturn", conn, state="staged"))
+    log = tmp_path / "app.log"
+    if failure == "health never 200":
+        state["status"] = 503
+    params = app_params(log, url, start="false" if failure == "start fails" else "true")
+    result = run_module("pg_restore", restore_params(dumps["plain"], "noreturn", conn, state="swapped", **params))
+    assert result["failed"] and result.get("rolled_back"), result["msg"]
+    assert "was rolled back" in result["msg"]
+    assert db.state("noreturn")[1:] == before[1:]  # the previous data is live again (a rename, same content)
+    assert any(name.startswith("noreturn_failed_restore_") for name in db.databases())
+    assert log.read_text().split() == ["stop", "start", "start"]  # started again on the previous database

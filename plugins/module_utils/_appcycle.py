@@ -1,0 +1,59 @@
+# Copyright: contributors to runbooks.incident
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The service around a database swap: stop, migrate, start, wait for /health. PRIVATE to the collection.
+
+Used by the pg_restore module only (it needs Ansible's URL code; the host-side jobs do not import it).
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+from urllib.error import HTTPError, URLError
+
+from ansible.module_utils.urls import open_url
+
+from ansible_collections.runbooks.incident.plugins.module_utils import _pg, _pg_restore
+
+
+class AppCycle:
+    """The service around the swap: commands (argv lists) to stop it, migrate and start it, and a health URL."""
+
+    def __init__(self, stop=None, migrate=None, start=None, health_url=None, health_timeout=120):
+        self.stop_argv, self.migrate_argv, self.start_argv = stop, migrate, start
+        self.health_url = health_url
+        self.health_timeout = health_timeout
+
+    @staticmethod
+    def _run(argv, what):
+        if not argv:
+            return
+        res = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise _pg_restore.RestoreError("%s (%s) failed: %s" % (what, " ".join(argv[-3:]), _pg.first_line(res.stderr or res.stdout)))
+
+    def stop(self):
+        self._run(self.stop_argv, "stopping the app")
+
+    def migrate(self):
+        self._run(self.migrate_argv, "the migrations")
+
+    def start(self):
+        self._run(self.start_argv, "starting the app")
+        if self.health_url:
+            self.wait_healthy()
+
+    def wait_healthy(self):
+        deadline = time.monotonic() + self.health_timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                response = open_url(self.health_url, timeout=5, validate_certs=False)
+                if response.getcode() == 200:
+                    return
+                last = "HTTP %d" % response.getcode()
+            except HTTPError as exc:
+                last = "HTTP %d" % exc.code
+            except (URLError, OSError) as exc:
+                last = str(exc)
+            time.sleep(0.2)
+        raise _pg_restore.RestoreError("%s did not answer 200 within %d s (last: %s)" % (self.health_url, self.health_timeout, last))
