@@ -1,0 +1,63 @@
+# Copyright: contributors to runbooks.incident
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The host-side job code the timers run (`python3 -m ..._cli <job>`), as systemd runs it, against a real PostgreSQL."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import COLLECTIONS, PG_BINDIR  # pylint: disable=import-error
+from servicedb import populate_sql  # pylint: disable=import-error
+
+
+def run_job(job, config_path):
+    # Only the copied package tree on PYTHONPATH, as on the host: no Ansible import may be needed.
+    return subprocess.run([sys.executable, "-m", "ansible_collections.runbooks.incident.plugins.module_utils._cli", job, "--config", str(config_path)],
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(COLLECTIONS)), check=False)
+
+
+@pytest.fixture(name="job_config")
+def job_config_fixture(pg_server, tmp_path):
+    psql = [str(PG_BINDIR / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]
+    env = dict(os.environ, **pg_server.env)
+    subprocess.run(psql + ["-d", "postgres"], input="DROP DATABASE IF EXISTS nightly; CREATE DATABASE nightly", text=True, check=True, env=env)
+    subprocess.run(psql + ["-d", "nightly"], input=populate_sql(), text=True, check=True, env=env)
+    dest = tmp_path / "backups"
+    dest.mkdir()
+    config = dict(db="nightly", dest=str(dest), login_unix_socket=pg_server.host, login_port=pg_server.port, login_user="postgres",
+                  pg_bin_dir=str(PG_BINDIR), expect_tables=["clients", "messages"], keep_daily=2, keep_monthly=1)
+    path = tmp_path / "backup-db.json"
+    path.write_text(json.dumps(config))
+    return path, dest
+
+
+def test_backup_job_dumps_verifies_and_prunes(job_config):
+    path, dest = job_config
+    for stamp in ("2025-12-31", "2026-01-15", "2026-01-20", "2026-01-21"):  # older dumps the policy partly keeps
+        (dest / f"db-{stamp}.sql.gz").write_bytes(b"old")
+        (dest / f"db-{stamp}.manifest.json").write_text("{}")
+    res = run_job("backup-db", path)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["changed"] and summary["verified"] and summary["row_counts"]["messages"] == 10000
+    # keep_daily=2: today and 2026-01-21; keep_monthly=1: the newest of this month (today's).
+    assert sorted(p.name for p in dest.iterdir() if p.name.endswith(".sql.gz")) == sorted(
+        ["db-2026-01-21.sql.gz", os.path.basename(summary["path"])])
+    assert "db-2025-12-31.manifest.json" not in os.listdir(dest)
+    again = json.loads(run_job("backup-db", path).stdout)
+    assert not again["changed"] and again["verified"] and again["pruned"] == []
+
+
+def test_backup_job_failure_exits_non_zero_with_one_line(job_config, tmp_path):
+    path, _dest = job_config
+    config = json.loads(path.read_text())
+    config["db"] = "gone"
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(config))
+    res = run_job("backup-db", broken)
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr.startswith("runbooks-incident backup-db failed:") and "gone" in res.stderr and len(res.stderr.splitlines()) == 1
