@@ -1,0 +1,96 @@
+# Copyright: contributors to runbooks.incident
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""After the restore: the data of the backup is live, the lost state is kept, the service and the nightly job work,
+and a restore whose migration fails is rolled back with the service up again."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+PSQL = "docker compose --project-directory /opt/whatsapp-mcp exec -T postgres psql -U wa -At"
+TABLES = ("clients", "api_keys", "messages")
+
+
+def counts(host, db="wa_mcp"):
+    sql = " UNION ALL ".join(f"SELECT '{t}', count(*) FROM {t}" for t in TABLES)
+    out = host.check_output(f'{PSQL} -d {db} -F= -c "{sql}"')
+    return {name: int(value) for name, value in (line.split("=") for line in out.splitlines())}
+
+
+def latest_manifest(host):
+    path = host.check_output("ls /var/lib/whatsapp-mcp/backups/db-*.manifest.json | sort | tail -n 1")
+    return json.loads(host.file(path).content_string)
+
+
+def databases(host):
+    return host.check_output(f'{PSQL} -d postgres -c "SELECT datname FROM pg_database ORDER BY 1"').split()
+
+
+def test_live_data_equals_the_backup(host):
+    manifest = latest_manifest(host)
+    assert counts(host) == {t: manifest["row_counts"][t] for t in TABLES}
+    assert manifest["row_counts"]["messages"] == 20000
+
+
+def test_the_lost_state_is_kept_as_the_pre_restore_database(host):
+    previous = [name for name in databases(host) if name.startswith("wa_mcp_pre_restore_")]
+    assert len(previous) == 1
+    assert counts(host, previous[0])["messages"] == 500
+
+
+def test_service_healthy_and_smoke_passes(host):
+    assert json.loads(host.check_output("curl -fsS http://127.0.0.1/health"))["status"] == "ok"
+    host.check_output("docker compose --project-directory /opt/whatsapp-mcp exec -T app wa-mcp smoke")
+
+
+def test_backups_are_private(host):
+    assert host.file("/var/lib/whatsapp-mcp/backups").mode == 0o700
+    for path in host.check_output("ls /var/lib/whatsapp-mcp/backups/db-*").split():
+        assert host.file(path).mode == 0o600 and host.file(path).user == "root", path
+
+
+def test_the_nightly_job_runs_on_the_host(host):
+    assert host.service("runbooks-backup-db.timer").is_enabled
+    assert host.service("runbooks-backup-db.timer").is_running
+    host.check_output("systemctl start runbooks-backup-db.service")
+    result = json.loads(host.check_output("journalctl -u runbooks-backup-db.service -o cat --no-pager | grep '\"job\"' | tail -n 1"))
+    assert result["verified"] and not result["changed"]  # today's backup exists and still verifies
+
+
+def test_journal_records_the_restore(host):
+    markers = host.check_output("journalctl -t runbooks-incident -o cat --no-pager")
+    assert "END incident=MOLECULE-RESTORE playbook=Restore the database from a backup" in markers
+    assert "outcome=success" in markers.split("END incident=MOLECULE-RESTORE")[1].splitlines()[0]
+
+
+def restore_with(override, incident_id):
+    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
+    playbook = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "restore_database.yml")
+    return subprocess.run(["ansible-playbook", "-i", inventory, playbook, "-e", f"incident_id={incident_id}", "-e", "confirm=true",
+                           "-e", json.dumps(override)], capture_output=True, text=True, check=False)
+
+
+def add_canary(host, name):
+    """A row written after the backup: it stays live only if the live database is never replaced or is put back."""
+    host.check_output(f"""{PSQL} -d wa_mcp -c "INSERT INTO clients (name, contact_email) VALUES ('{name}', 'c@example.com')" """)
+
+
+def test_a_failing_migration_never_reaches_the_live_database(host):
+    add_canary(host, "canary-migration")
+    before = counts(host)
+    run = restore_with({"db_restore_migrate_command": ["false"]}, "MOLECULE-BAD-MIGRATION")
+    assert run.returncode != 0 and "Apply migrations to the staging database" in run.stdout
+    assert counts(host) == before
+    assert json.loads(host.check_output("curl -fsS http://127.0.0.1/health"))["status"] == "ok"
+
+
+def test_a_restore_that_fails_after_the_swap_is_rolled_back(host):
+    add_canary(host, "canary-smoke")
+    before = counts(host)
+    run = restore_with({"db_restore_smoke_command": ["false"]}, "MOLECULE-ROLLBACK")
+    assert run.returncode != 0
+    assert "rolled back" in run.stdout and "Run the smoke checks" in run.stdout
+    assert counts(host) == before  # the database from before this restore is live again, canary included
+    assert any(name.startswith("wa_mcp_failed_restore_") for name in databases(host))
+    assert json.loads(host.check_output("curl -fsS http://127.0.0.1/health"))["status"] == "ok"
