@@ -240,6 +240,16 @@ class Restorer:
         self.runtime.terminate_sessions(name)
         self.runtime.execute("DROP DATABASE IF EXISTS %s" % _pg.quote_ident(name))
 
+    def unused_name(self, kind):
+        """<db>_<kind>_<UTC stamp>, one second later per name already taken (two restores within a second)."""
+        taken = set(self.runtime.databases_like("^%s_%s_" % (self.db, kind)))
+        now = int(time.time())
+        while True:
+            name = "%s_%s_%s" % (self.db, kind, time.strftime(STAMP_FORMAT, time.gmtime(now)))
+            if name not in taken:
+                return name
+            now += 1
+
     def previous_databases(self):
         return self.runtime.databases_like("^%s_pre_restore_[0-9]{8}T[0-9]{6}Z$" % self.db)
 
@@ -489,8 +499,7 @@ class Restorer:
         if not staged:
             raise RestoreError("no verified staging database %s for change %s: stage it first (state=staged)"
                                % (self.staging, self.change_id))
-        stamp = time.strftime(STAMP_FORMAT, time.gmtime())
-        previous = "%s_pre_restore_%s" % (self.db, stamp) if self.runtime.database_exists(self.db) else None
+        previous = self.unused_name("pre_restore") if self.runtime.database_exists(self.db) else None
         if self.check_mode:
             return dict(changed=True, previous_db=previous, row_counts=mark["row_counts"], verified=True, plan=[
                 "terminate the sessions of %s" % self.db,
@@ -552,7 +561,7 @@ class Restorer:
         previous = live.get("previous_db")
         if not previous or not self.runtime.database_exists(previous):
             raise RestoreError("the pre-restore database %s is gone: cannot roll back" % previous)
-        failed = "%s_failed_restore_%s" % (self.db, time.strftime(STAMP_FORMAT, time.gmtime()))
+        failed = self.unused_name("failed_restore")
         if self.check_mode:
             step = "in one transaction: rename %s to %s and %s to %s" % (self.db, failed, previous, self.db)
             return dict(changed=True, previous_db=failed, plan=[step])
