@@ -21,3 +21,18 @@ def postgres_argument_spec():
 
 
 POSTGRES_MUTUALLY_EXCLUSIVE = [("compose_project_dir", "login_host"), ("compose_project_dir", "login_unix_socket")]
+
+
+def s3_argument_spec():
+    """Options of doc fragment runbooks.incident.s3."""
+    return dict(
+        bucket=dict(type="str", required=True),
+        prefix=dict(type="str", default=""),
+        endpoint_url=dict(type="str"),
+        region=dict(type="str", default="us-east-1"),
+        access_key=dict(type="str", no_log=True),
+        secret_key=dict(type="str", no_log=True),
+    )
+
+
+S3_REQUIRED_TOGETHER = [("access_key", "secret_key")]

@@ -1,0 +1,1237 @@
+# Copyright: contributors to runbooks.incident
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Encrypted off-host copies of backup sets in S3-compatible object storage. PRIVATE to the collection: no
+compatibility promise.
+
+Backups leave the host encrypted with age: the host needs only the recipient (public key) to encrypt; the identity
+(private key) is needed only to restore. Each entry F of a backup set (see _retention: every entry named
+`<prefix><stamp><rest>` with the same stamp) becomes the object `<key prefix>F.age`; a directory (a media snapshot, a
+directory-format dump) is shipped as one deterministic tar stream, hard links kept, as `<key prefix>F.tar.age`.
+Every object carries user metadata: `kind` (file, tar), `sha256-plain` and `size-plain` (what was encrypted),
+`sha256-cipher` (what was uploaded) and, for a tar, `sha256-tree` (the files' contents, as _fileio.sha256_tree).
+
+A set is complete off-host only when its MARKER exists, uploaded after every member was uploaded and verified: the
+set's manifest (`db-<stamp>.manifest.json.age`), or for a set without one (media) a plaintext
+`<name>.set.json` listing the members and their digests. Readers ignore sets without a marker; removals delete the
+marker first, so an interrupted removal also leaves an incomplete set, never a complete-looking one.
+
+Uploads stream: age runs as a child process reading the plaintext on stdin, its output goes to S3 in parts
+(multipart upload, Content-MD5 per part); an object appears only when the upload is completed, and a failed one is
+aborted. The ciphertext's SHA-256 is known only at the end, so a multipart object gets its full metadata by a
+server-side copy onto itself (no data through the host); `sha256-cipher` present means verified. Downloads stream
+the object into `age -d -i <identity file>` and check both digests before a partial file is renamed into place.
+
+Pure standard library plus boto3, imported only when a function needs it; no Ansible imports.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tarfile
+import threading
+from collections import namedtuple
+
+from ansible_collections.runbooks.incident.plugins.module_utils import _dumpfile, _fileio, _retention
+
+AGE_SUFFIX = ".age"
+TAR_SUFFIX = ".tar"
+SET_SUFFIX = ".set.json"
+MANIFEST_OBJECT_SUFFIX = _dumpfile.MANIFEST_SUFFIX + AGE_SUFFIX
+SET_FORMAT = "runbooks.incident offsite set v1"
+# Parts of a multipart upload: S3 allows 5 MiB to 5 GiB and at most 10,000 parts; the part size doubles for
+# objects that would need more than MAX_PARTS parts of 16 MiB (about 140 GiB).
+PART_SIZE = 16 << 20
+MAX_PARTS = 9000
+# CopyObject copies at most 5 GiB in one request; larger objects are copied in ranged parts.
+COPY_LIMIT = 5 << 30
+COPY_PART_SIZE = 1 << 30
+# Multipart uploads left by an interrupted run are aborted by a later run once they are this old (younger ones may
+# belong to a run still going).
+STALE_UPLOAD_SECONDS = 3600
+NO_IDENTITY = "no identity matched any of the recipients"
+RETRIES = {"max_attempts": 8, "mode": "standard"}
+CONNECT_TIMEOUT = 5
+READ_TIMEOUT = 60
+RECIPIENT_RE = re.compile(r"^(age1[0-9a-z]{58}|ssh-(ed25519|rsa) [A-Za-z0-9+/=]+( .*)?)$")
+
+Head = namedtuple("Head", "size meta")
+
+
+class OffsiteError(Exception):
+    """What went wrong, in words for the operator."""
+
+
+# --- S3 ------------------------------------------------------------------------------------------------------------
+
+def s3_client(endpoint_url=None, region="us-east-1", access_key=None, secret_key=None):
+    """A boto3 S3 client; credentials from the arguments, else boto3's chain (AWS_ACCESS_KEY_ID and friends)."""
+    import boto3  # pylint: disable=import-outside-toplevel
+    from botocore.config import Config  # pylint: disable=import-outside-toplevel
+
+    options = dict(retries=dict(RETRIES), connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT)
+    try:
+        # Content-MD5 on every upload is the integrity check; the default checksums of botocore >= 1.36 are not
+        # sent, as several S3-compatible services reject or ignore them.
+        config = Config(request_checksum_calculation="when_required", response_checksum_validation="when_required", **options)
+    except TypeError:  # older botocore (Debian 12 has 1.29), which sends none
+        config = Config(**options)
+    session = boto3.session.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key, region_name=region)
+    return session.client("s3", endpoint_url=endpoint_url or None, config=config)
+
+
+def _botocore_errors():
+    from botocore.exceptions import BotoCoreError, ClientError  # pylint: disable=import-outside-toplevel
+    return BotoCoreError, ClientError
+
+
+@contextlib.contextmanager
+def _s3(what):
+    """Turn boto3's errors into OffsiteError saying what was being done."""
+    try:
+        yield
+    except _botocore_errors() as exc:
+        raise OffsiteError("%s failed: %s" % (what, exc)) from exc
+
+
+def _md5(data):
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def check_prefixes(prefixes):
+    """Name prefixes of backup sets, as backup_retention accepts them."""
+    if not prefixes:
+        raise OffsiteError("prefixes is empty: name at least one kind of backup set, such as db-")
+    for prefix in prefixes:
+        try:
+            _retention.validate(prefix, 1, 0, 0, 0)
+        except _retention.RetentionError as exc:
+            raise OffsiteError(str(exc)) from exc
+
+
+def check_key_prefix(prefix):
+    if prefix and (not prefix.endswith("/") or prefix.startswith("/") or "//" in prefix
+                   or ".." in prefix.split("/")):
+        raise OffsiteError("prefix %r is not a key prefix: use \"\" or a path ending in '/', such as 'host1/'" % prefix)
+
+
+class Store:
+    """One bucket and key prefix. Names are object keys without the prefix; objects in sub-prefixes are not seen."""
+
+    def __init__(self, client, bucket, prefix=""):
+        check_key_prefix(prefix)
+        self.client, self.bucket, self.prefix = client, bucket, prefix
+
+    def key(self, name):
+        return self.prefix + name
+
+    def url(self, name=""):
+        return "s3://%s/%s" % (self.bucket, self.key(name))
+
+    def ensure_bucket(self, region, check_mode=False):
+        """Create the bucket if it does not exist; returns True when it was (or would be) created."""
+        with _s3("checking the bucket %s" % self.bucket):
+            try:
+                self.client.head_bucket(Bucket=self.bucket)
+                return False
+            except self.client.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+                    raise
+            if not check_mode:
+                options = {} if region in (None, "us-east-1") else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+                self.client.create_bucket(Bucket=self.bucket, **options)
+        return True
+
+    def list(self):
+        """{name: size} of the objects directly under the prefix."""
+        found = {}
+        with _s3("listing %s" % self.url()):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for item in page.get("Contents", []):
+                    name = item["Key"][len(self.prefix):]
+                    if name and "/" not in name:
+                        found[name] = item["Size"]
+        return found
+
+    def head(self, name):
+        """Head(size, metadata) of an object, or None if there is none."""
+        with _s3("reading the metadata of %s" % self.url(name)):
+            try:
+                response = self.client.head_object(Bucket=self.bucket, Key=self.key(name))
+            except self.client.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return None
+                raise
+        return Head(response["ContentLength"], response.get("Metadata") or {})
+
+    def body(self, name):
+        with _s3("downloading %s" % self.url(name)):
+            return self.client.get_object(Bucket=self.bucket, Key=self.key(name))["Body"]
+
+    def read(self, name):
+        with _s3("downloading %s" % self.url(name)):
+            return self.client.get_object(Bucket=self.bucket, Key=self.key(name))["Body"].read()
+
+    def put(self, name, data, meta):
+        with _s3("uploading %s" % self.url(name)):
+            self.client.put_object(Bucket=self.bucket, Key=self.key(name), Body=data, ContentMD5=_md5(data), Metadata=meta)
+
+    def delete(self, name):
+        with _s3("deleting %s" % self.url(name)):
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(name))
+
+    def start_upload(self, name, meta):
+        with _s3("starting the upload of %s" % self.url(name)):
+            return self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key(name), Metadata=meta)["UploadId"]
+
+    def upload_part(self, name, upload_id, number, data):
+        with _s3("uploading part %d of %s" % (number, self.url(name))):
+            response = self.client.upload_part(Bucket=self.bucket, Key=self.key(name), UploadId=upload_id,
+                                               PartNumber=number, Body=data, ContentMD5=_md5(data))
+        return {"ETag": response["ETag"], "PartNumber": number}
+
+    def complete_upload(self, name, upload_id, parts):
+        with _s3("completing the upload of %s" % self.url(name)):
+            self.client.complete_multipart_upload(Bucket=self.bucket, Key=self.key(name), UploadId=upload_id,
+                                                  MultipartUpload={"Parts": parts})
+
+    def abort_upload(self, key, upload_id):
+        with _s3("aborting the upload of s3://%s/%s" % (self.bucket, key)):
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+
+    def uploads(self):
+        """[(key, upload id, initiated)] of the multipart uploads in progress directly under the prefix."""
+        found = []
+        with _s3("listing the unfinished uploads under %s" % self.url()):
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for upload in page.get("Uploads", []):
+                    if "/" not in upload["Key"][len(self.prefix):]:
+                        found.append((upload["Key"], upload["UploadId"], upload["Initiated"]))
+        return found
+
+    def replace_metadata(self, name, size, meta):
+        """Give an object new metadata by a server-side copy onto itself (in ranged parts beyond COPY_LIMIT)."""
+        source = {"Bucket": self.bucket, "Key": self.key(name)}
+        if size <= COPY_LIMIT:
+            with _s3("setting the metadata of %s" % self.url(name)):
+                self.client.copy_object(Bucket=self.bucket, Key=self.key(name), CopySource=source, Metadata=meta,
+                                        MetadataDirective="REPLACE")
+            return
+        upload_id = self.start_upload(name, meta)
+        try:
+            parts = []
+            with _s3("copying %s onto itself with its metadata" % self.url(name)):
+                for start in range(0, size, COPY_PART_SIZE):
+                    response = self.client.upload_part_copy(
+                        Bucket=self.bucket, Key=self.key(name), UploadId=upload_id, PartNumber=len(parts) + 1,
+                        CopySource=source, CopySourceRange="bytes=%d-%d" % (start, min(start + COPY_PART_SIZE, size) - 1))
+                    parts.append({"ETag": response["CopyPartResult"]["ETag"], "PartNumber": len(parts) + 1})
+            self.complete_upload(name, upload_id, parts)
+        except BaseException:
+            self.abort_quietly(self.key(name), upload_id)
+            raise
+
+    def abort_quietly(self, key, upload_id):
+        """Best effort (the store may be what failed): a later run aborts what is left once it is stale."""
+        try:
+            self.abort_upload(key, upload_id)
+        except OffsiteError:
+            pass
+
+
+# --- age ------------------------------------------------------------------------------------------------------------
+
+def age_binary():
+    path = shutil.which("age")
+    if path is None:
+        raise OffsiteError("age is not installed on the host (no `age` on PATH)")
+    return path
+
+
+def recipient_args(recipient):
+    """age arguments for a recipient: a public key (age1..., ssh-ed25519 ...) or the absolute path of a recipients file."""
+    recipient = recipient.strip()
+    if os.path.isabs(recipient):
+        if not os.path.isfile(recipient):
+            raise OffsiteError("recipients file %s does not exist" % recipient)
+        return ["-R", recipient]
+    if recipient.upper().startswith("AGE-SECRET-KEY-"):
+        raise OffsiteError("recipient is an age PRIVATE key: give its public key (age-keygen -y), which is all the host "
+                           "needs to encrypt")
+    if not RECIPIENT_RE.match(recipient):
+        # The value is not repeated: whatever was passed by mistake stays out of the logs.
+        raise OffsiteError("recipient is neither an age public key (age1...), an SSH public key nor the absolute path of "
+                           "a recipients file")
+    return ["-r", recipient]
+
+
+def check_recipient(recipient):
+    """Encrypt nothing to the recipient, so a bad key fails before any upload."""
+    argv = [age_binary(), "-e"] + recipient_args(recipient)
+    res = subprocess.run(argv, input=b"", capture_output=True, check=False)
+    if res.returncode != 0:
+        raise OffsiteError("age refuses the recipient: %s" % _first_line(res.stderr))
+    return argv
+
+
+def check_identity(path):
+    """The age identity file must be a regular file only its owner can read (as ssh requires of private keys)."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise OffsiteError("the age key %s cannot be read: %s" % (path, exc.strerror)) from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise OffsiteError("the age key %s is not a regular file" % path)
+    if info.st_mode & 0o077:
+        raise OffsiteError("the age key %s is readable or writable by others (mode %04o): chmod 0400 it"
+                           % (path, stat.S_IMODE(info.st_mode)))
+    if not os.access(path, os.R_OK):
+        raise OffsiteError("the age key %s is not readable by this user" % path)
+
+
+def _first_line(raw):
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else "(no message)"
+
+
+class _Child:
+    """A child process fed on stdin by a thread (`feed(stdin, child)`), its stderr collected by another thread."""
+
+    def __init__(self, argv, feed):
+        self.stderr = b""
+        self.feed_error = None
+        self.stopping = threading.Event()
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except OSError as exc:
+            raise OffsiteError("cannot run %s: %s" % (argv[0], exc)) from exc
+        self._stderr_thread = threading.Thread(target=self._collect_stderr, daemon=True)
+        self._stderr_thread.start()
+        self._feed = feed
+        self._feeder = threading.Thread(target=self._run_feed, daemon=True)
+        self._feeder.start()
+
+    def _collect_stderr(self):
+        self.stderr = self.proc.stderr.read()
+
+    def _run_feed(self):
+        try:
+            self._feed(self.proc.stdin, self)
+        except BrokenPipeError:
+            pass  # the child exited; its exit status and stderr say why
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            self.feed_error = exc
+        finally:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+
+    def exited(self):
+        """Wait for the child (its stdout must have been read to the end) and both threads; the exit status."""
+        code = self.proc.wait()
+        self._stderr_thread.join()
+        self._feeder.join()
+        return code
+
+    def child_done(self):
+        """For the feeder, after a broken pipe: wait for the child to exit and its stderr to be read."""
+        self.proc.wait()
+        self._stderr_thread.join()
+
+    def stop(self):
+        """Kill the child if it still runs, e.g. because the consumer of its output failed."""
+        self.stopping.set()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        with contextlib.suppress(OSError):
+            self.proc.stdout.close()
+        self.exited()
+
+
+class _Digest:
+    """SHA-256 and size of a stream of bytes."""
+
+    def __init__(self):
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def update(self, data):
+        self.sha256.update(data)
+        self.size += len(data)
+
+    def hexdigest(self):
+        return self.sha256.hexdigest()
+
+
+class _HashingWriter:
+    """A write-only file object that digests what passes through to `sink` (None: digest only)."""
+
+    def __init__(self, sink=None):
+        self.sink = sink
+        self.digest = _Digest()
+
+    def write(self, data):
+        self.digest.update(data)
+        if self.sink is not None:
+            self.sink.write(data)
+        return len(data)
+
+    def flush(self):
+        if self.sink is not None:
+            self.sink.flush()
+
+
+class _HashingReader:
+    """A read-only file object that digests what is read from `source`."""
+
+    def __init__(self, source):
+        self.source = source
+        self.digest = _Digest()
+
+    def read(self, size=-1):
+        data = self.source.read(size)
+        self.digest.update(data)
+        return data
+
+    def drain(self):
+        """Read to the end (what a consumer left unread still counts in the digest)."""
+        while self.read(_fileio.CHUNK):
+            pass
+
+
+def _read_full(stream, size):
+    """Up to `size` bytes: fewer only at the end of the stream."""
+    pieces, missing = [], size
+    while missing:
+        data = stream.read(missing)
+        if not data:
+            break
+        pieces.append(data)
+        missing -= len(data)
+    return b"".join(pieces)
+
+
+# --- local backup sets ------------------------------------------------------------------------------------------------
+
+class Member:
+    """One entry of a local backup set and the object it becomes."""
+
+    def __init__(self, src, entry):
+        self.entry = entry
+        self.path = os.path.join(src, entry)
+        mode = os.lstat(self.path).st_mode
+        if stat.S_ISDIR(mode):
+            self.kind = "tar"
+        elif stat.S_ISREG(mode):
+            self.kind = "file"
+        else:
+            raise OffsiteError("%s is neither a regular file nor a directory" % self.path)
+        self.object = entry + (TAR_SUFFIX if self.kind == "tar" else "") + AGE_SUFFIX
+
+    def produce(self, out, stats):
+        """Write the plaintext (file content or tar stream) to `out`; a tar's tree digest goes to stats['tree']."""
+        if self.kind == "file":
+            with open(self.path, "rb") as handle:
+                for chunk in iter(lambda: handle.read(_fileio.CHUNK), b""):
+                    out.write(chunk)
+        else:
+            stats["tree"] = write_tar(self.path, out)
+
+    def plain_digest(self):
+        """{'sha256-plain': ..., ['sha256-tree': ...]} of the plaintext, computed locally (one read of everything)."""
+        writer, stats = _HashingWriter(), {}
+        self.produce(writer, stats)
+        found = {"sha256-plain": writer.digest.hexdigest()}
+        if "tree" in stats:
+            found["sha256-tree"] = stats["tree"]
+        return found
+
+    def size_estimate(self):
+        if self.kind == "file":
+            return os.path.getsize(self.path)
+        return sum(os.lstat(path).st_size for _rel, path in _walk(self.path))
+
+
+class LocalSet:
+    """The entries of one stamp in the backup directory; `ready` tells whether it can be shipped, `why` if not."""
+
+    def __init__(self, src, prefix, stamp, entries):
+        self.prefix, self.stamp, self.name = prefix, stamp, prefix + stamp
+        self.src = src
+        self.entries = sorted(entries)
+        self.manifest = None  # (entry, parsed manifest) of a dump set
+        self.dump = None  # entry of its dump
+        self.ready, self.why = True, None
+        manifests = [entry for entry in self.entries if entry.endswith(_dumpfile.MANIFEST_SUFFIX)]
+        dumps = [entry for entry in self.entries if entry not in manifests and entry.endswith(_dumpfile.KNOWN_SUFFIXES)]
+        if len(manifests) > 1:
+            self.ready, self.why = False, "it has more than one manifest (%s)" % ", ".join(manifests)
+        elif manifests:
+            try:
+                self.manifest = (manifests[0], _dumpfile.load_manifest(os.path.join(src, manifests[0])))
+            except _dumpfile.DumpError as exc:
+                self.ready, self.why = False, str(exc)
+            else:
+                self.dump = self.manifest[1].get("file") or next(
+                    (entry for entry in dumps if _dumpfile.manifest_path_for(entry) == manifests[0]), None)
+                if self.dump not in self.entries:
+                    self.ready, self.why = False, "its manifest %s names a dump %s that is not there" % (manifests[0], self.dump)
+        elif dumps:
+            self.ready, self.why = False, "%s has no manifest (yet)" % dumps[0]
+        self.members = []
+        if self.ready:
+            try:
+                self.members = [Member(src, entry) for entry in self.entries if self.manifest is None or entry != self.manifest[0]]
+            except OffsiteError as exc:
+                self.ready, self.why = False, str(exc)
+
+    @property
+    def marker(self):
+        """Object name of the marker uploaded last: the encrypted manifest, or the plaintext set file."""
+        return self.manifest[0] + AGE_SUFFIX if self.manifest else self.name + SET_SUFFIX
+
+    def expected(self, member):
+        """What a member's object must hold, when the manifest says so without reading the member."""
+        if self.manifest is None or member.entry != self.dump:
+            return None
+        return {"sha256-tree" if member.kind == "tar" else "sha256-plain": self.manifest[1]["sha256"]}
+
+    def fingerprint(self):
+        """Digest of every entry's names, types, sizes and mtimes: cheap evidence that the set did not change."""
+        digest = hashlib.sha256()
+        for entry in self.entries:
+            for rel, path in _walk(os.path.join(self.src, entry)):
+                info = os.lstat(path)
+                link = os.readlink(path) if stat.S_ISLNK(info.st_mode) else ""
+                line = "%s/%s\0%o\0%d\0%d\0%s\n" % (entry, rel, stat.S_IFMT(info.st_mode), info.st_size, info.st_mtime_ns, link)
+                digest.update(line.encode())
+        return digest.hexdigest()
+
+
+def _split_name(name, prefixes):
+    """(prefix, Stamp) of a name starting with one of `prefixes` and a stamp, else None (longest prefix wins)."""
+    for prefix in sorted(prefixes, key=len, reverse=True):
+        if name.startswith(prefix):
+            stamp = _retention.parse_stamp(name[len(prefix):])
+            return (prefix, stamp) if stamp is not None else None
+    return None
+
+
+def local_sets(src, prefixes):
+    """{prefix: {stamp text: LocalSet}} of the backup directory (partial entries are not sets)."""
+    if not os.path.isdir(src):
+        raise OffsiteError("backup directory %s does not exist" % src)
+    grouped = {}
+    for entry in sorted(os.listdir(src)):
+        if entry.startswith(".") or entry.endswith(_retention.PARTIAL_SUFFIX):
+            continue
+        found = _split_name(entry, prefixes)
+        if found:
+            grouped.setdefault(found[0], {}).setdefault(found[1].text, []).append(entry)
+    return {prefix: {text: LocalSet(src, prefix, text, entries) for text, entries in grouped.get(prefix, {}).items()}
+            for prefix in prefixes}
+
+
+# --- tar streams ----------------------------------------------------------------------------------------------------
+
+def _walk(root):
+    """(relative path, path) of `root` ('.') and everything under it, depth first in name order; links not followed."""
+    yield ".", root
+    if not stat.S_ISDIR(os.lstat(root).st_mode):
+        return
+    pending = [("", root)]
+    while pending:
+        rel_dir, directory = pending.pop()
+        entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+        subdirs = []
+        for entry in entries:
+            rel = rel_dir + entry.name
+            yield rel, entry.path
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append((rel + "/", entry.path))
+        pending.extend(reversed(subdirs))
+
+
+def tree_digest_of(per_file):
+    """The digest _fileio.sha256_tree computes, from {relpath: sha256} of the regular files."""
+    digest = hashlib.sha256()
+    for rel, file_digest in sorted(per_file.items()):
+        digest.update(("%s\0%s\n" % (rel, file_digest)).encode())
+    return digest.hexdigest()
+
+
+def tree_digest(root):
+    """Digest of the regular files under `root` (what a tar stream's sha256-tree records)."""
+    return tree_digest_of({rel: _fileio.sha256_file(path) for rel, path in _walk(root)
+                           if rel != "." and stat.S_ISREG(os.lstat(path).st_mode)})
+
+
+class _HashingFile:
+    def __init__(self, handle):
+        self.handle = handle
+        self.sha256 = hashlib.sha256()
+
+    def read(self, size=-1):
+        data = self.handle.read(size)
+        self.sha256.update(data)
+        return data
+
+
+def write_tar(root, out):
+    """Write the directory `root` as a tar stream (PAX, name order, hard links within it kept) to `out`.
+
+    Member names are relative to `root` ('.' is root itself). Returns the tree digest of its regular files.
+    """
+    per_file = {}
+    tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT)  # pylint: disable=consider-using-with
+    try:
+        for rel, path in _walk(root):
+            info = tar.gettarinfo(path, arcname=rel)
+            if info is None or not (info.isdir() or info.isfile() or info.issym() or info.islnk()):
+                raise OffsiteError("%s is not a regular file, directory or symbolic link: cannot ship it" % path)
+            if info.isfile():
+                with open(path, "rb") as handle:
+                    hashing = _HashingFile(handle)
+                    tar.addfile(info, hashing)
+                per_file[rel] = hashing.sha256.hexdigest()
+            else:
+                tar.addfile(info)
+                if info.islnk():
+                    per_file[rel] = per_file[info.linkname]
+    finally:
+        tar.close()
+    return tree_digest_of(per_file)
+
+
+def _safe_name(name, what):
+    """A member name or hard link target as a relative path inside the extraction root, or OffsiteError."""
+    if name == ".":
+        return name
+    parts = name.split("/")
+    if name.startswith("/") or "\\" in name or any(part in ("", ".", "..") for part in parts):
+        raise OffsiteError("the archive has an unsafe %s %r (absolute, '..' or not normalised): refused" % (what, name))
+    return name
+
+
+def _owner_ids(member):
+    import grp  # pylint: disable=import-outside-toplevel
+    import pwd  # pylint: disable=import-outside-toplevel
+    try:
+        uid = pwd.getpwnam(member.uname).pw_uid
+    except KeyError:
+        uid = member.uid
+    try:
+        gid = grp.getgrnam(member.gname).gr_gid
+    except KeyError:
+        gid = member.gid
+    return uid, gid
+
+
+def extract_tar(stream, root):
+    """Extract a tar stream written by write_tar into the existing, empty directory `root`.
+
+    Refuses absolute names, '..', links leading out of `root`, writing through a symbolic link and special files.
+    Modes (without set-id bits) and mtimes are restored, owners too when running as root.
+    """
+    as_root = os.geteuid() == 0
+    files, symlinks, directories = set(), set(), []
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            name = _safe_name(member.name, "member name")
+            parents = name.split("/")[:-1]
+            if any("/".join(parents[:depth]) in symlinks for depth in range(1, len(parents) + 1)):
+                raise OffsiteError("the archive writes %r through a symbolic link: refused" % name)
+            path = os.path.join(root, name)
+            if parents:
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            if member.isdir():
+                os.makedirs(path, mode=0o700, exist_ok=True)
+                directories.append((path, member))
+                continue
+            if name == ".":
+                raise OffsiteError("the archive's root entry is not a directory: refused")
+            if member.isfile():
+                source = tar.extractfile(member)
+                with open(path, "xb") as handle:
+                    for chunk in iter(lambda: source.read(_fileio.CHUNK), b""):
+                        handle.write(chunk)
+                files.add(name)
+            elif member.islnk():
+                target = _safe_name(member.linkname, "hard link target")
+                if target not in files:
+                    raise OffsiteError("the archive links %r to %r, which is not a file extracted before it: refused"
+                                       % (name, target))
+                os.link(os.path.join(root, target), path)
+                continue
+            elif member.issym():
+                resolved = os.path.normpath(os.path.join(os.path.dirname(name), member.linkname))
+                if os.path.isabs(member.linkname) or resolved == ".." or resolved.startswith("../"):
+                    raise OffsiteError("the archive has a symbolic link %r to %r, outside the snapshot: refused"
+                                       % (name, member.linkname))
+                os.symlink(member.linkname, path)
+                symlinks.add(name)
+                continue
+            else:
+                raise OffsiteError("the archive has a special file %r: refused" % name)
+            if as_root:
+                os.chown(path, *_owner_ids(member))
+            os.chmod(path, member.mode & 0o777)
+            os.utime(path, (member.mtime, member.mtime))
+    # Directories last, deepest first: their mtimes would change with every file written into them.
+    for path, member in reversed(directories):
+        if as_root:
+            os.chown(path, *_owner_ids(member))
+        os.chmod(path, member.mode & 0o777)
+        os.utime(path, (member.mtime, member.mtime))
+
+
+# --- upload -----------------------------------------------------------------------------------------------------------
+
+def _part_size(estimate):
+    size = PART_SIZE
+    while estimate > size * MAX_PARTS:
+        size *= 2
+    return size
+
+
+def upload_member(store, member, recipient_argv, extra_meta=None, accept=None):
+    """Encrypt and upload a member as `member.object`, verified; returns its metadata.
+
+    `accept(meta)` sees the plaintext digests before the object becomes visible and raises to refuse it.
+    """
+    stats = {}
+    plain = _HashingWriter()
+
+    def feed(stdin, child):
+        del child
+        plain.sink = stdin
+        member.produce(plain, stats)
+
+    child = _Child(recipient_argv, feed)
+    upload_id, name = None, member.object
+    try:
+        part_size = _part_size(member.size_estimate())
+        cipher = _Digest()
+        data = _read_full(child.proc.stdout, part_size)
+        parts = []
+        if len(data) == part_size:
+            upload_id = store.start_upload(name, {"kind": member.kind})
+        while data:
+            cipher.update(data)
+            if upload_id is not None:
+                parts.append(store.upload_part(name, upload_id, len(parts) + 1, data))
+                data = _read_full(child.proc.stdout, part_size)
+            else:
+                break
+        code = child.exited()
+        if child.feed_error is not None:
+            raise OffsiteError("reading %s failed: %s" % (member.path, child.feed_error))
+        if code != 0:
+            raise OffsiteError("age failed encrypting %s: %s" % (member.path, _first_line(child.stderr)))
+        meta = {"kind": member.kind, "sha256-plain": plain.digest.hexdigest(), "size-plain": str(plain.digest.size),
+                "sha256-cipher": cipher.hexdigest()}
+        if "tree" in stats:
+            meta["sha256-tree"] = stats["tree"]
+        meta.update(extra_meta or {})
+        if accept is not None:
+            accept(meta)
+        if upload_id is None:
+            store.put(name, data, meta)
+        else:
+            store.complete_upload(name, upload_id, parts)
+            upload_id = None
+            store.replace_metadata(name, cipher.size, meta)
+    except BaseException:
+        child.stop()
+        if upload_id is not None:
+            store.abort_quietly(store.key(name), upload_id)
+        raise
+    head = store.head(name)
+    if head is None or head.size != cipher.size or any(head.meta.get(key) != value for key, value in meta.items()):
+        with contextlib.suppress(OffsiteError):
+            store.delete(name)
+        raise OffsiteError("%s does not hold what was uploaded (size %s, expected %d; sha256-cipher %s, expected %s): "
+                           "it was deleted" % (store.url(name), head and head.size, cipher.size,
+                                               head and head.meta.get("sha256-cipher"), meta["sha256-cipher"]))
+    return dict(meta, **{"size-cipher": str(cipher.size)})
+
+
+def _verified(head, kind):
+    """Whether an object's metadata shows a verified upload of this kind."""
+    return head is not None and head.meta.get("kind") == kind and "sha256-cipher" in head.meta and "sha256-plain" in head.meta
+
+
+def _matches(meta, wanted):
+    return all(meta.get(key) == value for key, value in wanted.items())
+
+
+class _SetShipper:
+    """Ships one local set: members first (skipping verified ones), the marker last."""
+
+    def __init__(self, store, recipient_argv, listing, result, check_mode):
+        self.store, self.recipient_argv, self.listing = store, recipient_argv, listing
+        self.result, self.check_mode = result, check_mode
+        self.marker_removed = False
+
+    def ship(self, local):
+        marker = local.marker
+        fingerprint = local.fingerprint()
+        objects = [member.object for member in local.members] + [marker]
+        if all(name in self.listing for name in objects):
+            head = self.store.head(marker)
+            if head is not None and head.meta.get("set-fingerprint") == fingerprint:
+                self.result["skipped"] += len(objects)
+                return
+        infos, unknown = [], False
+        for member in local.members:
+            info = self._member(local, member)
+            unknown = unknown or info is None
+            infos.append((member, info))
+        if local.manifest is not None:
+            manifest = Member(local.src, local.manifest[0])
+            self._member(local, manifest, {"set-fingerprint": fingerprint}, marker=True)
+            return
+        body = None if unknown else _set_body(local, infos, fingerprint)
+        if body is not None and marker in self.listing:
+            head = self.store.head(marker)
+            if head is not None and head.meta.get("sha256-plain") == hashlib.sha256(body).hexdigest():
+                self.result["skipped"] += 1
+                return
+        if not self.check_mode:
+            self.store.put(marker, body, {"kind": "set", "sha256-plain": hashlib.sha256(body).hexdigest(),
+                                          "set-fingerprint": fingerprint})
+            self.result["bytes_uploaded"] += len(body)
+        self.result["uploaded"].append(self.store.key(marker))
+
+    def _member(self, local, member, extra_meta=None, marker=False):
+        """Upload a member unless a verified object with the same content is there; its metadata (None in check mode)."""
+        extra_meta = extra_meta or {}
+        head = self.store.head(member.object) if member.object in self.listing else None
+        if _verified(head, member.kind):
+            wanted = dict(local.expected(member) or member.plain_digest(), **extra_meta)
+            if _matches(head.meta, wanted):
+                self.result["skipped"] += 1
+                return dict(head.meta, **{"size-cipher": str(head.size)})
+        if self.check_mode:
+            self.result["uploaded"].append(self.store.key(member.object))
+            return None
+        if not marker and not self.marker_removed and local.marker in self.listing:
+            # The set changes: it must not look complete (old marker, new members) while it does.
+            self.store.delete(local.marker)
+            self.marker_removed = True
+        expected = local.expected(member)
+
+        def accept(meta):
+            if expected and not _matches(meta, expected):
+                raise OffsiteError("%s does not match its manifest (sha256 %s, the manifest says %s): it is damaged "
+                                   "or was replaced, and is not shipped" % (member.path, meta.get("sha256-tree", meta["sha256-plain"])[:16],
+                                                                            list(expected.values())[0][:16]))
+
+        info = upload_member(self.store, member, self.recipient_argv, extra_meta, accept)
+        self.result["uploaded"].append(self.store.key(member.object))
+        self.result["bytes_uploaded"] += int(info["size-cipher"])
+        return info
+
+
+def _set_body(local, infos, fingerprint):
+    members = []
+    for member, info in infos:
+        record = {"entry": member.entry, "object": member.object, "kind": member.kind, "sha256_plain": info["sha256-plain"],
+                  "size_plain": int(info["size-plain"]), "sha256_cipher": info["sha256-cipher"],
+                  "size_cipher": int(info["size-cipher"])}
+        if "sha256-tree" in info:
+            record["sha256_tree"] = info["sha256-tree"]
+        members.append(record)
+    body = {"format": SET_FORMAT, "set": local.name, "prefix": local.prefix, "stamp": local.stamp,
+            "fingerprint": fingerprint, "members": members}
+    return (json.dumps(body, indent=2, sort_keys=True) + "\n").encode()
+
+
+# --- remote backup sets -----------------------------------------------------------------------------------------------
+
+class RemoteSet:
+    """The objects of one stamp under the key prefix; complete when its marker is there."""
+
+    def __init__(self, prefix, stamp):
+        self.prefix, self.stamp, self.name = prefix, stamp, prefix + stamp
+        self.objects = {}
+
+    @property
+    def marker(self):
+        manifests = sorted(name for name in self.objects if name.endswith(MANIFEST_OBJECT_SUFFIX))
+        if manifests:
+            return manifests[0]
+        return self.name + SET_SUFFIX if self.name + SET_SUFFIX in self.objects else None
+
+    @property
+    def complete(self):
+        return self.marker is not None
+
+    def removal_order(self):
+        """Marker first, so that a set half removed looks incomplete."""
+        marker = self.marker
+        return ([marker] if marker else []) + sorted(name for name in self.objects if name != marker)
+
+
+def remote_sets(listing, prefixes):
+    """{prefix: {stamp text: RemoteSet}} from a listing {name: size}."""
+    found = {prefix: {} for prefix in prefixes}
+    for name, size in listing.items():
+        split = _split_name(name, prefixes)
+        if split:
+            remote = found[split[0]].setdefault(split[1].text, RemoteSet(split[0], split[1].text))
+            remote.objects[name] = size
+    return found
+
+
+def _sort_key(text):
+    return _retention.parse_stamp(text).sort_key
+
+
+def available(remote, prefixes):
+    """Complete remote sets, by prefix then newest first."""
+    return [dict(name=remote[prefix][text].name, prefix=prefix, stamp=text)
+            for prefix in prefixes
+            for text in sorted(remote[prefix], key=_sort_key, reverse=True) if remote[prefix][text].complete]
+
+
+# --- sync -----------------------------------------------------------------------------------------------------------
+
+def _kept(stamps, keep):
+    return {text for text, _reasons in _retention.select(stamps, *keep)}
+
+
+def plan_retention(local, remote, prefixes, keep):
+    """({prefix: stamps to ship}, [RemoteSet to remove, oldest first]) under the off-host GFS policy `keep`.
+
+    The policy runs over the complete remote sets and the local sets ready to ship together, so a local set the
+    policy would drop right away is not uploaded at all. An incomplete remote set that this run cannot complete
+    (a run died uploading or removing it) is removed when the policy would not keep it even if it were complete.
+    `keep` None: everything ready is shipped, nothing removed.
+    """
+    ship, remove = {}, []
+    for prefix in prefixes:
+        ready = {text for text, local_set in local[prefix].items() if local_set.ready}
+        complete = {text for text, remote_set in remote[prefix].items() if remote_set.complete}
+        if keep is None:
+            ship[prefix] = ready
+            continue
+        kept = _kept(ready | complete, keep)
+        ship[prefix] = ready & kept
+        doomed = complete - kept
+        for text, remote_set in remote[prefix].items():
+            if not remote_set.complete and text not in ship[prefix] and text not in _kept(ready | complete | {text}, keep):
+                doomed.add(text)
+        remove.extend(remote[prefix][text] for text in doomed)
+    remove.sort(key=lambda remote_set: (_sort_key(remote_set.stamp), remote_set.prefix))
+    return ship, remove
+
+
+def sync(store, src, prefixes, recipient, keep=None, check_mode=False, result=None, now=None):
+    """Ship the ready local sets of `prefixes` in `src` that are not off-host yet, then apply retention.
+
+    `keep` is (keep_daily, keep_monthly, keep_yearly) or None (no off-host retention). `result` (a dict, filled as
+    the run goes so a caller can report what was done before a failure) gets uploaded, skipped, removed,
+    bytes_uploaded, aborted_uploads and warnings.
+    """
+    result = result if result is not None else {}
+    result.update(uploaded=[], skipped=0, removed=[], bytes_uploaded=0, aborted_uploads=0, warnings=[])
+    check_prefixes(prefixes)
+    if keep is not None:
+        _retention.validate(prefixes[0], keep[0], keep[1], keep[2], 0)
+    recipient_argv = check_recipient(recipient)
+    local = local_sets(src, prefixes)
+    listing = store.list()
+    remote = remote_sets(listing, prefixes)
+    ship, remove = plan_retention(local, remote, prefixes, keep)
+    for prefix in prefixes:
+        for text, local_set in sorted(local[prefix].items()):
+            if not local_set.ready:
+                result["warnings"].append("%s is not shipped: %s" % (local_set.name, local_set.why))
+
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    for key, upload_id, initiated in store.uploads():
+        if _split_name(key[len(store.prefix):], prefixes) and (now - initiated).total_seconds() > STALE_UPLOAD_SECONDS:
+            if not check_mode:
+                store.abort_upload(key, upload_id)
+            result["aborted_uploads"] += 1
+
+    # Newest first: if the run is cut short, the most recent backups are the ones already off-host.
+    order = sorted(((prefix, text) for prefix in prefixes for text in ship[prefix]),
+                   key=lambda item: (_sort_key(item[1]), item[0]), reverse=True)
+    for prefix, text in order:
+        _SetShipper(store, recipient_argv, listing, result, check_mode).ship(local[prefix][text])
+
+    for remote_set in remove:
+        for name in remote_set.removal_order():
+            if not check_mode:
+                store.delete(name)
+            result["removed"].append(store.key(name))
+    result["changed"] = bool(result["uploaded"] or result["removed"] or result["aborted_uploads"])
+    return result
+
+
+# --- fetch ------------------------------------------------------------------------------------------------------------
+
+class _Wanted(namedtuple("_Wanted", "object entry kind meta")):
+    """A remote member to fetch: its object, the local entry it becomes, its kind and the digests it must match."""
+
+    __slots__ = ()
+
+
+def _remote_members(store, remote_set):
+    """([_Wanted] of a complete remote set's members, _Wanted of its manifest or None), checked against the marker."""
+    marker = remote_set.marker
+    if marker.endswith(SET_SUFFIX):
+        try:
+            listed = json.loads(store.read(marker).decode())["members"]
+            names = [item["object"] for item in listed]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise OffsiteError("%s is not a set file written by offsite_sync: %s" % (store.url(marker), exc)) from exc
+    else:
+        listed = None
+        names = sorted(name for name in remote_set.objects if name != marker) + [marker]
+    wanted = []
+    for index, name in enumerate(names):
+        head = store.head(name)
+        if head is None:
+            raise OffsiteError("%s is missing although the set %s is marked complete" % (store.url(name), remote_set.name))
+        if "sha256-cipher" not in head.meta or "sha256-plain" not in head.meta or head.meta.get("kind") not in ("file", "tar"):
+            raise OffsiteError("%s has no verified digests (sha256-cipher, sha256-plain): it was not written by "
+                               "offsite_sync or was replaced" % store.url(name))
+        meta = dict(head.meta)
+        if listed is not None:
+            item = listed[index]
+            recorded = {"sha256-plain": item.get("sha256_plain"), "sha256-cipher": item.get("sha256_cipher"),
+                        "kind": item.get("kind"), "size-plain": str(item.get("size_plain"))}
+            if "sha256_tree" in item:
+                recorded["sha256-tree"] = item["sha256_tree"]
+            if not _matches(meta, recorded):
+                raise OffsiteError("sha256 mismatch: %s is not the object its set file %s records (sha256-cipher %s, "
+                                   "recorded %s): it was replaced" % (store.url(name), store.url(marker),
+                                                                      str(meta.get("sha256-cipher"))[:16],
+                                                                      str(recorded["sha256-cipher"])[:16]))
+            meta.update(recorded)
+        entry = name[:-len(AGE_SUFFIX)] if name.endswith(AGE_SUFFIX) else name
+        if meta["kind"] == "tar":
+            if not entry.endswith(TAR_SUFFIX):
+                raise OffsiteError("%s is a tar stream but its name does not end in .tar.age" % store.url(name))
+            entry = entry[:-len(TAR_SUFFIX)]
+        if "/" in _safe_name(entry, "object name") or entry in (".", ""):
+            raise OffsiteError("%s does not name a backup entry" % store.url(name))
+        wanted.append(_Wanted(name, entry, meta["kind"], meta))
+    if listed is None:
+        return wanted[:-1], wanted[-1]
+    return wanted, None
+
+
+def _local_matches(path, wanted):
+    """True if `path` holds what `wanted` records, False if something else is there, None if nothing is."""
+    if not os.path.lexists(path):
+        return None
+    mode = os.lstat(path).st_mode
+    if wanted.kind == "tar":
+        return stat.S_ISDIR(mode) and tree_digest(path) == wanted.meta.get("sha256-tree")
+    return stat.S_ISREG(mode) and _fileio.sha256_file(path) == wanted.meta["sha256-plain"]
+
+
+def _decrypt(store, wanted, identity, consume):
+    """Stream an object through `age -d`, give the plaintext reader to `consume`, check both digests.
+
+    Errors are reported in order of cause: the download, a wrong key, a ciphertext that is not the one uploaded,
+    age, the consumer, a plaintext that is not the one encrypted.
+    """
+    cipher = _Digest()
+    outcome = {}
+    body = store.body(wanted.object)
+
+    def feed(stdin, child):
+        writing = True
+        try:
+            for chunk in body.iter_chunks(_fileio.CHUNK):
+                cipher.update(chunk)
+                if writing:
+                    try:
+                        stdin.write(chunk)
+                    except BrokenPipeError:
+                        writing = False
+                        child.child_done()
+                        # A wrong key fails at the header: stop there. Anything else: read on, for the digest.
+                        if NO_IDENTITY in child.stderr.decode(errors="replace") or child.stopping.is_set():
+                            return
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            outcome["download"] = exc
+        finally:
+            body.close()
+
+    child = _Child([age_binary(), "-d", "-i", identity], feed)
+    plain = _HashingReader(child.proc.stdout)
+    try:
+        try:
+            consume(plain)
+            plain.drain()
+        except OffsiteError as exc:
+            outcome["consume"] = exc
+            plain.drain()
+        except (OSError, tarfile.TarError) as exc:
+            outcome["consume"] = OffsiteError("writing %s failed: %s" % (wanted.entry, exc))
+            plain.drain()
+        code = child.exited()
+    except BaseException:
+        child.stop()
+        raise
+    url = store.url(wanted.object)
+    stderr = child.stderr.decode(errors="replace")
+    if "download" in outcome:
+        raise OffsiteError("downloading %s failed: %s" % (url, outcome["download"]))
+    if NO_IDENTITY in stderr:
+        raise OffsiteError("the age key at %s cannot decrypt this backup (%s): wrong key?" % (identity, url))
+    if cipher.hexdigest() != wanted.meta["sha256-cipher"]:
+        raise OffsiteError("sha256 mismatch: %s is not the object that was uploaded (ciphertext sha256 %s, recorded %s): "
+                           "it was damaged or replaced" % (url, cipher.hexdigest()[:16], wanted.meta["sha256-cipher"][:16]))
+    if code != 0:
+        raise OffsiteError("age could not decrypt %s: %s" % (url, _first_line(stderr)))
+    if "consume" in outcome:
+        raise outcome["consume"]
+    if plain.digest.hexdigest() != wanted.meta["sha256-plain"] or str(plain.digest.size) != wanted.meta.get("size-plain"):
+        raise OffsiteError("sha256 mismatch: %s decrypts to something else than was uploaded (sha256 %s, recorded %s)"
+                           % (url, plain.digest.hexdigest()[:16], wanted.meta["sha256-plain"][:16]))
+
+
+def _copy_to(handle):
+    def copy(reader):
+        for chunk in iter(lambda: reader.read(_fileio.CHUNK), b""):
+            handle.write(chunk)
+    return copy
+
+
+def _fetch_bytes(store, wanted, identity):
+    buffer = io.BytesIO()
+    _decrypt(store, wanted, identity, _copy_to(buffer))
+    return buffer.getvalue()
+
+
+def _fetch_file(store, wanted, identity, path, data=None):
+    """Decrypt into a partial file renamed into place once verified (`data`: the plaintext, already verified)."""
+    with _fileio.atomic_writer(path) as handle:
+        if data is not None:
+            handle.write(data)
+        else:
+            _decrypt(store, wanted, identity, _copy_to(handle))
+
+
+def _fetch_tree(store, wanted, identity, path):
+    """Extract into a partial directory renamed into place once its files match the recorded tree digest."""
+    partial = _fileio.partial_name(path)
+    if os.path.lexists(partial):
+        shutil.rmtree(partial)
+    os.mkdir(partial, 0o700)
+    try:
+        _decrypt(store, wanted, identity, lambda reader: extract_tar(reader, partial))
+        found = tree_digest(partial)
+        if found != wanted.meta.get("sha256-tree"):
+            raise OffsiteError("sha256 mismatch: the files extracted from %s do not match the recorded tree digest (%s, "
+                               "recorded %s)" % (store.url(wanted.object), found[:16], str(wanted.meta.get("sha256-tree"))[:16]))
+        os.rename(partial, path)
+        _fileio.fsync_dir(os.path.dirname(path))
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def choose(remote, prefixes, select):
+    """{prefix: stamp} of the complete set each prefix restores from: the newest, or the one of stamp `select`."""
+    chosen = {}
+    for prefix in prefixes:
+        complete = sorted((text for text, remote_set in remote[prefix].items() if remote_set.complete),
+                          key=_sort_key, reverse=True)
+        if select == "latest":
+            chosen[prefix] = complete[0] if complete else None
+        else:
+            chosen[prefix] = select if select in complete else None
+    return chosen
+
+
+def check_select(select):
+    if select != "latest":
+        stamp = _retention.parse_stamp(select)
+        if stamp is None or stamp.text != select:
+            raise OffsiteError("select %r is neither 'latest' nor a stamp YYYY-MM-DD (optionally THHMMSSZ)" % select)
+
+
+def fetch(store, dest, identity, prefixes, select="latest", list_only=False, check_mode=False):
+    """Fetch, decrypt and verify the chosen complete set of each prefix into `dest`; returns a result dict."""
+    check_select(select)
+    check_prefixes(prefixes)
+    remote = remote_sets(store.list(), prefixes)
+    result = dict(changed=False, fetched=[], sets=choose(remote, prefixes, select), available=available(remote, prefixes))
+    if list_only:
+        return result
+    missing = [prefix for prefix, text in result["sets"].items() if text is None]
+    if missing:
+        names = ", ".join(item["name"] for item in result["available"]) or "none"
+        raise OffsiteError("no complete %s set %s off-host in %s (complete sets: %s)"
+                           % ("/".join(missing), "at all" if select == "latest" else "of " + select, store.url(), names))
+    if not os.path.isdir(dest):
+        raise OffsiteError("destination directory %s does not exist" % dest)
+    check_identity(identity)
+    age_binary()
+
+    plans = []
+    for prefix in prefixes:
+        members, manifest = _remote_members(store, remote[prefix][result["sets"][prefix]])
+        todo = []
+        for wanted in members + ([manifest] if manifest else []):
+            path = os.path.join(dest, wanted.entry)
+            present = _local_matches(path, wanted)
+            if present is False:
+                raise OffsiteError("%s exists and differs from the off-host copy %s: move it away to fetch this set"
+                                   % (path, store.url(wanted.object)))
+            todo.append((wanted, path, present))
+            if not present:
+                result["fetched"].append(path)
+        plans.append((todo, manifest))
+    result["changed"] = bool(result["fetched"])
+    if check_mode:
+        return result
+    for todo, manifest in plans:
+        _fetch_set(store, identity, todo, manifest)
+    return result
+
+
+def _fetch_set(store, identity, todo, manifest):
+    """Fetch what is not there yet; a dump set's manifest is read first, checked against the dump, written last."""
+    described = manifest_bytes = None
+    if manifest is not None:
+        path, present = todo[-1][1:]
+        if present:
+            with open(path, "rb") as handle:
+                manifest_bytes = handle.read()
+        else:
+            manifest_bytes = _fetch_bytes(store, manifest, identity)
+        try:
+            described = json.loads(manifest_bytes.decode())
+        except ValueError as exc:
+            raise OffsiteError("the manifest %s is not valid JSON: %s" % (store.url(manifest.object), exc)) from exc
+    for wanted, path, present in todo:
+        if described is not None and wanted.entry == described.get("file"):
+            recorded = wanted.meta.get("sha256-tree" if wanted.kind == "tar" else "sha256-plain")
+            if recorded != described.get("sha256"):
+                raise OffsiteError("sha256 mismatch: %s (sha256 %s) is not the dump its manifest describes (%s)"
+                                   % (store.url(wanted.object), str(recorded)[:16], str(described.get("sha256"))[:16]))
+        if present:
+            continue
+        if wanted is manifest:
+            _fetch_file(store, wanted, identity, path, data=manifest_bytes)
+        elif wanted.kind == "tar":
+            _fetch_tree(store, wanted, identity, path)
+        else:
+            _fetch_file(store, wanted, identity, path)
