@@ -61,3 +61,24 @@ def test_backup_job_failure_exits_non_zero_with_one_line(job_config, tmp_path):
     res = run_job("backup-db", broken)
     assert res.returncode == 1 and res.stdout == ""
     assert res.stderr.startswith("runbooks-incident backup-db failed:") and "gone" in res.stderr and len(res.stderr.splitlines()) == 1
+
+
+def test_the_role_installs_every_module_the_jobs_import():
+    """scheduled_jobs copies a fixed list of module_utils to the host: it must hold _cli.py's whole import closure."""
+    import re  # pylint: disable=import-outside-toplevel
+    import yaml  # pylint: disable=import-outside-toplevel
+    from conftest import REPO_ROOT  # pylint: disable=import-error,import-outside-toplevel
+    utils = REPO_ROOT / "plugins" / "module_utils"
+    needed, todo = set(), ["_cli"]
+    while todo:
+        name = todo.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        source = (utils / f"{name}.py").read_text()
+        pattern = r"^from ansible_collections\.runbooks\.incident\.plugins\.module_utils(?:\.(\w+))? import (?:\(([^)]*)\)|([\w, ]+))"
+        for module, parenthesized, listed in re.findall(pattern, source, re.M):
+            todo.extend([module] if module else [part.strip() for part in (parenthesized or listed).split(",") if part.strip()])
+        assert "from ansible." not in source and "import ansible" not in source, f"{name} needs Ansible, which hosts do not have"
+    installed = yaml.safe_load((REPO_ROOT / "roles" / "scheduled_jobs" / "vars" / "main.yml").read_text())["__scheduled_jobs_module_utils"]
+    assert {f"{name}.py" for name in needed} == set(installed)
