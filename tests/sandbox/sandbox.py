@@ -34,6 +34,7 @@ MIRROR = os.environ.get("RUNBOOKS_SANDBOX_MIRROR", "http://deb.debian.org/debian
 BASE_PACKAGES = "python3,systemd,systemd-sysv,iproute2,sudo,ca-certificates,procps,less"
 BASE_IMAGE = "runbooks-sandbox/base:" + SUITE
 HOST_IMAGE = "runbooks-sandbox/host:" + SUITE
+S3_IMAGE = "runbooks-sandbox/s3:moto"
 # Images of the service's compose stack, loaded into each host's nested Docker engine from one archive.
 STACK_IMAGES = {
     "whatsapp-mcp/postgres:15": "postgres",
@@ -49,6 +50,11 @@ SUBNET = "172.29.0.0/24"
 HOSTS = {
     "app": {"ip": "172.29.0.10", "nested_docker": True},
     "offhost": {"ip": "172.29.0.11", "nested_docker": False},
+    "drill": {"ip": "172.29.0.13", "nested_docker": True},
+}
+# Services beside the hosts (no systemd, no SSH): the S3 emulator for off-host backups.
+SERVICES = {
+    "s3": {"ip": "172.29.0.12", "image": S3_IMAGE},
 }
 CONTAINER_PREFIX = "runbooks-sandbox-"
 
@@ -145,18 +151,35 @@ def build_base() -> None:
             sys.exit("sandbox: tar of the debootstrap rootfs failed")
 
 
-def build_image(tag: str, context: Path) -> bool:
-    """docker build FROM the local base image; returns True when the image was (re)built."""
-    wanted = tree_hash(context, image_id(BASE_IMAGE))
+def build_image(tag: str, context: Path, extra: dict[str, Path] | None = None) -> bool:
+    """docker build FROM the local base image; returns True when the image was (re)built.
+
+    `extra` files are added to a copy of the build context (e.g. the CA bundle an HTTPS download must trust).
+    """
+    extra = extra or {}
+    wanted = tree_hash(context, image_id(BASE_IMAGE), *(path.read_text() for path in extra.values()))
     if image_hash(tag) == wanted:
         log(f"{tag}: cached")
         return False
     log(f"{tag}: building")
-    res = run("docker", "build", "--build-arg", f"BASE={BASE_IMAGE}", "--label", f"{HASH_LABEL}={wanted}",
-              "-t", tag, str(context), check=False, capture=True)
+    with tempfile.TemporaryDirectory(prefix="sandbox-context-") as tmp:
+        build_context = Path(tmp) / "context"
+        shutil.copytree(context, build_context, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for name, path in extra.items():
+            shutil.copyfile(path, build_context / name)
+        res = run("docker", "build", "--build-arg", f"BASE={BASE_IMAGE}", "--label", f"{HASH_LABEL}={wanted}",
+                  "-t", tag, str(build_context), check=False, capture=True)
     if res.returncode != 0:
         sys.exit(f"sandbox: docker build of {tag} failed:\n{res.stdout[-3000:]}{res.stderr[-3000:]}")
     return True
+
+
+def host_ca_bundle() -> Path:
+    """The CA bundle this machine trusts (it may include a TLS-inspecting proxy's CA that containers lack)."""
+    for candidate in (os.environ.get("SSL_CERT_FILE"), "/etc/ssl/certs/ca-certificates.crt"):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    sys.exit("sandbox: no CA bundle found (set SSL_CERT_FILE)")
 
 
 def save_stack_archive() -> None:
@@ -239,6 +262,7 @@ def cmd_build(_args: argparse.Namespace) -> None:
         sys.exit("sandbox: no docker engine; run `sandbox.py deps` first")
     build_base()
     build_image(HOST_IMAGE, IMAGES_DIR / "host")
+    build_image(S3_IMAGE, IMAGES_DIR / "s3", {"host-ca.crt": host_ca_bundle()})
     for tag, context in STACK_IMAGES.items():
         build_image(tag, IMAGES_DIR / context)
     save_stack_archive()
@@ -254,6 +278,7 @@ def container(name: str) -> str:
 def host_run_args(name: str, spec: dict) -> list[str]:
     """docker run flags of a sandbox host; the molecule platforms use the same (see molecule/*/molecule.yml)."""
     args = ["--detach", "--name", container(name), "--hostname", name, "--network", NETWORK, "--ip", spec["ip"],
+            "--network-alias", name,
             "--label", "runbooks.sandbox=1", "--tmpfs", "/run", "--tmpfs", "/run/lock", "--cap-add", "SYS_ADMIN",
             "--stop-signal", "SIGRTMIN+3"]
     if spec["nested_docker"]:
@@ -308,6 +333,12 @@ def cmd_up(_args: argparse.Namespace) -> None:
             " && chmod 0600 /home/ops/.ssh/authorized_keys",
             input=key.with_suffix(".pub").read_text(), capture=True)
         log(f"{name}: started at {spec['ip']}")
+    for name, spec in SERVICES.items():
+        if docker("inspect", "-f", "{{ .State.Running }}", container(name), check=False).stdout.strip() != "true":
+            docker("rm", "-f", container(name), check=False)
+            docker("run", "--detach", "--name", container(name), "--hostname", name, "--network", NETWORK, "--ip", spec["ip"],
+                   "--network-alias", name, "--label", "runbooks.sandbox=1", spec["image"])
+        log(f"{name}: running at {spec['ip']}")
     for name, spec in HOSTS.items():
         wait_for_host(name, spec, key)
         log(f"{name}: systemd up, ssh ops@{spec['ip']} ready")

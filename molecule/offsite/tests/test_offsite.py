@@ -1,0 +1,118 @@
+# Copyright: contributors to runbooks.incident
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""After the app host lost its data and was restored from off-host, and after a drill on the scratch host.
+
+S3 here is the moto emulator (the only emulated service); everything else is real: sshd with the forced command,
+age, PostgreSQL, the compose stack, systemd timers.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+
+import pytest
+import testinfra
+
+testinfra_hosts = ["app"]
+
+PSQL = "docker compose --project-directory /opt/whatsapp-mcp exec -T postgres psql -U wa -d wa_mcp -At"
+BACKUPS = "/var/lib/whatsapp-mcp/backups"
+
+
+def other(name):
+    return testinfra.get_host(f"ansible://{name}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
+
+
+def sql(host, query):
+    return host.check_output(f'{PSQL} -F "|" -c "{query}"')
+
+
+def s3_objects(host, body=False):
+    """The bucket's objects, listed (and read) from the app host with its configured credentials."""
+    script = (
+        "import boto3, json, base64; s3 = boto3.client('s3', endpoint_url='http://s3:9000', region_name='us-east-1', "
+        "aws_access_key_id='sandbox-access-key', aws_secret_access_key='sandbox-secret-key'); "
+        "keys = [o['Key'] for p in s3.get_paginator('list_objects_v2').paginate(Bucket='wa-mcp-backups') for o in p.get('Contents', [])]; "
+        f"print(json.dumps({{k: base64.b64encode(s3.get_object(Bucket='wa-mcp-backups', Key=k)['Body'].read()[:4096]).decode() "
+        f"if {body} else '' for k in keys}}))")
+    return json.loads(host.check_output(f'python3 -c "{script}"'))
+
+
+def test_the_database_is_back_and_equals_the_manifest(host):
+    manifest = json.loads(host.check_output(f"cat $(ls {BACKUPS}/db-*.manifest.json | sort | tail -n 1)"))
+    for table in ("clients", "api_keys", "messages", "media_objects"):
+        assert int(sql(host, f"SELECT count(*) FROM {table}")) == manifest["row_counts"][table], table
+    assert manifest["row_counts"]["messages"] == 5000
+    assert json.loads(host.check_output("curl -fsS http://127.0.0.1/health"))["status"] == "ok"
+
+
+def test_every_media_file_is_back_with_its_digest(host):
+    rows = sql(host, "SELECT storage_path, sha256 FROM media_objects ORDER BY id").splitlines()
+    assert len(rows) == 40
+    for row in rows:
+        path, digest = row.split("|")
+        assert host.check_output(f"sha256sum /var/lib/whatsapp-mcp/media/{path}").split()[0] == digest, path
+
+
+def test_off_host_copies_are_encrypted_and_never_hold_the_age_key(host):
+    objects = s3_objects(host, body=True)
+    names = sorted(objects)
+    assert any(name.startswith("app/db-") and name.endswith(".sql.gz.age") for name in names), names
+    assert any(name.startswith("app/media-") and name.endswith(".tar.age") for name in names), names
+    assert not any("age.key" in name for name in names)
+    for name, head in objects.items():
+        if name.endswith(".age"):
+            assert base64.b64decode(head).startswith(b"age-encryption.org/v1"), name
+    key = host.check_output("grep -o 'AGE-SECRET-KEY-[A-Z0-9]*' /etc/whatsapp-mcp/age.key")
+    assert host.run(f"grep -rqF {key} {BACKUPS}").rc == 1  # not in the local backups either
+
+
+def test_the_log_server_holds_the_audit_archive_append_only(host):
+    log_server = other("offhost")
+    local = host.check_output("cd /var/lib/whatsapp-mcp/audit-archive && find . -type f -name '*.jsonl' -exec sha256sum {} + | sort")
+    remote = log_server.check_output("cd /srv/audit-archive/app && find . -type f -name '*.jsonl' -exec sha256sum {} + | sort")
+    assert local and local == remote
+    some = remote.splitlines()[0].split()[1]
+    assert log_server.file(f"/srv/audit-archive/app/{some}").mode == 0o440
+    # The shipping key runs only the receiver: any other command is refused by the forced command.
+    attempt = host.run("ssh -i /etc/runbooks-incident/audit-ship.key -o UserKnownHostsFile=/etc/runbooks-incident/audit-ship.known_hosts"
+                       " -o BatchMode=yes audit-recv@offhost 'rm -rf /srv/audit-archive'")
+    assert attempt.rc != 0 and "only list, put, manifest and manifest-full are allowed" in attempt.stderr
+    assert log_server.file(f"/srv/audit-archive/app/{some}").exists
+
+
+@pytest.mark.parametrize("timer", ["backup-db", "backup-media", "offsite-sync", "offsite-check", "audit-ship"])
+def test_app_timers_are_scheduled(host, timer):
+    assert host.service(f"runbooks-{timer}.timer").is_enabled and host.service(f"runbooks-{timer}.timer").is_running
+
+
+def test_the_monthly_off_host_check_passes(host):
+    host.check_output("systemctl start runbooks-offsite-check.service")
+    result = host.check_output("journalctl -u runbooks-offsite-check.service -o cat --no-pager | grep '\"job\"' | tail -n 1")
+    assert json.loads(result)["row_counts"]["messages"] == 5000
+
+
+def test_a_failing_job_pages(host):
+    log_server = other("offhost")
+    host.check_output("mv /etc/runbooks-incident/audit-ship.key /etc/runbooks-incident/audit-ship.key.away")
+    try:
+        assert host.run("systemctl start runbooks-audit-ship.service").rc != 0
+    finally:
+        host.check_output("mv /etc/runbooks-incident/audit-ship.key.away /etc/runbooks-incident/audit-ship.key")
+    host.check_output("for i in $(seq 50); do systemctl is-active -q runbooks-page@runbooks-audit-ship.service || break; sleep 0.2; done")
+    alerts = [json.loads(line) for line in log_server.check_output("cat /var/tmp/alerts.jsonl").splitlines()]
+    summaries = [alert["annotations"]["summary"] for batch in alerts for alert in batch]
+    assert any("runbooks-audit-ship.service failed on app" in summary for summary in summaries), summaries
+
+
+def test_the_drill_is_recorded_and_the_scratch_host_is_clean(host):
+    log_server = other("offhost")
+    drills = log_server.file("/srv/evidence/backup-drills.md").content_string
+    row = next(line for line in drills.splitlines() if "| MOLECULE-DRILL |" in line)
+    assert "| pass |" in row and "| 40/40 ok |" in row
+    check = log_server.run("systemctl start runbooks-drill-check.service")
+    assert check.rc == 0, check.stderr
+    drill = other("drill")
+    assert not drill.file("/var/lib/whatsapp-mcp").exists
+    assert drill.check_output("docker ps -q") == ""
