@@ -36,3 +36,12 @@ def s3_argument_spec():
 
 
 S3_REQUIRED_TOGETHER = [("access_key", "secret_key")]
+
+
+def sops_argument_spec():
+    """Options of doc fragment runbooks.incident.sops."""
+    return dict(
+        sops_file=dict(type="path"),
+        age_key_file=dict(type="path", default="/etc/whatsapp-mcp/age.key"),
+        sops_binary=dict(type="path", default="sops"),
+    )
