@@ -19,7 +19,7 @@ description:
     shipped this hour. Only the local side counts, because the log server stores each file with the sender's mtime.
   - A manifest whose cache was found edited (RV(runbooks.incident.audit_manifest#module:cache.mismatches)) also
     makes the result not C(ok).
-  - Read-only: nothing is written anywhere.
+  - Read-only. Nothing is written anywhere.
 attributes:
   check_mode:
     description: Can run in check mode and return changed status prediction without modifying target.

@@ -74,7 +74,7 @@ def test_an_untouched_archive_reports_no_mismatch_and_equal_roots(run_module, pa
 
 
 def test_the_manifest_lists_every_file_with_its_real_digest_and_never_writes_the_archive(run_module, pair, tmp_path):
-    local, _, cache = pair
+    local, _remote, cache = pair
     before = {p: (p.stat().st_mtime_ns, p.stat().st_ctime_ns) for p in local.rglob("*")}
     result = run_module("audit_manifest", dict(path=str(local), cache=str(cache / "c.json")))
     assert result["changed"] is False and result["count"] == 12
@@ -222,7 +222,7 @@ def test_a_manifest_altered_in_transit_is_refused(run_module, pair):
 
 # ------------------------------------------------------------------------------------------------ fast path
 def test_the_incremental_pass_rehashes_only_what_changed(run_module, pair):
-    local, _, cache = pair
+    local, _remote, cache = pair
     first = run_module("audit_manifest", dict(path=str(local), cache=str(cache / "c.json")))
     assert first["hashed"] == 12 and first["cache"]["status"] == "missing"
     again = run_module("audit_manifest", dict(path=str(local), cache=str(cache / "c.json")))
@@ -235,13 +235,13 @@ def test_the_incremental_pass_rehashes_only_what_changed(run_module, pair):
 
 
 def test_check_mode_reads_the_cache_but_does_not_write_it(run_module, pair):
-    local, _, cache = pair
+    local, _remote, cache = pair
     result = run_module("audit_manifest", dict(path=str(local), cache=str(cache / "c.json")), check_mode=True)
     assert result["count"] == 12 and not (cache / "c.json").exists()
 
 
 def test_a_directory_can_be_compared_directly_and_prefixes_select_one_hosts_subtree(run_module, pair, tmp_path):
-    local, remote, _ = pair
+    local, remote, _cache = pair
     log_server = tmp_path / "logserver"
     shutil.copytree(remote, log_server / "app")
     shutil.copytree(remote, log_server / "app2")
