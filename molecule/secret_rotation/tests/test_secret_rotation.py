@@ -1,0 +1,211 @@
+# Copyright: contributors to runbooks.incident
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""After the soft rotation of converge, on the real service. Then, in order: a "reboot", retiring the previous
+pepper through the playbook, and a hard rotation through the playbook. Every key is checked against the running
+service's API, and every pepper against the sops file, the database and what the loopback receivers got."""
+from __future__ import annotations
+
+import email
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+testinfra_hosts = ["app"]
+
+COMPOSE = "docker compose --project-directory /opt/whatsapp-mcp"
+PEPPER, TOKEN = "rotate_api_key_pepper.yml", "rotate_access_token.yml"
+PLAYBOOK_ENV = {"ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
+
+
+def status(host, token):
+    return host.check_output(f"curl -sk -o /dev/null -w '%{{http_code}}' -H 'Authorization: Bearer {token}' https://127.0.0.1/v1/whoami")
+
+
+def health(host):
+    return json.loads(host.check_output("curl -s http://127.0.0.1/health"))
+
+
+def keys_status(host):
+    return json.loads(host.check_output(f"{COMPOSE} exec -T app wa-mcp keys status"))
+
+
+def decrypted(host):
+    return json.loads(host.check_output(
+        "SOPS_AGE_KEY_FILE=/etc/whatsapp-mcp/age.key sops --decrypt --output-type json /opt/whatsapp-mcp/ops/secrets/secrets.enc.yaml"))
+
+
+def fingerprint(host, value):
+    return host.check_output(f"printf %s '{value}' | sha256sum").split()[0][:16]
+
+
+def mail_text(raw):
+    """The decoded text parts of a received e-mail (the mail module may encode the body)."""
+    message = email.message_from_string(raw)
+    parts = message.walk() if message.is_multipart() else [message]
+    return "\n".join(part.get_payload(decode=True).decode() for part in parts if part.get_content_maintype() == "text")
+
+
+def playbook(name, *extra):
+    """Run playbooks/<name> on the scenario's inventory; (rc, its output with colours removed and lines unfolded)."""
+    project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
+    argv = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], os.path.join(project, "playbooks", name)]
+    for item in extra:
+        argv += ["-e", item]
+    res = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=project,
+                         env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(project, ".build", "collections"), **PLAYBOOK_ENV))
+    return res.returncode, " ".join(re.sub(r"\x1b\[[0-9;]*m", "", res.stdout + res.stderr).split())  # errors go to stderr
+
+
+@pytest.fixture(scope="module", name="tokens")
+def tokens_fixture(host):
+    return host.check_output("cat /root/molecule-tokens").split()
+
+
+def test_soft_rotation_old_keys_still_work_and_new_keys_use_the_new_pepper(host, tokens):
+    state = health(host)
+    secrets = decrypted(host)
+    assert state["status"] == "ok" and state["pepper_fingerprint"] == fingerprint(host, secrets["api_key_pepper"])
+    assert state["previous_pepper"]["accepted"] is True
+    assert state["previous_pepper"]["fingerprint"] == fingerprint(host, secrets["api_key_pepper.previous"])
+    assert json.loads(secrets["api_key_pepper.rotation"])["change_id"] == "MOLECULE-SOFT"
+    assert all(status(host, token) == "200" for token in tokens[:4])  # presented: re-hashed with the new pepper
+    new_token = host.check_output(f"{COMPOSE} exec -T app wa-mcp keys issue --client fresh-client")
+    assert status(host, new_token) == "200"
+    counts = keys_status(host)["by_pepper_fingerprint"]
+    assert counts[state["pepper_fingerprint"]] == 5 and counts[state["previous_pepper"]["fingerprint"]] == 4
+
+
+def test_the_rotation_survives_a_reboot(host, tokens):
+    before = health(host)
+    host.check_output("systemctl restart whatsapp-mcp-secrets.service whatsapp-mcp.service")
+    host.check_output("for i in $(seq 60); do curl -fs http://127.0.0.1/health >/dev/null && break; sleep 1; done")
+    after = health(host)
+    assert after["pepper_fingerprint"] == before["pepper_fingerprint"]
+    assert after["previous_pepper"]["fingerprint"] == before["previous_pepper"]["fingerprint"]
+    assert all(status(host, token) == "200" for token in tokens[:4])  # the other four stay unused until the retirement
+
+
+def test_the_clients_were_notified_once_with_the_deadline_and_no_secret(host):
+    notices = [json.loads(line) for line in host.check_output("cat /var/tmp/notices.jsonl").splitlines()]
+    assert len(notices) == 1 and notices[0]["mode"] == "soft" and notices[0]["change_id"] == "MOLECULE-SOFT"
+    assert len(notices[0]["clients"]) == 4 and notices[0]["deadline"]
+    mails = [mail_text(json.loads(line)["data"]) for line in host.check_output("cat /var/tmp/mail.jsonl").splitlines()]
+    assert len(mails) == 4 and all(notices[0]["deadline"] in mail for mail in mails)
+    secrets = decrypted(host)
+    everything = host.check_output("cat /var/tmp/notices.jsonl /var/tmp/mail.jsonl /var/lib/runbooks-incident/notices/*")
+    assert secrets["api_key_pepper"] not in everything and secrets["api_key_pepper.previous"] not in everything
+
+
+def test_retiring_needs_confirmation_while_keys_remain_then_cuts_them_off(host, tokens):
+    rc, out = playbook(PEPPER, "incident_id=MOLECULE-RETIRE", "pepper_state=retired", "force=true")
+    assert rc == 2 and "4 active keys still use it" in out
+    rc, out = playbook(PEPPER, "incident_id=MOLECULE-RETIRE", "pepper_state=retired", "force=true", "confirm=true")
+    assert rc == 0, out
+    assert health(host).get("previous_pepper") is None and "api_key_pepper.previous" not in decrypted(host)
+    assert [status(host, token) for token in tokens] == ["200"] * 4 + ["401"] * 4  # only the keys used in the window
+
+
+def test_hard_rotation_revokes_every_key_and_notifies_each_client(host, tokens):
+    rc, out = playbook(PEPPER, "incident_id=MOLECULE-HARD", "pepper_mode=hard")
+    assert rc == 2 and "revoke all" in out  # refused without confirm=true
+    rc, out = playbook(PEPPER, "incident_id=MOLECULE-HARD", "pepper_mode=hard", "confirm=true",
+                       "pepper_rotation_notify_url=http://127.0.0.1:9098/notices")
+    assert rc == 0, out
+    assert all(status(host, token) == "401" for token in tokens)
+    assert keys_status(host)["active"] == 0 and health(host).get("previous_pepper") is None
+    notice = json.loads(host.check_output("tail -n 1 /var/tmp/notices.jsonl"))
+    # 4 re-hashed and 1 new key on the replaced pepper, 4 left on the retired one: all revoked.
+    assert notice["mode"] == "hard" and sum(client["revoked_keys"] for client in notice["clients"]) == 9
+    rc, out = playbook(PEPPER, "incident_id=MOLECULE-HARD", "pepper_mode=hard", "confirm=true")
+    assert rc == 0 and "already applied" in out
+
+
+# ------------------------------------------------------------------------------------------------ access token
+PHONE_ID = "109876543210987"
+
+
+def meta_issues(host, token):
+    """What generating a System User token in the Meta dashboard does: the Graph API (stand-in) accepts it."""
+    host.check_output(f"{COMPOSE} exec -T app python3 -c \"import json, urllib.request; urllib.request.urlopen(urllib.request.Request("
+                      f"'http://graph:8081/_admin/tokens', json.dumps({{'phone_id': '{PHONE_ID}', 'token': '{token}'}}).encode(), "
+                      "{'Content-Type': 'application/json'}))\"")
+
+
+def test_access_token_rotation_sets_restarts_and_proves_a_real_send(host):
+    new = "EAAGsandbox" + "n" * 40
+    meta_issues(host, new)
+    rc, out = playbook(TOKEN, f"phone_id={PHONE_ID}", "incident_id=MOLECULE-TOKEN", f"access_token={new}")
+    assert rc == 0, out
+    assert decrypted(host)[f"wa_access_token_{PHONE_ID}"] == new
+    assert "send_attempt after the restart" in out and "success" in out
+    assert new not in out  # the token never appears in the output
+    assert not host.file("/opt/whatsapp-mcp/ops/secrets/secrets.enc.yaml.pre-MOLECULE-TOKEN").exists
+    again, out = playbook(TOKEN, f"phone_id={PHONE_ID}", "incident_id=MOLECULE-TOKEN", f"access_token={new}")
+    assert again == 0 and "already in place" in out
+
+
+def test_a_token_meta_does_not_accept_is_rolled_back(host):
+    before = decrypted(host)[f"wa_access_token_{PHONE_ID}"]
+    rc, out = playbook(TOKEN, f"phone_id={PHONE_ID}", "incident_id=MOLECULE-TOKEN-BAD", "access_token=EAAGnever-issued-by-meta-0000000000")
+    assert rc == 2 and "did not work" in out and "previous token is back" in out
+    assert decrypted(host)[f"wa_access_token_{PHONE_ID}"] == before
+    host.check_output("for i in $(seq 60); do curl -fs http://127.0.0.1/health >/dev/null && break; sleep 1; done")
+    smoke = host.run(f"{COMPOSE} exec -T app wa-mcp smoke --send-phone-id {PHONE_ID}")
+    assert smoke.rc == 0, smoke.stdout
+
+
+# ------------------------------------------------------------------------------------------------ no leak
+ARGV_SAMPLER = ("import os, time\n"
+                "seen = set()\n"
+                "while not os.path.exists('/var/tmp/argv-sampler.stop'):\n"
+                "    for pid in os.listdir('/proc'):\n"
+                "        try:\n"
+                "            seen.add(open('/proc/%s/cmdline' % pid, 'rb').read().replace(b'\\0', b' '))\n"
+                "        except (OSError, ValueError):\n"
+                "            pass\n"
+                "    time.sleep(0.02)\n"
+                "open('/var/tmp/argv-seen', 'wb').write(b'\\n'.join(seen))\n")
+
+
+def test_no_secret_in_runner_artifacts_output_journal_or_argv(host, tmp_path):
+    """Every playbook of the secret incidents through ansible-runner, -v --diff, in check mode and for real."""
+    import ansible_runner  # pylint: disable=import-outside-toplevel
+
+    project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
+    token = "EAAGleaktest" + "q" * 40
+    meta_issues(host, token)
+    host.check_output("rm -f /var/tmp/argv-sampler.stop /var/tmp/argv-seen; "
+                      f"systemd-run --unit argv-sampler python3 -c \"{ARGV_SAMPLER}\"")
+    since = host.check_output("date '+%Y-%m-%d %H:%M:%S'")
+    runs = [("rotate_api_key_pepper.yml", {"incident_id": "LEAK-SOFT", "grace_days": 3}),
+            ("rotate_api_key_pepper.yml", {"incident_id": "LEAK-HARD", "pepper_mode": "hard", "confirm": True}),
+            ("rotate_access_token.yml", {"incident_id": "LEAK-TOKEN", "phone_id": PHONE_ID, "access_token": token})]
+    for playbook_name, extravars in runs:
+        for check in (True, False):
+            private = tmp_path / ("%s-%s-%s" % (playbook_name, extravars["incident_id"], check))
+            private.mkdir()
+            runner = ansible_runner.run(
+                private_data_dir=str(private),
+                playbook=os.path.join(project, "playbooks", playbook_name), inventory=os.environ["MOLECULE_INVENTORY_FILE"],
+                extravars=extravars, cmdline="-v --diff" + (" --check" if check else ""), quiet=True,
+                envvars={"ANSIBLE_COLLECTIONS_PATH": os.path.join(project, ".build", "collections"),
+                         "ANSIBLE_CACHE_PLUGIN": "jsonfile", "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(tmp_path / "facts")})
+            assert runner.rc == 0, (playbook_name, check, runner.stdout.read()[-3000:])
+    host.check_output("touch /var/tmp/argv-sampler.stop; for i in $(seq 50); do test -e /var/tmp/argv-seen && break; sleep 0.1; done")
+
+    secrets = decrypted(host)
+    values = [token, secrets["api_key_pepper"], host.check_output("grep -v '^#' /etc/whatsapp-mcp/age.key")]
+    assert json.loads(secrets["api_key_pepper.rotation"])["change_id"] == "LEAK-HARD"
+    # Everything the runs produced: artifacts/ (stdout, job_events, command, status) and the facts cache. Not env/,
+    # the input handed to the runner (env/extravars holds the token, as an AWX credential's injector file does).
+    scanned = [path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and "env" not in path.relative_to(tmp_path).parts]
+    places = {"ansible-runner artifacts, stdout, job events and facts cache": b"\n".join(scanned),
+              "journal": host.check_output(f"journalctl --since '{since}' --no-pager").encode(),
+              "process argv on the host": host.check_output("cat /var/tmp/argv-seen").encode()}
+    assert len(places["ansible-runner artifacts, stdout, job events and facts cache"]) > 10000  # the runs really were recorded
+    for place, content in places.items():
+        for value in values:
+            assert value.encode() not in content, f"a secret appears in the {place}"
