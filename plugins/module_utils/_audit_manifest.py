@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import stat as stat_module
+import threading
 import time
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _fileio
@@ -31,7 +32,11 @@ from ansible_collections.runbooks.incident.plugins.module_utils import _fileio
 FORMAT = "runbooks.incident/audit-manifest/1"
 CACHE_FORMAT = "runbooks.incident/audit-manifest-cache/1"
 DEFAULT_CACHE_DIR = "/var/cache/runbooks-incident/audit-manifest"
-READ_SIZE = 1 << 20
+# Reads of 256 KiB: large enough for few system calls, small enough that the data is still in the core's L2 cache
+# when it is hashed. One buffer per thread, reused: allocating (and zeroing) one per file costs more than hashing
+# the small hourly files.
+READ_SIZE = 1 << 18
+_BUFFERS = threading.local()
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -83,31 +88,32 @@ def file_sha256(path):
     """(sha256 hex, stat of the file as read): streamed in large reads; never follows a symlink."""
     fd = _open_read_only(path)
     try:
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         digest = hashlib.sha256()
-        buffer = bytearray(READ_SIZE)
-        view = memoryview(buffer)
-        with os.fdopen(fd, "rb", buffering=0, closefd=False) as handle:
-            while True:
-                count = handle.readinto(buffer)
-                if not count:
-                    break
-                digest.update(view[:count])
+        if not hasattr(_BUFFERS, "view"):
+            _BUFFERS.buffer = bytearray(READ_SIZE)
+            _BUFFERS.view = memoryview(_BUFFERS.buffer)
+        buffers, view = [_BUFFERS.buffer], _BUFFERS.view
+        while True:
+            count = os.readv(fd, buffers)
+            if not count:
+                break
+            digest.update(view[:count])
         return digest.hexdigest(), os.fstat(fd)
     finally:
         os.close(fd)
 
 
 def _hash_all(root, rels, workers):
-    """{rel: (sha256, stat)} hashed on `workers` threads."""
-    if not rels:
-        return {}
-    if workers <= 1 or len(rels) == 1:
-        return {rel: file_sha256(os.path.join(root, rel)) for rel in rels}
+    """{rel: (sha256, stat)}: the files are dealt to `workers` threads, one list each (a future per file costs more
+    than hashing a small file)."""
+    def hash_list(part):
+        return [(rel, file_sha256(os.path.join(root, rel))) for rel in part]
+
+    workers = max(1, min(workers, len(rels)))
+    if workers == 1:
+        return dict(hash_list(rels))
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda rel: file_sha256(os.path.join(root, rel)), rels, chunksize=16)
-        return dict(zip(rels, results))
+        return dict(pair for part in pool.map(hash_list, [rels[index::workers] for index in range(workers)]) for pair in part)
 
 
 # ------------------------------------------------------------------------------------------------ cache

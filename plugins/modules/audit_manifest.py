@@ -18,7 +18,7 @@ description:
   - I(full=true) does not trust the cache. Every file is hashed, and any cached digest that disagrees with its
     file under the same stat key is returned in RV(cache.mismatches), because somebody edited the cache. The cache also
     holds a digest of its own entries, and a damaged cache is ignored (RV(cache.status=corrupt)).
-  - Files are hashed in 1 MiB reads on one thread per core, through hashlib (OpenSSL, using the CPU's SHA
+  - Files are hashed in 256 KiB reads (one reused buffer per thread) on one thread per core, through hashlib (OpenSSL, using the CPU's SHA
     extensions where it has them). The archive is only opened read-only, with C(O_NOFOLLOW) and, where the
     kernel allows it, C(O_NOATIME). Hidden files (partial writes) are skipped, and symlinks and devices are listed
     in RV(irregular).
