@@ -21,7 +21,7 @@ import tarfile
 import tempfile
 import time
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _audit_manifest
+from ansible_collections.runbooks.incident.plugins.module_utils import _audit_manifest, _fileio
 
 CHUNK = 1 << 20
 
@@ -42,28 +42,11 @@ def safe_relpath(name):
 
 def local_files(root, grace_seconds=0, now=None):
     """{relpath: size} of the archive's regular files, without hidden files and files changed within the grace."""
+    if not os.path.isdir(root):
+        return {}
     now = time.time() if now is None else now
-    found = {}
-    for current, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            path = os.path.join(current, name)
-            rel = os.path.relpath(path, root)
-            stat = os.lstat(path)
-            if name.startswith(".") or not os.path.isfile(path) or os.path.islink(path):
-                continue
-            if now - stat.st_mtime < grace_seconds:
-                continue
-            found[rel] = stat.st_size
-    return found
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    found, _irregular = _audit_manifest.scan(root)
+    return {rel: info.st_size for rel, info in found.items() if now - info.st_mtime >= grace_seconds}
 
 
 # ------------------------------------------------------------------------------------------------ receiver
@@ -114,7 +97,7 @@ def receive_put(root, stream):
                 incoming = hashlib.sha256()
                 for chunk in iter(lambda: source.read(CHUNK), b""):
                     incoming.update(chunk)
-                if os.path.isfile(target) and sha256_of(target) == incoming.hexdigest():
+                if os.path.isfile(target) and _fileio.sha256_file(target) == incoming.hexdigest():
                     same += 1
                 else:
                     conflicts.append(rel)
