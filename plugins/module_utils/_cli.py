@@ -101,17 +101,11 @@ def audit_retention(config):
     return dict(job="audit-retention", removed=len(removed), examples=removed[:5])
 
 
-def _store(config):
-    return _offsite.Store(_offsite.s3_client(config.get("endpoint_url"), config.get("region", "us-east-1"),
-                                             config.get("access_key"), config.get("secret_key")),
-                          config["bucket"], config.get("prefix", ""))
-
-
 def offsite_sync(config):
     """Nightly: ship the backup sets off-host (age-encrypted, verified), then off-host retention."""
     result = {}
     keep = (config.get("keep_daily", 30), config.get("keep_monthly", 12), config.get("keep_yearly", 0))
-    _offsite.sync(_store(config), config["src"], config.get("prefixes", ["db-", "media-"]), config["recipient"], keep=keep,
+    _offsite.sync(_offsite.store_from(config), config["src"], config.get("prefixes", ["db-", "media-"]), config["recipient"], keep=keep,
                   result=result)
     return dict(job="offsite-sync", uploaded=len(result.get("uploaded", [])), removed=len(result.get("removed", [])),
                 bytes_uploaded=result.get("bytes_uploaded", 0), warnings=result.get("warnings", []))
@@ -121,7 +115,7 @@ def offsite_check(config):
     """Monthly (the seeds' dump check, where the age key is): fetch the newest off-host database backup into a
     temporary directory, decrypt it, verify it whole (tables, row counts against its manifest), remove it."""
     with tempfile.TemporaryDirectory(prefix="runbooks-offsite-check-") as work:
-        fetched = _offsite.fetch(_store(config), work, config["identity"], ["db-"])
+        fetched = _offsite.fetch(_offsite.store_from(config), work, config["identity"], ["db-"])
         dumps = [path for path in fetched["fetched"] if not path.endswith(_dumpfile.MANIFEST_SUFFIX)]
         if not dumps:
             raise _offsite.OffsiteError("no complete database backup off-host")

@@ -38,6 +38,7 @@ import stat
 import subprocess
 import tarfile
 import threading
+import traceback
 from collections import namedtuple
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _dumpfile, _fileio, _retention
@@ -86,6 +87,22 @@ def s3_client(endpoint_url=None, region="us-east-1", access_key=None, secret_key
         config = Config(**options)
     session = boto3.session.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key, region_name=region)
     return session.client("s3", endpoint_url=endpoint_url or None, config=config)
+
+
+def store_from(settings):
+    """The Store of module options or job settings: endpoint_url, region, access_key, secret_key, bucket, prefix."""
+    client = s3_client(settings.get("endpoint_url"), settings.get("region") or "us-east-1", settings.get("access_key"),
+                       settings.get("secret_key"))
+    return Store(client, settings["bucket"], settings.get("prefix") or "")
+
+
+def boto3_missing():
+    """The traceback of importing boto3 when it is not installed on the managed host, else None."""
+    try:
+        import boto3  # noqa: F401 pylint: disable=import-outside-toplevel,unused-import
+    except ImportError:
+        return traceback.format_exc()
+    return None
 
 
 def _botocore_errors():

@@ -116,18 +116,9 @@ available:
   sample: [{name: db-2026-11-22, prefix: db-, stamp: "2026-11-22"}, {name: db-2026-11-21, prefix: db-, stamp: "2026-11-21"}]
 """
 
-import traceback
-
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _offsite, _params
-
-try:
-    import boto3  # noqa: F401 pylint: disable=unused-import
-except ImportError:
-    BOTO3_IMPORT_ERROR = traceback.format_exc()
-else:
-    BOTO3_IMPORT_ERROR = None
 
 
 def main():
@@ -141,12 +132,12 @@ def main():
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            required_together=_params.S3_REQUIRED_TOGETHER)
-    if BOTO3_IMPORT_ERROR is not None:
-        module.fail_json(msg=missing_required_lib("boto3"), exception=BOTO3_IMPORT_ERROR)
+    boto3_error = _offsite.boto3_missing()
+    if boto3_error:
+        module.fail_json(msg=missing_required_lib("boto3"), exception=boto3_error)
     params = module.params
     try:
-        store = _offsite.Store(_offsite.s3_client(params["endpoint_url"], params["region"], params["access_key"],
-                                                  params["secret_key"]), params["bucket"], params["prefix"])
+        store = _offsite.store_from(params)
         result = _offsite.fetch(store, params["dest"], params["identity"], params["prefixes"], select=params["select"],
                                 list_only=params["list_only"], check_mode=module.check_mode)
     except (_offsite.OffsiteError, OSError) as exc:

@@ -156,18 +156,9 @@ aborted_uploads:
   sample: 0
 """
 
-import traceback
-
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _offsite, _params, _retention
-
-try:
-    import boto3  # noqa: F401 pylint: disable=unused-import
-except ImportError:
-    BOTO3_IMPORT_ERROR = traceback.format_exc()
-else:
-    BOTO3_IMPORT_ERROR = None
 
 
 def main():
@@ -184,14 +175,14 @@ def main():
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            required_together=_params.S3_REQUIRED_TOGETHER)
-    if BOTO3_IMPORT_ERROR is not None:
-        module.fail_json(msg=missing_required_lib("boto3"), exception=BOTO3_IMPORT_ERROR)
+    boto3_error = _offsite.boto3_missing()
+    if boto3_error:
+        module.fail_json(msg=missing_required_lib("boto3"), exception=boto3_error)
     params = module.params
     keep = (params["keep_daily"], params["keep_monthly"], params["keep_yearly"]) if params["retention"] else None
     result = {}
     try:
-        store = _offsite.Store(_offsite.s3_client(params["endpoint_url"], params["region"], params["access_key"],
-                                                  params["secret_key"]), params["bucket"], params["prefix"])
+        store = _offsite.store_from(params)
         if params["create_bucket"] and store.ensure_bucket(params["region"], module.check_mode):
             result["bucket_created"] = True
         _offsite.sync(store, params["src"], params["prefixes"], params["recipient"], keep=keep,
