@@ -1,0 +1,282 @@
+# Copyright: contributors to runbooks.incident
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""runbooks.incident.certbot_diagnose and acme_probe on real failures: certbot 2.1 asks Let's Encrypt's test CA
+(pebble, with its DNS server pebble-challtestsrv) for certificates, served by a real nginx on loopback, and each
+fault is made to happen (a wrong webroot, nginx down, a firewall DROP, DNS to another address, a failing DNS
+server, another server answering). The classifier reads the log certbot wrote.
+
+Pebble enforces neither rate limits nor CAA. Those two logs (data/certbot/) are certbot logs from Let's Encrypt's
+production CA as published in public bug reports (certbot#4827, acme.sh#4417 and the rate-limit reports they cite),
+reduced to the lines that matter, with the names replaced."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.runbooks.incident.plugins.module_utils import _certbot
+
+DATA = Path(__file__).parent / "data" / "certbot"
+FIREWALLED = "127.0.0.77"  # a loopback address of "this host" whose port 80 a DROP rule blackholes
+ELSEWHERE = "127.0.0.2"    # an address nothing listens on: "another server"
+NEEDED = ("pebble", "pebble-challtestsrv", "certbot", "nginx", "openssl")
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for(port, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+class AcmeLab:
+    """pebble + challtestsrv + nginx on loopback; `certbot()` runs a real issuance and returns its log."""
+
+    def __init__(self, base: Path):
+        self.base, self.webroot = base, base / "webroot"
+        self.webroot.mkdir()
+        self.ports = {name: _free_port() for name in ("acme", "acme_mgmt", "http", "tls", "dns", "dns_mgmt")}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._tls_for_pebble()
+        (base / "pebble.json").write_text(json.dumps({"pebble": {
+            "listenAddress": f"127.0.0.1:{self.ports['acme']}", "managementListenAddress": f"127.0.0.1:{self.ports['acme_mgmt']}",
+            "certificate": "cert.pem", "privateKey": "key.pem", "httpPort": self.ports["http"], "tlsPort": self.ports["tls"],
+            "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
+        http = self.ports["http"]
+        (base / "nginx.conf").write_text(f"""
+            daemon off; user root; pid {base}/nginx.pid; error_log {base}/nginx-error.log;
+            events {{}}
+            http {{
+              access_log off;
+              server {{ listen 127.0.0.1:{http} default_server; listen {FIREWALLED}:{http} default_server;
+                       location /.well-known/acme-challenge/ {{ root {self.webroot}; }} }}
+              server {{ listen 127.0.0.1:{http}; server_name other-server.example.com;
+                       location /.well-known/acme-challenge/ {{ return 200 "someone else's site"; }} }}
+            }}""")
+        self._start("dns", ["pebble-challtestsrv", "-dns01", f"127.0.0.1:{self.ports['dns']}", "-http01", "", "-https01", "",
+                            "-tlsalpn01", "", "-management", f"127.0.0.1:{self.ports['dns_mgmt']}", "-defaultIPv6", ""],
+                    self.ports["dns_mgmt"])
+        self._start("pebble", ["pebble", "-config", "pebble.json", "-dnsserver", f"127.0.0.1:{self.ports['dns']}"],
+                    self.ports["acme"], env=dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0"))
+        self.start_nginx()
+
+    def _tls_for_pebble(self):
+        def openssl(*args):
+            subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=self.base)
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=lab CA", "-keyout", "ca.key",
+                "-out", "ca.pem", "-addext", "basicConstraints=critical,CA:TRUE")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "key.pem", "-out", "req.csr")
+        (self.base / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        openssl("x509", "-req", "-in", "req.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+                "-extfile", "san.ext", "-out", "cert.pem")
+
+    def _start(self, name, argv, port, env=None):
+        log = open(self.base / f"{name}.out", "wb")  # pylint: disable=consider-using-with
+        self.procs[name] = subprocess.Popen(argv, cwd=self.base, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT)
+        _wait_for(port)
+
+    def start_nginx(self):
+        self._start("nginx", ["nginx", "-p", str(self.base), "-c", str(self.base / "nginx.conf")], self.ports["http"])
+
+    def stop_nginx(self):
+        self.procs["nginx"].terminate()
+        self.procs["nginx"].wait(10)
+
+    def dns(self, path, **body):
+        """Change what the CA's DNS answers (pebble-challtestsrv's management API)."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.ports['dns_mgmt']}{path}", data=json.dumps(body).encode())
+        with urllib.request.urlopen(request, timeout=5):
+            pass
+
+    def point(self, name, address):
+        self.dns("/add-a", host=name + ".", addresses=[address])
+
+    def certbot(self, name, case, webroot=None):
+        """Issue a certificate for `name` with its own certbot directories; returns (rc, path of the log)."""
+        home = self.base / case
+        run = subprocess.run(
+            ["certbot", "certonly", "--non-interactive", "--agree-tos", "--register-unsafely-without-email",
+             "--server", f"https://127.0.0.1:{self.ports['acme']}/dir", "--webroot", "-w", str(webroot or self.webroot),
+             "-d", name, "--config-dir", str(home / "etc"), "--work-dir", str(home / "work"), "--logs-dir", str(home / "logs")],
+            env=dict(os.environ, REQUESTS_CA_BUNDLE=str(self.base / "ca.pem")), capture_output=True, text=True, check=False,
+            timeout=120)
+        return run.returncode, home / "logs" / "letsencrypt.log"
+
+    def close(self):
+        for proc in self.procs.values():
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module", name="lab")
+def lab_fixture():
+    missing = [tool for tool in NEEDED if not shutil.which(tool)]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (make deps installs them)")
+    base = Path(tempfile.mkdtemp(prefix="acme-lab-"))
+    lab = AcmeLab(base)
+    try:
+        yield lab
+    finally:
+        lab.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(name="firewall")
+def firewall_fixture(lab):
+    """DROP (not reject) TCP to FIREWALLED's port 80 stand-in, as a cloud firewall or iptables policy does."""
+    if os.geteuid() != 0 or not shutil.which("iptables"):
+        pytest.skip("needs root and iptables to drop packets")
+    rule = ["OUTPUT", "-d", FIREWALLED, "-p", "tcp", "--dport", str(lab.ports["http"]), "-j", "DROP"]
+    subprocess.run(["iptables", "-I", *rule], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["iptables", "-D", *rule], check=True)
+
+
+def diagnose(run_module, log, host_addresses=("127.0.0.1", FIREWALLED)):
+    return run_module("certbot_diagnose", {"log_path": str(log), "host_addresses": list(host_addresses)})
+
+
+def probe(run_module, lab, name, expected=("127.0.0.1", FIREWALLED), timeout=2):
+    """acme_probe as the CA would see `name`: the lab's DNS, the lab's port 80, a probe file in the served webroot."""
+    probe_dir = lab.webroot / ".well-known" / "acme-challenge"
+    probe_dir.mkdir(parents=True, exist_ok=True)
+    (probe_dir / "runbooks-probe-test").write_text("probe-content-1\n")
+    return run_module("acme_probe", {"names": [name], "expected_addresses": list(expected), "resolver": "127.0.0.1",
+                                     "resolver_port": lab.ports["dns"], "port": lab.ports["http"], "timeout": timeout,
+                                     "probe_name": "runbooks-probe-test", "probe_content": "probe-content-1\n"})
+
+
+def test_a_successful_issuance_is_no_failure(run_module, lab):
+    rc, log = lab.certbot("ok.example.com", "ok")
+    result = diagnose(run_module, log)
+    assert rc == 0 and result["cause"] == "none" and result["failures"] == []
+    assert result["evidence"] == ["Successfully received certificate"]
+    live = probe(run_module, lab, "ok.example.com")
+    assert live["ok"] is True, live
+
+
+def test_a_webroot_nginx_does_not_serve_is_challenge_not_found(run_module, lab, tmp_path):
+    rc, log = lab.certbot("webroot.example.com", "webroot", webroot=tmp_path)
+    result = diagnose(run_module, log)
+    assert rc == 1 and result["cause"] == "challenge_not_found"
+    assert result["failures"][0]["domain"] == "webroot.example.com" and "returned 404" in result["failures"][0]["detail"]
+    assert any(line.startswith("Detail:") and "404" in line for line in result["evidence"])
+    assert "/.well-known/acme-challenge/" in result["hint"]
+
+
+def test_nginx_down_is_connection_refused_in_the_log_and_live(run_module, lab):
+    lab.stop_nginx()
+    try:
+        rc, log = lab.certbot("down.example.com", "down")
+        live = probe(run_module, lab, "down.example.com")
+    finally:
+        lab.start_nginx()
+    result = diagnose(run_module, log)
+    assert rc == 1 and result["cause"] == "connection_refused" and result["failures"][0]["address"] == "127.0.0.1"
+    assert live["cause"] == "connection_refused" and live["ok"] is False
+
+
+def test_a_dropped_port_80_is_port_unreachable_in_the_log_and_live(run_module, lab, firewall):  # pylint: disable=unused-argument
+    lab.point("firewalled.example.com", FIREWALLED)
+    rc, log = lab.certbot("firewalled.example.com", "firewalled")
+    result = diagnose(run_module, log)
+    # Pebble names the address when the connect times out, not when the wait for headers does.
+    assert rc == 1 and result["cause"] == "port_unreachable" and result["failures"][0]["address"] in (FIREWALLED, None)
+    assert "firewalled.example.com" in result["failures"][0]["detail"]
+    live = probe(run_module, lab, "firewalled.example.com", timeout=1)
+    assert live["cause"] == "port_unreachable" and live["checks"][0]["answers"][0]["status"] is None
+
+
+def test_a_name_pointing_to_another_address_is_dns_points_elsewhere(run_module, lab):
+    lab.point("moved.example.com", ELSEWHERE)
+    rc, log = lab.certbot("moved.example.com", "moved")
+    result = diagnose(run_module, log)
+    assert rc == 1 and result["cause"] == "dns_points_elsewhere" and result["failures"][0]["address"] == ELSEWHERE
+    # Without knowing this host's addresses the same log only says what failed on the wire.
+    assert diagnose(run_module, log, host_addresses=())["cause"] == "connection_refused"
+    live = probe(run_module, lab, "moved.example.com")
+    assert live["cause"] == "dns_points_elsewhere" and live["checks"][0]["unexpected_addresses"] == [ELSEWHERE]
+
+
+def test_a_failing_dns_server_is_dns_unresolved(run_module, lab):
+    lab.dns("/set-servfail", host="broken-dns.example.com.")
+    rc, log = lab.certbot("broken-dns.example.com", "servfail")
+    result = diagnose(run_module, log)
+    assert rc == 1 and result["cause"] == "dns_unresolved"
+    live = probe(run_module, lab, "broken-dns.example.com")
+    assert live["cause"] == "dns_unresolved" and "SERVFAIL" in live["checks"][0]["error"]
+
+
+def test_another_server_answering_is_unauthorized(run_module, lab):
+    rc, log = lab.certbot("other-server.example.com", "other")
+    result = diagnose(run_module, log)
+    assert rc == 1 and result["cause"] == "unauthorized"
+    assert probe(run_module, lab, "other-server.example.com")["cause"] == "unauthorized"
+
+
+def test_the_last_run_decides(run_module, lab, tmp_path):
+    """A log holding a failed run and then a successful one (certbot appends when it does not rotate)."""
+    failed = (lab.base / "webroot-case" / "logs" / "letsencrypt.log")
+    if not failed.exists():
+        lab.certbot("webroot.example.com", "webroot-case", webroot=tmp_path)
+    ok_log = lab.certbot("ok2.example.com", "ok2")[1]
+    combined = tmp_path / "letsencrypt.log"
+    combined.write_text(failed.read_text() + ok_log.read_text())
+    assert diagnose(run_module, combined)["cause"] == "none"
+    combined.write_text(ok_log.read_text() + failed.read_text())
+    assert diagnose(run_module, combined)["cause"] == "challenge_not_found"
+
+
+@pytest.mark.parametrize("log, cause, evidence", [
+    ("rate-limited.log", "rate_limited", "too many certificates (5) already issued"),
+    ("caa.log", "caa_forbids", "prevents issuance"),
+])
+def test_lets_encrypt_errors_pebble_cannot_produce(run_module, tmp_path, log, cause, evidence):
+    path = tmp_path / "letsencrypt.log"
+    shutil.copy(DATA / log, path)
+    result = diagnose(run_module, path)
+    assert result["cause"] == cause and evidence in " ".join(result["evidence"])
+
+
+def test_rotated_logs_are_read_when_the_current_one_is_empty(run_module, tmp_path):
+    (tmp_path / "letsencrypt.log").write_text("")
+    shutil.copy(DATA / "caa.log", tmp_path / "letsencrypt.log.1")
+    result = diagnose(run_module, tmp_path / "letsencrypt.log")
+    assert result["cause"] == "caa_forbids" and result["log"].endswith("letsencrypt.log.1")
+
+
+def test_no_log_at_all_says_certbot_never_ran(run_module, tmp_path):
+    result = diagnose(run_module, tmp_path / "letsencrypt.log")
+    assert result["cause"] == "none" and result["log"] is None and "has not run" in result["hint"]
+
+
+def test_bad_input_fails_clearly(run_module, tmp_path):
+    assert "host_addresses" in run_module("certbot_diagnose", {"log_path": str(tmp_path / "x"), "host_addresses": ["nope"]})["msg"]
+    bad = run_module("acme_probe", {"names": ["a.example.com"], "probe_name": "../etc/passwd", "probe_content": "x"})
+    assert bad["failed"] and "plain file name" in bad["msg"]
+
+
+def test_every_cause_has_a_hint():
+    causes = {cause for cause, _ in _certbot.RULES} | {"none", "unknown", "dns_points_elsewhere"}
+    assert causes == set(_certbot.HINTS)
