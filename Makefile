@@ -17,7 +17,7 @@ export ANSIBLE_FORCE_COLOR ?= 0
 SANDBOX := $(BIN)/python tests/sandbox/sandbox.py
 COLLECTION_LINK := .build/collections/ansible_collections/runbooks/incident
 # Molecule scenarios, in the order `make test` runs them.
-SCENARIOS ?= whatsapp_mcp db_restore offsite audit_integrity secret_rotation
+SCENARIOS ?= whatsapp_mcp db_restore offsite audit_integrity secret_rotation certificates
 DEMO_INCIDENT ?= DEMO-$(shell date -u +%Y%m%dT%H%M%S)
 
 .PHONY: help

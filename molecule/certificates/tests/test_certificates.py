@@ -1,0 +1,170 @@
+# Copyright: contributors to runbooks.incident
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""After converge (a first certificate from pebble replaced the bootstrap one): each fault is injected on the real
+hosts, certbot's own renewal is run the way its timer would, and the playbooks are judged on what they say and on the
+certificate nginx then serves, fetched over TLS from the controller."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import socket
+import ssl
+import subprocess
+import urllib.request
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+testinfra_hosts = ["app"]
+
+APP, DNS_API, NAME = "172.29.7.10", "http://172.29.7.20:8055", "wa.example.com"
+RENEW, CHECK = "renew_certificate.yml", "check_certificates.yml"
+CERTBOT_TIMER_RUN = ("REQUESTS_CA_BUNDLE=/etc/ssl/pebble-ca.pem certbot renew --force-renewal --no-random-sleep-on-renew "
+                     "--non-interactive")
+
+
+def served():
+    """The certificate nginx serves for NAME, as a TLS client sees it."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection((APP, 443), timeout=10) as raw, context.wrap_socket(raw, server_hostname=NAME) as tls:
+        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+
+
+def playbook(name, *extra):
+    """Run playbooks/<name> with the scenario's lab vars; (rc, output with colours removed and lines unfolded)."""
+    project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
+    argv = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], os.path.join(project, "playbooks", name),
+            "-e", "@" + os.path.join(project, "molecule", "certificates", "vars", "lab.yml")]
+    for item in extra:
+        argv += ["-e", item]
+    res = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=project,
+                         env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(project, ".build", "collections"),
+                                  ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0"))
+    return res.returncode, " ".join(re.sub(r"\x1b\[[0-9;]*m", "", res.stdout + res.stderr).split())
+
+
+def dns(path, **body):
+    """Change what the public DNS (pebble-challtestsrv) answers."""
+    request = urllib.request.Request(DNS_API + path, data=json.dumps(body).encode())
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+
+def pages(host):
+    return [json.loads(line) for line in host.file("/var/tmp/pages.jsonl").content_string.splitlines()] \
+        if host.file("/var/tmp/pages.jsonl").exists else []
+
+
+def nginx(host, *args):
+    host.check_output("docker compose --project-directory /opt/whatsapp-mcp exec -T nginx nginx " + " ".join(args))
+
+
+def test_converge_replaced_the_bootstrap_certificate_with_the_lineage(host):
+    cert = served()
+    assert "Pebble" in cert.issuer.rfc4514_string()
+    assert NAME in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    for name in ("fullchain.pem", "privkey.pem"):
+        link = host.file(f"/etc/whatsapp-mcp/tls/{name}")
+        assert link.is_symlink and link.linked_to == f"/etc/letsencrypt/live/{NAME}/{name}"
+    kept = host.check_output("ls /etc/whatsapp-mcp/tls").split()
+    assert any(k.startswith("fullchain.pem.pre-certbot-") for k in kept)  # the bootstrap pair is kept
+    # certbot keeps the deploy hook for its own timer's renewals.
+    assert "deploy_hook = docker compose" in host.file(f"/etc/letsencrypt/renewal/{NAME}.conf").content_string
+
+
+def test_check_reports_a_good_certificate_and_pages_nobody(host):
+    before = len(pages(host))
+    rc, out = playbook(CHECK, "incident_id=MOLECULE-CHECK-OK")
+    assert rc == 0, out
+    assert f"{NAME} |" in out and len(pages(host)) == before
+
+
+def test_an_expired_certificate_served_is_paged_and_replaced(host):
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, NAME)])
+    past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=100)
+    expired = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(past)
+               .not_valid_after(past + datetime.timedelta(days=90))
+               .add_extension(x509.SubjectAlternativeName([x509.DNSName(NAME)]), critical=False).sign(key, hashes.SHA256()))
+    # An old pair restored over nginx's files (the links), as a careless restore from backup does.
+    for name, data in (("fullchain.pem", expired.public_bytes(serialization.Encoding.PEM)),
+                       ("privkey.pem", key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))):
+        host.check_output(f"rm /etc/whatsapp-mcp/tls/{name} && printf %s '{data.decode()}' > /etc/whatsapp-mcp/tls/{name}")
+    nginx(host, "-s", "reload")
+    assert served().not_valid_after_utc < datetime.datetime.now(datetime.timezone.utc)
+
+    rc, out = playbook(CHECK, "incident_id=MOLECULE-CHECK-EXPIRED")
+    assert rc != 0 and "expired" in out
+    alert = pages(host)[-1][0]
+    assert alert["labels"]["severity"] == "critical" and NAME in alert["annotations"]["summary"]
+
+    rc, out = playbook(RENEW, "incident_id=MOLECULE-EXPIRED")
+    assert rc == 0, out
+    assert "Renewing" in out and "expired" in out
+    fresh = served()
+    assert fresh.not_valid_after_utc > datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=30)
+    assert "Pebble" in fresh.issuer.rfc4514_string()
+    assert any(k.startswith("privkey.pem.pre-certbot-") for k in host.check_output("ls /etc/whatsapp-mcp/tls").split())
+
+
+def test_port_80_dropped_by_the_firewall_is_diagnosed_then_opened_when_confirmed(host):
+    drop = "DOCKER-USER -p tcp --dport 80 -j DROP"
+    host.check_output(f"iptables -I {drop}")
+    try:
+        assert host.run(CERTBOT_TIMER_RUN).rc != 0  # the nightly renewal fails, as it would in production
+        before = served().serial_number
+        rc, out = playbook(RENEW, "incident_id=MOLECULE-FIREWALL", "force=true")
+        assert rc != 0
+        assert "Last certbot run" in out and "): port_unreachable" in out and "Live check from localhost: port_unreachable" in out
+        assert "fix_firewall=true" in out and served().serial_number == before  # nothing changed
+
+        rc, out = playbook(RENEW, "incident_id=MOLECULE-FIREWALL-FIX", "force=true", "fix_firewall=true")
+        assert rc == 0, out
+        assert served().serial_number != before
+        assert "runbooks.incident ACME http-01" in host.check_output("iptables -S DOCKER-USER")
+    finally:
+        host.run(f"iptables -D {drop}")
+
+
+def test_a_misconfigured_webroot_is_diagnosed_then_corrected_when_confirmed(host):
+    conf = "/opt/whatsapp-mcp/nginx/conf.d/whatsapp-mcp.conf"
+    host.check_output(f"sed -i 's|root /var/www/certbot;|root /var/www/html;|' {conf}")
+    nginx(host, "-s", "reload")
+    assert host.run(CERTBOT_TIMER_RUN).rc != 0
+    before = served().serial_number
+    rc, out = playbook(RENEW, "incident_id=MOLECULE-WEBROOT", "force=true")
+    assert rc != 0
+    assert "): challenge_not_found" in out and "Live check from localhost: challenge_not_found" in out
+    assert "fix_webroot=true" in out and served().serial_number == before
+
+    rc, out = playbook(RENEW, "incident_id=MOLECULE-WEBROOT-FIX", "force=true", "fix_webroot=true")
+    assert rc == 0, out
+    assert "root /var/www/certbot;" in host.file(conf).content_string
+    assert host.run(f"ls {conf}.*").rc == 0  # the configuration it corrected is kept
+    assert served().serial_number != before
+
+
+def test_dns_pointing_elsewhere_is_diagnosed_and_nothing_changes(host):
+    dns("/add-a", host=NAME + ".", addresses=["172.29.7.20"])  # the acme host: nothing listens on its port 80
+    try:
+        assert host.run(CERTBOT_TIMER_RUN).rc != 0
+        before = served().serial_number
+        rc, out = playbook(RENEW, "incident_id=MOLECULE-DNS", "force=true", "fix_webroot=true", "fix_firewall=true")
+        assert rc != 0
+        assert "): dns_points_elsewhere" in out and "Live check from localhost: dns_points_elsewhere" in out
+        assert "Nothing was changed" in out and served().serial_number == before
+    finally:
+        dns("/clear-a", host=NAME + ".")
+    rc, out = playbook(CHECK, "incident_id=MOLECULE-CHECK-AFTER")
+    assert rc == 0, out
+
+
+def test_the_private_key_stays_private(host):
+    key = host.file(host.check_output("readlink -f /etc/whatsapp-mcp/tls/privkey.pem"))
+    assert key.path.startswith("/etc/letsencrypt/archive/") and key.user == "root" and key.mode & 0o077 == 0
