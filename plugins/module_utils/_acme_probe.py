@@ -130,4 +130,3 @@ def probe_all(names, expected_addresses, resolver, resolver_port, port, path, co
     cause = problems[0]["problem"] if problems else "none"
     return {"checks": checks, "cause": cause, "hint": HINTS[cause] if problems else "Port 80 serves the webroot for every name.",
             "ok": not problems}
-

@@ -88,7 +88,7 @@ def log_files(path):
             suffix = entry[len(name) + 1:] if entry.startswith(name + ".") else ""
             if suffix.isdigit():
                 rotated.append((int(suffix), os.path.join(directory, entry)))
-    return ([path] if os.path.exists(path) else []) + [p for _, p in sorted(rotated)]
+    return ([path] if os.path.exists(path) else []) + [rotated_path for dummy, rotated_path in sorted(rotated)]
 
 
 def split_runs(text):

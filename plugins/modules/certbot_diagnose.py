@@ -72,7 +72,9 @@ evidence:
   elements: str
   sample: ["Domain: wa.example.com", "Type:   unauthorized", "Detail: ... returned 404"]
 failures:
-  description: Every problem of the last run, one per name, each with C(domain), C(type), C(detail), C(cause), C(address) (the address the CA connected to, when the log says) and C(evidence).
+  description:
+    - Every problem of the last run, one per name, each with C(domain), C(type), C(detail), C(cause) and C(evidence).
+    - C(address) is the address the CA connected to, when the log says.
   returned: always
   type: list
   elements: dict

@@ -74,7 +74,7 @@ class AcmeLab:
                             "-tlsalpn01", "", "-management", f"127.0.0.1:{self.ports['dns_mgmt']}", "-defaultIPv6", ""],
                     self.ports["dns_mgmt"])
         self._start("pebble", ["pebble", "-config", "pebble.json", "-dnsserver", f"127.0.0.1:{self.ports['dns']}"],
-                    self.ports["acme"], env=dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0"))
+                    self.ports["acme"], env=dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0", PEBBLE_AUTHZREUSE="0"))
         self.start_nginx()
 
     def _tls_for_pebble(self):
@@ -278,5 +278,5 @@ def test_bad_input_fails_clearly(run_module, tmp_path):
 
 
 def test_every_cause_has_a_hint():
-    causes = {cause for cause, _ in _certbot.RULES} | {"none", "unknown", "dns_points_elsewhere"}
+    causes = {rule[0] for rule in _certbot.RULES} | {"none", "unknown", "dns_points_elsewhere"}
     assert causes == set(_certbot.HINTS)

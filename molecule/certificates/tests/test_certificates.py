@@ -12,6 +12,7 @@ import re
 import socket
 import ssl
 import subprocess
+import time
 import urllib.request
 
 from cryptography import x509
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 testinfra_hosts = ["app"]
 
-APP, DNS_API, NAME = "172.29.7.10", "http://172.29.7.20:8055", "wa.example.com"
+APP, DNS_API, NAME = "172.29.7.10", "http://172.29.7.20:8055", "wa.sandbox.test"  # whatsapp_mcp_domain of the sandbox
 RENEW, CHECK = "renew_certificate.yml", "check_certificates.yml"
 CERTBOT_TIMER_RUN = ("REQUESTS_CA_BUNDLE=/etc/ssl/pebble-ca.pem certbot renew --force-renewal --no-random-sleep-on-renew "
                      "--non-interactive")
@@ -63,6 +64,16 @@ def nginx(host, *args):
     host.check_output("docker compose --project-directory /opt/whatsapp-mcp exec -T nginx nginx " + " ".join(args))
 
 
+def reload_until_served(host, serial_differs_from):
+    """nginx -s reload returns before the new workers serve; wait until they do."""
+    nginx(host, "-s", "reload")
+    for dummy in range(50):
+        if served().serial_number != serial_differs_from:
+            return
+        time.sleep(0.2)
+    raise AssertionError("nginx still serves the previous certificate after the reload")
+
+
 def test_converge_replaced_the_bootstrap_certificate_with_the_lineage(host):
     cert = served()
     assert "Pebble" in cert.issuer.rfc4514_string()
@@ -92,11 +103,12 @@ def test_an_expired_certificate_served_is_paged_and_replaced(host):
                .not_valid_after(past + datetime.timedelta(days=90))
                .add_extension(x509.SubjectAlternativeName([x509.DNSName(NAME)]), critical=False).sign(key, hashes.SHA256()))
     # An old pair restored over nginx's files (the links), as a careless restore from backup does.
+    previous = served().serial_number
     for name, data in (("fullchain.pem", expired.public_bytes(serialization.Encoding.PEM)),
                        ("privkey.pem", key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                          serialization.NoEncryption()))):
         host.check_output(f"rm /etc/whatsapp-mcp/tls/{name} && printf %s '{data.decode()}' > /etc/whatsapp-mcp/tls/{name}")
-    nginx(host, "-s", "reload")
+    reload_until_served(host, previous)
     assert served().not_valid_after_utc < datetime.datetime.now(datetime.timezone.utc)
 
     rc, out = playbook(CHECK, "incident_id=MOLECULE-CHECK-EXPIRED")
