@@ -17,12 +17,12 @@ description:
     C(dns_points_elsewhere), C(port_unreachable), C(connection_refused), C(challenge_not_found), C(unauthorized)
     (a wrong body or a redirect), or C(none).
   - Read-only.
+extends_documentation_fragment:
+  - runbooks.incident.attributes
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   names:

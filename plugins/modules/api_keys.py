@@ -18,13 +18,12 @@ description:
     contact, keys revoked) comes back the same even when the first run stopped before notifying.
   - Tables and columns follow the whatsapp-mcp schema (C(clients), C(api_keys), C(audit_log)).
 extends_documentation_fragment:
+  - runbooks.incident.attributes
   - runbooks.incident.postgres
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   db:

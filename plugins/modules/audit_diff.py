@@ -20,12 +20,12 @@ description:
   - A manifest whose cache was found edited (RV(runbooks.incident.audit_manifest#module:cache.mismatches)) also
     makes the result not C(ok).
   - Read-only. Nothing is written anywhere.
+extends_documentation_fragment:
+  - runbooks.incident.attributes
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   local:

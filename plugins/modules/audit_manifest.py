@@ -24,12 +24,12 @@ description:
     in RV(irregular).
   - The only thing written is the cache file, mode 0600 and replaced atomically. In check mode the cache is read
     but not written.
+extends_documentation_fragment:
+  - runbooks.incident.attributes
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   path:

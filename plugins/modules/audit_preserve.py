@@ -14,13 +14,12 @@ description:
     kernel allows it).
   - A file missing on this host is skipped. Idempotent, because a copy with the same digest is left alone.
 extends_documentation_fragment:
+  - runbooks.incident.attributes
   - runbooks.incident.incident
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   path:

@@ -26,13 +26,13 @@ description:
   - Sets are removed oldest first; directories recursively, without following symlinks (a symlink entry is
     unlinked, never followed out of I(path)). If an entry cannot be removed, the others still are and the task
     fails at the end naming what is left.
+extends_documentation_fragment:
+  - runbooks.incident.attributes
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: Check mode returns exactly the entries a real run would remove.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: The diff lists the stamps of the backup sets before and after the pruning.
 options:

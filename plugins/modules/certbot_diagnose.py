@@ -20,12 +20,12 @@ description:
     C(unauthorized) (the challenge file had the wrong content, another server answers);
     C(acme_unreachable) (this host cannot reach the ACME server); C(unknown); C(none) (the last run did not fail).
   - Read-only. docs/runbooks/certificates.md lists each cause with its evidence and fix.
+extends_documentation_fragment:
+  - runbooks.incident.attributes
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   log_path:

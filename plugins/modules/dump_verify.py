@@ -18,12 +18,12 @@ description:
     C(pg_restore -f -) (no server needed), from the host's client tools or, with I(compose_project_dir), the
     database container's.
   - Changes nothing.
+extends_documentation_fragment:
+  - runbooks.incident.attributes
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   src:

@@ -15,12 +15,12 @@ description:
   - I(state=present) appends a row (once per I(id); a re-run with the same id changes nothing) after verifying the
     whole log; it refuses to extend a broken log. I(state=verified) only verifies, and with I(max_age_days) fails
     when the newest row matching I(where) is older (the "last passing drill is older than a quarter" alert).
+extends_documentation_fragment:
+  - runbooks.incident.attributes
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   path:

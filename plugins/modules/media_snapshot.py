@@ -22,13 +22,13 @@ description:
     snapshot and only then swaps it in for the old one.
   - Requires C(rsync) on the managed host. Prune old snapshots with M(runbooks.incident.backup_retention) and the
     same I(prefix); it also removes partial directories left by crashes.
+extends_documentation_fragment:
+  - runbooks.incident.attributes
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: Runs C(rsync --dry-run --stats) against the previous snapshot to predict the files and bytes copied.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   src:

@@ -17,14 +17,13 @@ description:
   - Fails listing the problems when any is found, unless I(fail_on_mismatch=false).
   - Read-only.
 extends_documentation_fragment:
+  - runbooks.incident.attributes
   - runbooks.incident.postgres
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: Verifies in check mode too (it only reads).
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   media_dir:

@@ -24,14 +24,13 @@ requirements:
   - boto3
   - age (the C(age) command) on the managed host
 extends_documentation_fragment:
+  - runbooks.incident.attributes
   - runbooks.incident.s3
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: Lists the bucket, reads the objects' metadata and the files in I(dest), returns what would be fetched.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   dest:

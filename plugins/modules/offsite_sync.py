@@ -36,14 +36,13 @@ requirements:
   - boto3
   - age (the C(age) command) on the managed host
 extends_documentation_fragment:
+  - runbooks.incident.attributes
   - runbooks.incident.s3
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: Lists the bucket and reads local files to return what would be uploaded and removed; uploads nothing.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   src:

@@ -22,13 +22,13 @@ description:
     from I(details)). PagerDuty answers 202.
   - The same payloads are sent by the host-side job that pages when a scheduled job's systemd unit fails.
   - The routing key never appears in results; the payload is returned with it masked.
+extends_documentation_fragment:
+  - runbooks.incident.attributes
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: Sends nothing; returns the payload it would send (routing key masked) and C(changed=true).
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   url:

@@ -27,13 +27,12 @@ description:
     lagging behind the sops file are brought up to date.
   - Restart the service afterwards, because it reads its peppers at start.
 extends_documentation_fragment:
+  - runbooks.incident.attributes
   - runbooks.incident.sops
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
     details: Secrets are never diffed.
 options:

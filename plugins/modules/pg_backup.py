@@ -19,14 +19,13 @@ description:
   - Idempotent per name. When the dump of that stamp already exists and matches its manifest, nothing is done.
     Something there that does not match its manifest is refused unless I(force=true).
 extends_documentation_fragment:
+  - runbooks.incident.attributes
   - runbooks.incident.postgres
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: Checks the server is reachable and whether a valid backup of that name exists; dumps nothing.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   db:

@@ -25,14 +25,13 @@ description:
   - Plain dumps load through psql; with I(jobs) > 1 their indexes and constraints are built in parallel sessions.
     Custom and directory dumps load with C(pg_restore -j).
 extends_documentation_fragment:
+  - runbooks.incident.attributes
   - runbooks.incident.incident
   - runbooks.incident.postgres
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   src:

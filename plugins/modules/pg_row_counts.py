@@ -13,14 +13,13 @@ description:
   - With I(expected) (for example a manifest's C(row_counts)), fails listing every table whose count differs.
   - Read-only.
 extends_documentation_fragment:
+  - runbooks.incident.attributes
   - runbooks.incident.postgres
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: Counts in check mode too (it only reads).
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   db:

@@ -17,14 +17,13 @@ description:
   - Acquiring or releasing never reports C(changed) and also happens in check mode, because the lock guards
     the dry run's reads too; it is not a change of the managed system.
 extends_documentation_fragment:
+  - runbooks.incident.attributes
   - runbooks.incident.incident
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: The lock is taken and released in check mode too (it changes nothing the runbook manages).
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   path:

@@ -22,13 +22,13 @@ description:
 requirements:
   - pycryptodome (PyPI, imported as C(Crypto)) or Debian's C(python3-pycryptodome) (imported as C(Cryptodome))
     on the managed host.
+extends_documentation_fragment:
+  - runbooks.incident.attributes
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: Reopens the secret in memory (so the shares are proven to combine) and predicts whether I(dest) would change.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   shares:

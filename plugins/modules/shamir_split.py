@@ -31,13 +31,13 @@ description:
 requirements:
   - pycryptodome (PyPI, imported as C(Crypto)) or Debian's C(python3-pycryptodome) (imported as C(Cryptodome))
     on the managed host.
+extends_documentation_fragment:
+  - runbooks.incident.attributes
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: Reads the secret and any existing share files and predicts the result; writes nothing.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   secret:

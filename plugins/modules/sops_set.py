@@ -16,13 +16,12 @@ description:
     are printed by Ansible's callbacks. It is never in a diff, a result or a process argument.
   - Requires sops on the managed host and the age identity (I(age_key_file)).
 extends_documentation_fragment:
+  - runbooks.incident.attributes
   - runbooks.incident.sops
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
     details: Secrets are never diffed.
 options:
