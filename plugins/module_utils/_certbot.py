@@ -19,8 +19,10 @@ TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")
 SUMMARY_PROBLEM = re.compile(r"^\s*Domain: (?P<domain>\S+)\n\s*Type:\s+(?P<type>\S+)\n\s*Detail: (?P<detail>.*)$", re.M)
 ACME_ERROR_LINE = re.compile(r"urn:(?:ietf:params:)?acme:error:(?P<type>\w+) :: (?P<detail>.*)$", re.M)
 CERTBOT_ERROR = re.compile(r"^certbot\.errors\.\w+: (?P<detail>.+)$", re.M)
-ACME_UNREACHABLE = re.compile(r"^.*(?:Max retries exceeded with url|Failed to establish a new connection|"
-                              r"Name or service not known|Temporary failure in name resolution).*$", re.M)
+# Certbot's own words (requests, glibc) when it cannot reach the ACME server: the line to report, and the cause.
+ACME_UNREACHABLE_WORDS = (r"Max retries exceeded with url|Failed to establish a new connection|Name or service not known|"
+                          r"Temporary failure in name resolution")
+ACME_UNREACHABLE = re.compile(r"^.*(?:%s).*$" % ACME_UNREACHABLE_WORDS, re.M)
 SUCCESS = re.compile(r"Successfully received certificate|Congratulations, all renewals succeeded|"
                      r"Certificate not yet due for renewal|Successfully deployed certificate|"
                      r"Congratulations! Your certificate", re.M)
@@ -28,21 +30,20 @@ SUCCESS = re.compile(r"Successfully received certificate|Congratulations, all re
 DIALED_ADDRESS = re.compile(r"dial tcp \[?(?P<pebble>[0-9a-fA-F.:]+?)\]?:\d+:|: (?P<boulder>[0-9a-fA-F.:]+): "
                             r"(?:Timeout|Connection refused|Fetching|Invalid response)")
 
-# (cause, pattern on "<type> <detail>"), first match wins. The order matters: a rate-limit or CAA error also
-# carries other words, and an address that is not this host's explains a timeout better than a firewall does.
+# (cause, pattern on "<type> <detail>"), first match wins. The order matters: certbot's own failure to reach the
+# ACME server also says "Connection refused" (not about port 80), a rate-limit or CAA error also carries other words,
+# and an address that is not this host's explains a timeout better than a firewall does.
 RULES = (
+    ("acme_unreachable", re.compile(ACME_UNREACHABLE_WORDS, re.I)),
     ("rate_limited", re.compile(r"rateLimited|too many (?:certificates|failed authorizations|new orders|requests)", re.I)),
     ("caa_forbids", re.compile(r"^caa\b|CAA record for .* prevents issuance", re.I)),
     ("dns_unresolved", re.compile(r"^dns\b|DNS problem|could not resolve|no valid (?:A|AAAA|IP) records|NXDOMAIN|SERVFAIL", re.I)),
     ("port_unreachable", re.compile(r"timeout|timed out|deadline exceeded", re.I)),
     ("connection_refused", re.compile(r"connection refused", re.I)),
     ("challenge_not_found", re.compile(r"\b404\b", re.I)),
-    ("account_problem", re.compile(r"accountDoesNotExist|account (?:is )?(?:has status )?deactivated|"
-                                   r"Unable to find account|No such account|JWS verification|malformed.*account|"
-                                   r"deactivated|externalAccountRequired", re.I)),
+    ("account_problem", re.compile(r"accountDoesNotExist|deactivated|Unable to find account|No such account|"
+                                   r"JWS verification|malformed.*account|externalAccountRequired", re.I)),
     ("unauthorized", re.compile(r"^unauthorized\b|key authorization|did not match|incorrect", re.I)),
-    ("acme_unreachable", re.compile(r"Max retries exceeded|Failed to establish a new connection|"
-                                    r"Temporary failure in name resolution", re.I)),
 )
 
 HINTS = {
@@ -112,11 +113,9 @@ def _problems(run):
             found.append((None, match["type"], match["detail"].strip(), [match.group(0).strip()]))
     if not found:
         for pattern in (CERTBOT_ERROR, ACME_UNREACHABLE):
-            match = None
-            for match in pattern.finditer(run):
-                pass  # the last one is the error certbot gave up on
-            if match:
-                found.append((None, "", match.group(0).strip(), [match.group(0).strip()]))
+            lines = [match.group(0).strip() for match in pattern.finditer(run)]
+            if lines:  # the last one is the error certbot gave up on
+                found.append((None, "", lines[-1], lines[-1:]))
                 break
     return found
 

@@ -10,7 +10,8 @@ version_added: 0.1.0
 description:
   - Reads certbot's debug log (and its rotations C(letsencrypt.log.1), ...) and classifies the last run into one
     cause. Certbot's own message (I(Some challenges have failed)) rarely says what to fix; RV(hint) does.
-  - Causes, in the order they are tested. C(rate_limited) (a Let's Encrypt rate limit);
+  - Causes, in the order they are tested. C(acme_unreachable) (this host cannot reach the ACME server);
+    C(rate_limited) (a Let's Encrypt rate limit);
     C(caa_forbids) (a CAA record does not allow the CA); C(dns_unresolved) (NXDOMAIN, SERVFAIL, no A/AAAA record);
     C(dns_points_elsewhere) (the CA connected to an address that is not in I(host_addresses));
     C(port_unreachable) (the connection to port 80 timed out, usually a firewall);
@@ -18,7 +19,7 @@ description:
     webroot and the nginx location disagree);
     C(account_problem) (the ACME account is unknown, deactivated or its key is wrong);
     C(unauthorized) (the challenge file had the wrong content, another server answers);
-    C(acme_unreachable) (this host cannot reach the ACME server); C(unknown); C(none) (the last run did not fail).
+    C(unknown); C(none) (the last run did not fail).
   - Read-only. docs/runbooks/certificates.md lists each cause with its evidence and fix.
 extends_documentation_fragment:
   - runbooks.incident.attributes

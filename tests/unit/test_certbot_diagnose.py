@@ -109,12 +109,12 @@ class AcmeLab:
     def point(self, name, address):
         self.dns("/add-a", host=name + ".", addresses=[address])
 
-    def certbot(self, name, case, webroot=None):
+    def certbot(self, name, case, webroot=None, server=None):
         """Issue a certificate for `name` with its own certbot directories; returns (rc, path of the log)."""
         home = self.base / case
         run = subprocess.run(
             ["certbot", "certonly", "--non-interactive", "--agree-tos", "--register-unsafely-without-email",
-             "--server", f"https://127.0.0.1:{self.ports['acme']}/dir", "--webroot", "-w", str(webroot or self.webroot),
+             "--server", server or f"https://127.0.0.1:{self.ports['acme']}/dir", "--webroot", "-w", str(webroot or self.webroot),
              "-d", name, "--config-dir", str(home / "etc"), "--work-dir", str(home / "work"), "--logs-dir", str(home / "logs")],
             env=dict(os.environ, REQUESTS_CA_BUNDLE=str(self.base / "ca.pem")), capture_output=True, text=True, check=False,
             timeout=120)
@@ -233,6 +233,13 @@ def test_another_server_answering_is_unauthorized(run_module, lab):
     result = diagnose(run_module, log)
     assert rc == 1 and result["cause"] == "unauthorized"
     assert probe(run_module, lab, "other-server.example.com")["cause"] == "unauthorized"
+
+
+def test_an_acme_server_nobody_answers_is_acme_unreachable(run_module, lab):
+    rc, log = lab.certbot("offline.example.com", "offline", server=f"https://127.0.0.1:{_free_port()}/dir")
+    result = diagnose(run_module, log)
+    assert rc == 1 and result["cause"] == "acme_unreachable"
+    assert "Failed to establish a new connection" in result["evidence"][0]
 
 
 def test_the_last_run_decides(run_module, lab, tmp_path):
