@@ -4,6 +4,7 @@
 webroot is served at /.well-known/acme-challenge/. The same causes as _certbot, so a log and a live check agree."""
 from __future__ import annotations
 
+import errno
 import http.client
 import ipaddress
 import random
@@ -91,8 +92,8 @@ def fetch(address, port, name, path, timeout):
         return None, None, "connection_refused"
     except (socket.timeout, TimeoutError):
         return None, None, "port_unreachable"
-    except OSError as exc:
-        return None, None, "port_unreachable" if "unreachable" in str(exc).lower() else "connection_refused"
+    except OSError as exc:  # a REJECT with icmp-host/net-unreachable is a firewall too
+        return None, None, "port_unreachable" if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH) else "connection_refused"
     finally:
         conn.close()
 

@@ -142,15 +142,21 @@ def lab_fixture():
 
 @pytest.fixture(name="firewall")
 def firewall_fixture(lab):
-    """DROP (not reject) TCP to FIREWALLED's port 80 stand-in, as a cloud firewall or iptables policy does."""
+    """Returns a function that blocks TCP to FIREWALLED's port 80 stand-in with an iptables target, as a host
+    firewall does: DROP (a cloud firewall or a DROP policy) or REJECT with an ICMP error."""
     if os.geteuid() != 0 or not shutil.which("iptables"):
         pytest.skip("needs root and iptables to drop packets")
-    rule = ["OUTPUT", "-d", FIREWALLED, "-p", "tcp", "--dport", str(lab.ports["http"]), "-j", "DROP"]
-    subprocess.run(["iptables", "-I", *rule], check=True)
+    rules = []
+
+    def block(*target):
+        rule = ["OUTPUT", "-d", FIREWALLED, "-p", "tcp", "--dport", str(lab.ports["http"]), "-j", *target]
+        subprocess.run(["iptables", "-I", *rule], check=True)
+        rules.append(rule)
     try:
-        yield
+        yield block
     finally:
-        subprocess.run(["iptables", "-D", *rule], check=True)
+        for rule in rules:
+            subprocess.run(["iptables", "-D", *rule], check=True)
 
 
 def diagnose(run_module, log, host_addresses=("127.0.0.1", FIREWALLED)):
@@ -197,7 +203,8 @@ def test_nginx_down_is_connection_refused_in_the_log_and_live(run_module, lab):
     assert live["cause"] == "connection_refused" and live["ok"] is False
 
 
-def test_a_dropped_port_80_is_port_unreachable_in_the_log_and_live(run_module, lab, firewall):  # pylint: disable=unused-argument
+def test_a_dropped_port_80_is_port_unreachable_in_the_log_and_live(run_module, lab, firewall):
+    firewall("DROP")
     lab.point("firewalled.example.com", FIREWALLED)
     rc, log = lab.certbot("firewalled.example.com", "firewalled")
     result = diagnose(run_module, log)
@@ -205,6 +212,13 @@ def test_a_dropped_port_80_is_port_unreachable_in_the_log_and_live(run_module, l
     assert rc == 1 and result["cause"] == "port_unreachable" and result["failures"][0]["address"] in (FIREWALLED, None)
     assert "firewalled.example.com" in result["failures"][0]["detail"]
     live = probe(run_module, lab, "firewalled.example.com", timeout=1)
+    assert live["cause"] == "port_unreachable" and live["checks"][0]["answers"][0]["status"] is None
+
+
+def test_a_rejecting_firewall_is_port_unreachable_live(run_module, lab, firewall):
+    firewall("REJECT", "--reject-with", "icmp-host-unreachable")
+    lab.point("rejected.example.com", FIREWALLED)
+    live = probe(run_module, lab, "rejected.example.com")
     assert live["cause"] == "port_unreachable" and live["checks"][0]["answers"][0]["status"] is None
 
 
