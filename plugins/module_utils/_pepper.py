@@ -160,6 +160,16 @@ def write_files(layout, target, owner=None, group=None, file_mode=0o400, check_m
     return changed
 
 
+def write_pending(layout, target, owner=None, group=None, file_mode=0o400):
+    """Files-only, before the files change: the new pepper and a record in state `pending`, so a run killed midway
+    resumes with this pepper (read back by pending_pepper)."""
+    with _fileio.atomic_writer(layout.next, mode=0o400) as handle:
+        handle.write(target["current"].encode())
+    with _fileio.atomic_writer(layout.record, mode=file_mode, owner=owner, group=group) as handle:
+        handle.write(json.dumps(dict(record_of(target), state="pending"), sort_keys=True).encode())
+    _faults.checkpoint("pepper_after_pending")
+
+
 def pending_pepper(layout, state, change_id):
     """The new pepper of an interrupted files-only rotation of `change_id`, or None."""
     record = record_of(state) or {}

@@ -143,12 +143,11 @@ msg:
   type: str
 """
 
-import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _faults, _fileio, _params, _pepper, _run_lock, _sops
+from ansible_collections.runbooks.incident.plugins.module_utils import _faults, _params, _pepper, _run_lock, _sops
 
 
 def _run(module, params):
@@ -195,13 +194,7 @@ def _run(module, params):
             store.apply(keys, current=document)
             _faults.checkpoint("pepper_after_sops")
         elif not done and params["state"] == "rotated" and not pending:
-            # Files-only: the new pepper and a pending record first, so a killed run resumes with this pepper.
-            with _fileio.atomic_writer(layout.next, mode=0o400) as handle:
-                handle.write(target["current"].encode())
-            pending_record = dict(_pepper.record_of(target), state="pending")
-            with _fileio.atomic_writer(layout.record, mode=params["file_mode"], owner=params["owner"], group=params["group"]) as handle:
-                handle.write(json.dumps(pending_record, sort_keys=True).encode())
-            _faults.checkpoint("pepper_after_pending")
+            _pepper.write_pending(layout, target, **owner_group)
         files = _pepper.write_files(layout, target, **owner_group)
         if os.path.exists(layout.next):
             os.unlink(layout.next)
