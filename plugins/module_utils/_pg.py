@@ -12,6 +12,7 @@ Pure Python: also imported by the host-side CLI of the backup timer.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -196,6 +197,14 @@ USER_TABLES_SQL = (
     "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
     "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
     "AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1")
+
+
+def recorded_change(runtime, db, action, change_id, audit_table="audit_log"):
+    """The details (a dict) of the first `action` row of the service's audit table for change_id, or None: what makes
+    a change done by a runbook idempotent per change id."""
+    details = runtime.scalar("SELECT details FROM %s WHERE action = %s AND details->>'change_id' = %s ORDER BY id LIMIT 1"
+                             % (qualified(audit_table), quote_literal(action), quote_literal(change_id)), db)
+    return json.loads(details) if details else None
 
 
 def row_counts_sql(tables):

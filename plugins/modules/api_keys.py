@@ -100,8 +100,6 @@ notify:
   sample: [{client: acme, contact_email: ops@acme.example, revoked_keys: 2}]
 """
 
-import json
-
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _params, _pg, _run_lock
@@ -120,13 +118,6 @@ def report(runtime, db):
         client["active_keys"] += int(count)
         client["by_pepper_fingerprint"][pepper] = int(count)
     return dict(by_pepper_fingerprint=by_fingerprint, active=sum(by_fingerprint.values()), clients=list(clients.values()))
-
-
-def recorded(runtime, db, change_id):
-    """The audit row of an earlier revocation by change_id, or None."""
-    details = runtime.scalar("SELECT details FROM audit_log WHERE action = %s AND details->>'change_id' = %s ORDER BY id LIMIT 1"
-                             % (_pg.quote_literal(ACTION), _pg.quote_literal(change_id)), db)
-    return json.loads(details) if details else None
 
 
 def revoke_sql(keep, change_id, reason, actor):
@@ -169,7 +160,7 @@ def main():
         if params["state"] == "report":
             module.exit_json(changed=False, **before)
         keep = params["keep_pepper_fingerprint"]
-        earlier = recorded(runtime, params["db"], params["change_id"])
+        earlier = _pg.recorded_change(runtime, params["db"], ACTION, params["change_id"])
         to_revoke = sum(count for pepper, count in before["by_pepper_fingerprint"].items() if pepper != keep)
         if module.check_mode:
             notify = [dict(client=c["client"], contact_email=c["contact_email"],
@@ -181,7 +172,7 @@ def main():
         if to_revoke:
             runtime.execute(revoke_sql(keep, params["change_id"], params["reason"], params["actor"]), params["db"])
         after = report(runtime, params["db"])
-        done = recorded(runtime, params["db"], params["change_id"]) or {}
+        done = _pg.recorded_change(runtime, params["db"], ACTION, params["change_id"]) or {}
     except _pg.PgError as exc:
         verb = "report" if params["state"] == "report" else "revoke"
         module.fail_json(msg="cannot %s the API keys of %s: %s" % (verb, params["db"], exc))
