@@ -1,0 +1,168 @@
+#!/usr/bin/python
+# Copyright: contributors to runbooks.incident
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: sessions_revoke
+short_description: Revoke every active session and refresh token of the service, once per change id, with an audit row
+version_added: 0.1.0
+description:
+  - Sets I(revoked_column) to C(now()) on every row of each of I(tables) where it is still null, in one statement,
+    and writes one C(sessions_revoked) row to the service's audit table with the change id, the reason and the
+    count per table. Rows are kept, so what the sessions were stays available to the investigation (the seeds'
+    C(DELETE FROM sessions) would destroy it).
+  - Once the change id is in the audit table, a re-run changes nothing, so sessions opened after the incident was
+    handled are not cut again. With I(audit_table) empty there is no record, and every run revokes what is active.
+  - Revoking stops refreshes; access tokens already handed out stay valid until they expire unless the secret that
+    signs them is rotated too (M(runbooks.incident.secret_rotate)).
+extends_documentation_fragment:
+  - runbooks.incident.attributes
+  - runbooks.incident.postgres
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+options:
+  db:
+    description: The service's database.
+    type: str
+    default: wa_mcp
+  tables:
+    description: Tables to revoke in (C(schema.table) or C(table)); each must have I(revoked_column).
+    type: list
+    elements: str
+    default: [sessions, refresh_tokens]
+  revoked_column:
+    description: The nullable timestamp column that marks a row revoked.
+    type: str
+    default: revoked_at
+  change_id:
+    description: Id of the incident or change, recorded in the audit row.
+    type: str
+    required: true
+  reason:
+    description: Why, recorded in the audit row.
+    type: str
+    default: suspected key compromise
+  actor:
+    description: Actor of the audit row.
+    type: str
+    default: runbooks.incident
+  audit_table:
+    description: The service's audit table (columns C(actor), C(action), C(outcome), C(details jsonb)); empty for none.
+    type: str
+    default: audit_log
+author:
+  - runbooks.incident contributors (@runbooks)
+"""
+
+EXAMPLES = r"""
+- name: Revoke every session and refresh token
+  runbooks.incident.sessions_revoke:
+    db: wa_mcp
+    compose_project_dir: /opt/whatsapp-mcp
+    change_id: INC-2026-0042
+"""
+
+RETURN = r"""
+msg:
+  description: What was done.
+  returned: always
+  type: str
+revoked:
+  description: Rows revoked per table by this change id (in check mode, that would be).
+  returned: success
+  type: dict
+  sample: {sessions: 12, refresh_tokens: 12}
+active:
+  description: Rows still active per table after the run.
+  returned: success
+  type: dict
+  sample: {sessions: 0, refresh_tokens: 0}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.runbooks.incident.plugins.module_utils import _params, _pg, _run_lock
+
+ACTION = "sessions_revoked"
+
+
+def checked_table(name):
+    for part in name.split(".", 1):
+        _pg.check_name(part, "table name")
+    return name
+
+
+def require_columns(runtime, db, tables, column):
+    for table in tables:
+        present = runtime.scalar("SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s AND NOT attisdropped"
+                                 % (_pg.quote_literal(_pg.qualified(table)), _pg.quote_literal(column)), db)
+        if present != "1":
+            raise _pg.PgError("table %s does not exist in %s or has no column %s" % (table, db, column))
+
+
+def active(runtime, db, tables, column):
+    sql = " UNION ALL ".join("SELECT %s, count(*) FROM %s WHERE %s IS NULL" % (_pg.quote_literal(t), _pg.qualified(t), _pg.quote_ident(column))
+                             for t in tables)
+    return _pg.parse_counts(runtime.query(sql, db))
+
+
+def revoke_sql(params):
+    """One statement: the updates and the audit row commit together or not at all."""
+    column, tables = _pg.quote_ident(params["revoked_column"]), params["tables"]
+    parts = ["r%d AS (UPDATE %s SET %s = now() WHERE %s IS NULL RETURNING 1)" % (i, _pg.qualified(t), column, column) for i, t in enumerate(tables)]
+    counts = ", ".join("%s, (SELECT count(*) FROM r%d)" % (_pg.quote_literal(t), i) for i, t in enumerate(tables))
+    parts.append("counts AS (SELECT jsonb_build_object(%s) AS revoked)" % counts)
+    if params["audit_table"]:
+        parts.append(
+            "audit AS (INSERT INTO %s (actor, action, outcome, details) SELECT %s, %s, 'success', jsonb_build_object('change_id', %s, "
+            "'reason', %s, 'revoked', revoked) FROM counts)"
+            % (_pg.qualified(params["audit_table"]), _pg.quote_literal(params["actor"]), _pg.quote_literal(ACTION),
+               _pg.quote_literal(params["change_id"]), _pg.quote_literal(params["reason"])))
+    return "WITH %s SELECT revoked FROM counts" % ",\n".join(parts)
+
+
+def main():
+    argument_spec = _params.postgres_argument_spec()
+    argument_spec.update(
+        db=dict(type="str", default="wa_mcp"),
+        tables=dict(type="list", elements="str", default=["sessions", "refresh_tokens"]),
+        revoked_column=dict(type="str", default="revoked_at"),
+        change_id=dict(type="str", required=True),
+        reason=dict(type="str", default="suspected key compromise"),
+        actor=dict(type="str", default="runbooks.incident"),
+        audit_table=dict(type="str", default="audit_log"),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
+    params = module.params
+    if not _run_lock.INCIDENT_ID.match(params["change_id"]):
+        module.fail_json(msg="change_id %r is not valid (letters, digits and ._:-, at most 64); nothing was changed" % params["change_id"])
+    runtime, db, tables, column = _pg.Runtime.from_params(params), params["db"], params["tables"], params["revoked_column"]
+    try:
+        if not tables:
+            raise _pg.PgError("tables is empty")
+        for table in tables + ([params["audit_table"]] if params["audit_table"] else []):
+            checked_table(table)
+        _pg.check_name(column, "column name")
+        runtime.ping()
+        require_columns(runtime, db, tables, column)
+        before = active(runtime, db, tables, column)
+        earlier = _pg.recorded_change(runtime, db, ACTION, params["change_id"], params["audit_table"]) if params["audit_table"] else None
+        if earlier is not None:
+            module.exit_json(changed=False, msg="change %s already revoked the sessions" % params["change_id"],
+                             revoked=earlier.get("revoked", {}), active=before)
+        changed = any(before.values())
+        if module.check_mode or not changed:
+            module.exit_json(changed=changed, msg="%d rows to revoke" % sum(before.values()), revoked=before, active=before)
+        revoked = module.from_json(runtime.scalar(revoke_sql(params), db))
+        after = active(runtime, db, tables, column)
+    except _pg.PgError as exc:
+        module.fail_json(msg="sessions not revoked in %s: %s" % (db, exc))
+    module.exit_json(changed=True, msg="revoked %s" % ", ".join("%d in %s" % (revoked[t], t) for t in tables), revoked=revoked, active=after)
+
+
+if __name__ == "__main__":
+    main()
