@@ -221,7 +221,8 @@ def write_service_repo() -> None:
     """The sandbox's copy of the service repository: the reference service plus its sops-encrypted secrets.
 
     It plays the developer who created the repo: an age key (kept offline in production, here in .sandbox/)
-    and ops/secrets/secrets.enc.yaml encrypted to it. Generated once; `down --purge` forgets it.
+    and ops/secrets/secrets.enc.yaml encrypted to it. Generated once, and again when the service needs a secret
+    the file lacks (its key names are in clear text); `down --purge` forgets it.
     """
     repo = STATE / "repo"
     key = STATE / "age.key"
@@ -236,14 +237,18 @@ def write_service_repo() -> None:
         "creation_rules:\n  - path_regex: secrets\\.enc\\.yaml$\n" f"    age: {recipient}\n")
     encrypted = repo / "ops" / "secrets" / "secrets.enc.yaml"
     graph_tokens = repo / "sandbox" / "graph" / "tokens.json"
-    if encrypted.exists() and graph_tokens.exists():
-        return
     token = "EAAG" + secrets.token_urlsafe(48)
     plain = {
         "api_key_pepper": secrets.token_hex(32),
+        "auth_jwt_secret": secrets.token_urlsafe(48),
         "db_password": secrets.token_urlsafe(24),
         f"wa_access_token_{SANDBOX_PHONE_ID}": token,
     }
+    if encrypted.exists() and graph_tokens.exists():
+        present = {line.split(":", 1)[0] for line in encrypted.read_text().splitlines() if line[:1].isalnum()}
+        if present >= plain.keys():
+            return
+        log(f"{encrypted.name} lacks {', '.join(sorted(plain.keys() - present))}: generating new secrets")
     encrypted.parent.mkdir(parents=True, exist_ok=True)
     # Plaintext goes through stdin only; sops reads the recipient from .sops.yaml via --filename-override.
     res = run(str(STATE / "bin" / "sops"), "--encrypt", "--input-type", "json", "--output-type", "yaml",

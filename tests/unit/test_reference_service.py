@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -28,10 +30,13 @@ from wa_mcp.credentials import fingerprint  # noqa: E402 pylint: disable=wrong-i
 
 PEPPER_1 = "1f" * 32
 PEPPER_2 = "2e" * 32
+JWT_SECRET_1 = "jwt-secret-one-" + "j" * 33
+JWT_SECRET_2 = "jwt-secret-two-" + "k" * 33
 PHONE_ID = "1001"
 ACCESS_TOKEN = "EAAG-test-access-token-" + "q" * 40
 DB_PASSWORD = "db-password-never-logged"
 TOKEN_RE = re.compile(r"wamcp_[0-9a-f]{8}_[A-Za-z0-9_-]{43}")
+MIGRATED = "applied 2 migration(s): 0001_init, 0002_sessions"
 
 
 @dataclass
@@ -57,6 +62,23 @@ def http(method: str, url: str, *, token: str | None = None, payload=None, data:
             return Response(resp.status, dict(resp.headers), resp.read())
     except urllib.error.HTTPError as exc:
         return Response(exc.code, dict(exc.headers), exc.read())
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def jwt_parts(token: str) -> tuple[dict, dict]:
+    """(header, claims) of a JWT, unverified."""
+    header, payload, _signature = token.split(".")
+    return json.loads(base64.urlsafe_b64decode(header + "==")), json.loads(base64.urlsafe_b64decode(payload + "=="))
+
+
+def sign_jwt(header: dict, claims: dict, secret: str | None, digest=hashlib.sha256) -> str:
+    """A JWT built independently of the service; no secret means an empty signature (as "alg": "none" has)."""
+    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+    signature = b64url(hmac.new(secret.encode(), signing_input.encode(), digest).digest()) if secret else ""
+    return f"{signing_input}.{signature}"
 
 
 def wait_for_http(url: str, proc: subprocess.Popen, log: Path) -> None:
@@ -119,6 +141,7 @@ class App:
             "WA_GRAPH_URL": graph_url,
         }
         self.write_secret("api_key_pepper", PEPPER_1 + "\n")
+        self.write_secret("auth_jwt_secret", JWT_SECRET_1 + "\n")
         self.write_secret(f"wa_access_token_{PHONE_ID}", ACCESS_TOKEN + "\n")
 
     def write_secret(self, name: str, value: str, confidential: bool = True) -> None:
@@ -175,7 +198,7 @@ class App:
 def app(request, pg_server, tmp_path, graph_stub, free_port) -> App:
     dbname = pg_server.create_database(f"wa_{request.node.name.removeprefix('test_')}"[:63])
     instance = App(tmp_path, pg_server, dbname, graph_stub, free_port)
-    assert instance.cli("migrate").stdout.strip() == "applied 1 migration(s): 0001_init"
+    assert instance.cli("migrate").stdout.strip() == MIGRATED
     return instance
 
 
@@ -185,14 +208,14 @@ def test_migrate_is_idempotent_and_concurrency_safe(pg_server, tmp_path, graph_s
     runs = [subprocess.Popen(command, env=instance.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _run in range(3)]
     outputs = sorted(proc.communicate(timeout=60)[0].strip() for proc in runs)
     assert [proc.returncode for proc in runs] == [0, 0, 0]
-    assert outputs == ["applied 1 migration(s): 0001_init", "schema up to date", "schema up to date"]
+    assert outputs == [MIGRATED, "schema up to date", "schema up to date"]
     assert instance.cli("migrate").stdout.strip() == "schema up to date"
-    assert instance.query("SELECT version FROM schema_migrations") == [("0001_init",)]
+    assert instance.query("SELECT version FROM schema_migrations ORDER BY 1") == [("0001_init",), ("0002_sessions",)]
 
 
 def test_seed_creates_real_data_once(app):
     proc = app.cli("seed", "--clients", "3", "--keys-per-client", "2", "--messages", "500", "--audit-rows", "400",
-                   "--media-files", "4", "--media-size", "2048", "--print-keys", "2")
+                   "--media-files", "4", "--media-size", "2048", "--sessions", "5", "--print-keys", "2")
     tokens = proc.stdout.split()
     assert len(tokens) == 2 and all(TOKEN_RE.fullmatch(token) for token in tokens)
     app.secret_values.update(tokens)
@@ -201,6 +224,7 @@ def test_seed_creates_real_data_once(app):
                        " (SELECT count(*) FROM audit_log), (SELECT count(*) FROM media_objects)")
     assert counts == [(3, 6, 500, 400, 4)]
     assert app.query("SELECT DISTINCT pepper_fingerprint FROM api_keys") == [(fingerprint(PEPPER_1),)]
+    assert sessions_status(app) == {"active_sessions": 5, "active_refresh_tokens": 5}
     assert app.query("SELECT DISTINCT phone_id FROM messages") == [(PHONE_ID,)]
     assert app.query("SELECT count(*) FROM messages WHERE (status = 'sent') <> (wamid IS NOT NULL)") == [(0,)]
     assert app.query("SELECT min(occurred_at) > now() - interval '30 days 1 minute', count(DISTINCT action) >= 3 FROM audit_log") == [(True, True)]
@@ -224,6 +248,7 @@ def test_health_reports_each_dependency(app):
             "checks": {"db": "ok", "secrets": "ok"},
             "pepper_fingerprint": fingerprint(PEPPER_1),
             "previous_pepper": None,
+            "jwt_secret_fingerprint": fingerprint(JWT_SECRET_1),
             "phone_ids": [PHONE_ID],
         }
         assert http("GET", f"{url}/nope").status == 404
@@ -249,7 +274,7 @@ def test_auth_and_pepper_rotation(app):
     with app.serve() as url:
         acme_id = app.query("SELECT id FROM clients WHERE name = 'acme'")[0][0]
         whoami = http("GET", f"{url}/v1/whoami", token=active)
-        assert (whoami.status, whoami.json()) == (200, {"client_id": acme_id, "client_name": "acme", "key_prefix": prefix[active]})
+        assert (whoami.status, whoami.json()) == (200, {"client_id": acme_id, "client_name": "acme", "key_prefix": prefix[active], "session_id": None})
         assert app.query("SELECT last_used_at IS NOT NULL FROM api_keys WHERE key_prefix = %s", (prefix[active],)) == [(True,)]
         tampered = active[:-4] + ("AAAA" if not active.endswith("AAAA") else "BBBB")
         assert http("GET", f"{url}/v1/whoami", token=tampered).status == 401
@@ -418,3 +443,185 @@ def test_smoke(app, free_port):
 
     down = app.cli("smoke", "--url", f"http://127.0.0.1:{free_port()}", check=False)
     assert down.returncode == 1 and "FAIL: GET /health returns 200" in down.stdout
+
+
+class SessionClient:
+    """The session endpoints of one running service; every token it sees joins the app's leak check."""
+
+    def __init__(self, app: App, url: str):
+        self.app, self.url = app, url
+
+    def create(self, token: str | None) -> Response:
+        return self._tokens(http("POST", f"{self.url}/v1/sessions", token=token))
+
+    def refresh(self, refresh_token: str) -> Response:
+        return self._tokens(http("POST", f"{self.url}/v1/sessions/refresh", payload={"refresh_token": refresh_token}))
+
+    def whoami(self, token: str) -> Response:
+        return http("GET", f"{self.url}/v1/whoami", token=token)
+
+    def _tokens(self, response: Response) -> Response:
+        if response.status in (200, 201):
+            self.app.secret_values.update((response.json()["access_token"], response.json()["refresh_token"]))
+        return response
+
+
+def sessions_status(app: App) -> dict:
+    return json.loads(app.cli("sessions", "status").stdout)
+
+
+def failure_reasons(app: App) -> list[str]:
+    return [details["reason"] for _actor, _outcome, details in app.audit("auth_failure")]
+
+
+def test_sessions_refresh_rotation_and_reuse(app):
+    key = app.issue_key("acme")
+    acme_id = app.query("SELECT id FROM clients WHERE name = 'acme'")[0][0]
+    with app.serve() as url:
+        api = SessionClient(app, url)
+        created = api.create(key)
+        assert created.status == 201
+        first = created.json()
+        assert set(first) == {"access_token", "token_type", "expires_in", "refresh_token"}
+        assert (first["token_type"], first["expires_in"]) == ("Bearer", 900)
+        assert re.fullmatch(r"wart_[A-Za-z0-9_-]{43}", first["refresh_token"])
+        session_id = app.query("SELECT id FROM sessions")[0][0]
+        header, claims = jwt_parts(first["access_token"])
+        assert header == {"alg": "HS256", "typ": "JWT"}
+        assert claims == {"sub": str(acme_id), "sid": session_id, "iat": claims["iat"], "exp": claims["iat"] + 900, "typ": "access"}
+        assert abs(claims["iat"] - time.time()) < 60
+        signing_input, _dot, signature = first["access_token"].rpartition(".")
+        assert signature == b64url(hmac.new(JWT_SECRET_1.encode(), signing_input.encode(), hashlib.sha256).digest())
+
+        whoami = api.whoami(first["access_token"])
+        assert (whoami.status, whoami.json()) == (200, {"client_id": acme_id, "client_name": "acme", "key_prefix": None, "session_id": session_id})
+        upload = http("POST", f"{url}/v1/media", token=first["access_token"], data=b"scan", headers={"Content-Type": "image/png"})
+        assert upload.status == 201
+        assert app.query("SELECT client_id FROM media_objects") == [(acme_id,)]
+        # Only an API key opens a session: a stolen access token must not mint refresh tokens that outlive it.
+        assert api.create(first["access_token"]).status == 401
+        assert api.create(None).status == 401
+
+        refreshed = api.refresh(first["refresh_token"])
+        assert refreshed.status == 200
+        second = refreshed.json()
+        assert set(second) == set(first) and second["refresh_token"] != first["refresh_token"]
+        assert jwt_parts(second["access_token"])[1]["sid"] == session_id
+        assert api.whoami(second["access_token"]).status == 200
+        assert app.query("SELECT token_hash, used_at IS NOT NULL, expires_at - created_at FROM refresh_tokens ORDER BY id") == [
+            (hashlib.sha256(first["refresh_token"].encode()).hexdigest(), True, timedelta(days=30)),
+            (hashlib.sha256(second["refresh_token"].encode()).hexdigest(), False, timedelta(days=30)),
+        ]
+        assert sessions_status(app) == {"active_sessions": 1, "active_refresh_tokens": 1}
+
+        # The first token presented again: someone else holds a copy, so the whole session goes.
+        reused = api.refresh(first["refresh_token"])
+        assert (reused.status, reused.json()) == (401, {"error": "unauthorized"})
+        assert app.query("SELECT revoked_at IS NOT NULL FROM sessions") == [(True,)]
+        assert api.refresh(second["refresh_token"]).status == 401
+        assert api.refresh("wart_" + "x" * 43).status == 401
+        assert http("POST", f"{url}/v1/sessions/refresh", payload={}).status == 400
+        assert sessions_status(app) == {"active_sessions": 0, "active_refresh_tokens": 0}
+        # Access tokens are stateless: this one still works until it expires or auth_jwt_secret is rotated.
+        assert api.whoami(second["access_token"]).status == 200
+
+        third = api.create(key).json()
+        app.query("UPDATE refresh_tokens SET expires_at = now() - interval '1 second' WHERE token_hash = %s",
+                  (hashlib.sha256(third["refresh_token"].encode()).hexdigest(),))
+        assert api.refresh(third["refresh_token"]).status == 401
+        assert sessions_status(app) == {"active_sessions": 1, "active_refresh_tokens": 0}
+
+    third_id = jwt_parts(third["access_token"])[1]["sid"]
+    assert failure_reasons(app) == [
+        "api_key_required", "missing_bearer_token", "refresh_token_reused", "refresh_token_revoked", "refresh_token_unknown", "refresh_token_expired",
+    ]
+    assert app.audit("auth_failure")[2][2] == {"reason": "refresh_token_reused", "session_id": session_id}
+    assert app.audit("session_created") == [
+        (f"client:{acme_id}", "success", {"session_id": session_id, "client_id": acme_id}),
+        (f"client:{acme_id}", "success", {"session_id": third_id, "client_id": acme_id}),
+    ]
+    assert app.audit("session_refreshed") == [(f"client:{acme_id}", "success", {"session_id": session_id, "client_id": acme_id})]
+    assert app.audit("session_revoked") == [("anonymous", "success", {"session_id": session_id, "reason": "refresh_token_reused"})]
+    stored = app.query("SELECT to_jsonb(r) FROM refresh_tokens r UNION ALL SELECT to_jsonb(s) FROM sessions s UNION ALL SELECT details FROM audit_log")
+    assert_no_secrets(json.dumps(stored, default=str), app.secret_values)
+
+
+def test_revoked_sessions_keep_access_tokens_until_the_jwt_secret_rotates(app):
+    key = app.issue_key("acme")
+    acme_id = app.query("SELECT id FROM clients WHERE name = 'acme'")[0][0]
+    with app.serve() as url:
+        api = SessionClient(app, url)
+        tokens = api.create(key).json()
+        app.query("UPDATE sessions SET revoked_at = now()")
+        assert api.refresh(tokens["refresh_token"]).status == 401
+        assert api.whoami(tokens["access_token"]).status == 200
+        from_cli = json.loads(app.cli("sessions", "create", "--client", "acme").stdout)
+        app.secret_values.update((from_cli["access_token"], from_cli["refresh_token"]))
+        assert api.whoami(from_cli["access_token"]).json()["client_name"] == "acme"
+        assert sessions_status(app) == {"active_sessions": 1, "active_refresh_tokens": 1}
+
+    app.write_secret("auth_jwt_secret", JWT_SECRET_2 + "\n")
+    with app.serve() as url:
+        api = SessionClient(app, url)
+        assert http("GET", f"{url}/health").json()["jwt_secret_fingerprint"] == fingerprint(JWT_SECRET_2)
+        for old in (tokens["access_token"], from_cli["access_token"]):
+            assert api.whoami(old).status == 401
+        fresh = api.create(key).json()
+        assert api.whoami(fresh["access_token"]).status == 200
+    assert failure_reasons(app) == ["session_revoked", "jwt_bad_signature", "jwt_bad_signature"]
+    assert app.audit("session_created")[1] == ("cli", "success", {"session_id": jwt_parts(from_cli["access_token"])[1]["sid"], "client_id": acme_id})
+
+
+def test_jwt_secret_shorter_than_32_characters_is_refused(app):
+    key = app.issue_key("acme")
+    short = "short-jwt-secret-" + "z" * 14
+    assert len(short) == 31
+    app.write_secret("auth_jwt_secret", short + "\n")
+    forged = sign_jwt({"alg": "HS256", "typ": "JWT"}, {"sub": "1", "sid": 1, "iat": 0, "exp": 2**40, "typ": "access"}, short)
+    app.secret_values.add(forged)
+    with app.serve() as url:
+        health = http("GET", f"{url}/health")
+        assert health.status == 503 and health.json()["status"] == "degraded"
+        assert health.json()["checks"]["secrets"] == "auth_jwt_secret shorter than 32 characters"
+        assert health.json()["jwt_secret_fingerprint"] == fingerprint(short)
+        for response in (http("POST", f"{url}/v1/sessions", token=key), http("POST", f"{url}/v1/sessions/refresh", payload={"refresh_token": "wart_x"}),
+                         http("GET", f"{url}/v1/whoami", token=forged)):
+            assert (response.status, response.json()) == (503, {"error": "auth_jwt_secret not loaded"})
+        assert http("GET", f"{url}/v1/whoami", token=key).status == 200  # API keys do not depend on it
+    failed = app.cli("sessions", "create", "--client", "acme", check=False)
+    assert failed.returncode == 1 and "shorter than 32 characters" in failed.stderr and failed.stdout == ""
+    assert app.query("SELECT count(*) FROM sessions") == [(0,)]
+
+    (app.secrets_dir / "auth_jwt_secret").unlink()
+    with app.serve() as url:
+        health = http("GET", f"{url}/health")
+        assert health.status == 503 and health.json()["checks"]["secrets"] == "auth_jwt_secret missing or empty"
+        assert health.json()["jwt_secret_fingerprint"] is None
+
+
+def test_tampered_access_tokens_are_refused(app):
+    key, other = app.issue_key("acme"), app.issue_key("globex")
+    globex_id = app.query("SELECT id FROM clients WHERE name = 'globex'")[0][0]
+    with app.serve() as url:
+        api = SessionClient(app, url)
+        genuine = api.create(key).json()["access_token"]
+        header, claims = jwt_parts(genuine)
+        header_part, _payload, signature = genuine.split(".")
+        now = int(time.time())
+        cases = [
+            (sign_jwt({"alg": "none", "typ": "JWT"}, claims, None), "jwt_unsupported_alg"),
+            (sign_jwt({"alg": "none", "typ": "JWT"}, claims, None) + signature, "jwt_unsupported_alg"),
+            (f"{header_part}.{b64url(json.dumps({**claims, 'sub': str(globex_id)}).encode())}.{signature}", "jwt_bad_signature"),
+            (sign_jwt({"alg": "HS512", "typ": "JWT"}, claims, JWT_SECRET_1, hashlib.sha512), "jwt_unsupported_alg"),
+            (sign_jwt(header, claims, "another-secret-of-enough-length-" + "w" * 8), "jwt_bad_signature"),
+            (sign_jwt(header, {**claims, "iat": now - 901, "exp": now - 1}, JWT_SECRET_1), "jwt_expired"),
+            (sign_jwt(header, {**claims, "typ": "refresh"}, JWT_SECRET_1), "jwt_malformed"),
+            (sign_jwt(header, {**claims, "sub": globex_id}, JWT_SECRET_1), "jwt_malformed"),
+            ("abc.def.ghi", "jwt_malformed"),
+        ]
+        for token, _reason in cases:
+            assert api.whoami(token).status == 401, token
+        assert api.whoami(genuine).json()["client_name"] == "acme"
+        assert http("GET", f"{url}/v1/whoami", token=other).json()["client_name"] == "globex"
+    assert failure_reasons(app) == [reason for _token, reason in cases]
+

@@ -34,7 +34,7 @@ def test_compose_stack_runs_all_services(host):
 def test_secrets_materialized_with_tight_modes(host):
     secrets_dir = host.file("/run/secrets")
     assert secrets_dir.is_directory and secrets_dir.mode == 0o750 and secrets_dir.group == "whatsapp-mcp-secrets"
-    for name in ("api_key_pepper", "db_password"):
+    for name in ("api_key_pepper", "auth_jwt_secret", "db_password"):
         secret = host.file(f"/run/secrets/{name}")
         assert secret.mode == 0o400 and secret.user == "whatsapp-mcp", name
     assert host.mount_point("/run").filesystem == "tmpfs"
@@ -61,6 +61,6 @@ def test_journal_holds_the_run_markers(host):
 
 def test_no_secret_value_in_the_journal(host):
     journal = host.check_output("journalctl --no-pager -o cat")
-    for name in ("api_key_pepper", "db_password"):
+    for name in ("api_key_pepper", "auth_jwt_secret", "db_password"):
         value = host.check_output(f"cat /run/secrets/{name}").strip()
         assert len(value) >= 16 and value not in journal, name

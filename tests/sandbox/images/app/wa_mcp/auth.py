@@ -1,6 +1,6 @@
 # Copyright: contributors to runbooks.incident
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""API key issuing and verification (HMAC-SHA256 with a server-side pepper)."""
+"""Request authentication: API keys (HMAC-SHA256 with a server-side pepper) and access JWTs (see sessions.py)."""
 
 from __future__ import annotations
 
@@ -10,25 +10,33 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from . import db
-from .credentials import Credentials, fingerprint
+from . import db, jwt
+from .credentials import JWT_SECRET_FILE, Credentials, fingerprint
 
 TOKEN_RE = re.compile(r"wamcp_([0-9a-f]{8})_[A-Za-z0-9_-]+")
+CLIENT_ID_RE = re.compile(r"[1-9][0-9]{0,17}")
 
 
 class AuthError(Exception):
-    def __init__(self, reason: str, key_prefix: str | None = None):
+    def __init__(self, reason: str, **details: Any):
         super().__init__(reason)
         self.reason = reason
-        self.key_prefix = key_prefix
+        # Audited beside the reason, so never a token or a secret.
+        self.details = details
+
+
+class Unavailable(Exception):
+    """The secret needed to verify this kind of credential is not loaded: the server's fault, so 503 and no audit."""
 
 
 @dataclass(frozen=True)
 class Principal:
     client_id: int
     client_name: str
-    key_prefix: str
+    key_prefix: str | None = None
+    session_id: int | None = None
 
     @property
     def actor(self) -> str:
@@ -69,28 +77,59 @@ def revoke_key(cur, key_prefix: str, actor: str) -> bool:
     return bool(cur.rowcount)
 
 
-def authenticate(conn, creds: Credentials, authorization: str | None, now: datetime) -> Principal:
-    """Verify an Authorization header value; failures are audited and raised as AuthError.
+def authenticate(conn, creds: Credentials, authorization: str | None, now: datetime, accept_jwt: bool = True) -> Principal:
+    """Verify an Authorization header value (an API key, or an access JWT if ``accept_jwt``).
 
-    ``creds.pepper`` must be loaded: without it no key can be verified, and the server answers 503 before getting here.
+    Failures are audited and raised as AuthError; a credential whose secret is not loaded raises Unavailable.
     """
     try:
         with conn, conn.cursor() as cur:
-            return _verify(cur, creds, authorization, now)
+            return _verify(cur, creds, authorization, now, accept_jwt)
     except AuthError as exc:
         with conn, conn.cursor() as cur:
-            details = {"reason": exc.reason}
-            if exc.key_prefix:
-                details["key_prefix"] = exc.key_prefix
-            db.audit(cur, "anonymous", "auth_failure", "failure", details)
+            db.audit(cur, "anonymous", "auth_failure", "failure", {"reason": exc.reason, **exc.details})
         raise
 
 
-def _verify(cur, creds: Credentials, authorization: str | None, now: datetime) -> Principal:
+def _verify(cur, creds: Credentials, authorization: str | None, now: datetime, accept_jwt: bool) -> Principal:
     scheme, _sep, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError("missing_bearer_token")
     token = token.strip()
+    # API keys never contain a dot, so the shape alone tells the two apart.
+    if jwt.looks_like_jwt(token):
+        if not accept_jwt:
+            raise AuthError("api_key_required")
+        if creds.jwt_secret is None:
+            raise Unavailable(f"{JWT_SECRET_FILE} not loaded")
+        return _verify_access_token(cur, creds.jwt_secret, token, now)
+    if creds.pepper is None:
+        raise Unavailable("API key pepper not loaded")
+    return _verify_api_key(cur, creds, token, now)
+
+
+def _verify_access_token(cur, secret: bytes, token: str, now: datetime) -> Principal:
+    """Check signature, algorithm and expiry only: deliberately stateless, the sessions table is not consulted.
+
+    Revoking a session therefore stops its refreshes but not the access tokens already handed out; those stay valid
+    until they expire (15 minutes) or until ``auth_jwt_secret`` is rotated, which is how a key compromise kills them.
+    """
+    try:
+        claims = jwt.decode(token, secret, int(now.timestamp()))
+    except jwt.JwtError as exc:
+        raise AuthError(exc.reason) from None
+    subject, session_id = claims.get("sub"), claims.get("sid")
+    if claims.get("typ") != "access" or not isinstance(subject, str) or not CLIENT_ID_RE.fullmatch(subject) or not isinstance(session_id, int):
+        raise AuthError("jwt_malformed")
+    # The client row gives the name; a deleted client's tokens must not act for anyone.
+    cur.execute("SELECT name FROM clients WHERE id = %s", (int(subject),))
+    row = cur.fetchone()
+    if row is None:
+        raise AuthError("jwt_unknown_client", session_id=session_id)
+    return Principal(int(subject), row[0], session_id=session_id)
+
+
+def _verify_api_key(cur, creds: Credentials, token: str, now: datetime) -> Principal:
     match = TOKEN_RE.fullmatch(token)
     if not match:
         raise AuthError("malformed_token")
@@ -103,18 +142,18 @@ def _verify(cur, creds: Credentials, authorization: str | None, now: datetime) -
     )
     row = cur.fetchone()
     if row is None:
-        raise AuthError("unknown_key", prefix)
+        raise AuthError("unknown_key", key_prefix=prefix)
     key_id, client_id, client_name, key_hash, revoked_at = row
-    principal = Principal(client_id, client_name, prefix)
+    principal = Principal(client_id, client_name, key_prefix=prefix)
     if revoked_at is not None:
-        raise AuthError("revoked", prefix)
+        raise AuthError("revoked", key_prefix=prefix)
     if not hmac.compare_digest(key_hash, hash_token(creds.pepper, token)):
         previous = creds.previous
         if previous is None or not hmac.compare_digest(key_hash, hash_token(previous.key, token)):
-            raise AuthError("hash_mismatch", prefix)
+            raise AuthError("hash_mismatch", key_prefix=prefix)
         if not previous.accepted(now):
             # Distinct reason so runbooks can tell "key hashed with a retired pepper" from a wrong secret.
-            raise AuthError("previous_pepper_not_accepted", prefix)
+            raise AuthError("previous_pepper_not_accepted", key_prefix=prefix)
         cur.execute(
             "UPDATE api_keys SET key_hash = %s, pepper_fingerprint = %s WHERE id = %s",
             (hash_token(creds.pepper, token), creds.pepper_fingerprint, key_id),

@@ -8,10 +8,10 @@ import argparse
 import json
 import sys
 
-from . import auth, db, one_line
+from . import auth, db, one_line, sessions
 from .archive import archive_audit_log
 from .config import Config
-from .credentials import PEPPER_FILE, fingerprint, load_pepper
+from .credentials import JWT_SECRET_FILE, JWT_SECRET_MIN_LENGTH, PEPPER_FILE, Credentials, fingerprint, load_pepper
 from .seed import SeedSpec, seed
 from .server import serve
 from .smoke import smoke
@@ -28,6 +28,13 @@ def _require_pepper(config: Config) -> bytes:
     if pepper is None:
         raise CommandError(f"API key pepper not found: {config.secrets_dir / PEPPER_FILE} is missing or empty")
     return pepper
+
+
+def _require_jwt_secret(config: Config) -> bytes:
+    secret = Credentials.load(config.secrets_dir).jwt_secret
+    if secret is None:
+        raise CommandError(f"JWT secret not usable: {config.secrets_dir / JWT_SECRET_FILE} is missing or shorter than {JWT_SECRET_MIN_LENGTH} characters")
+    return secret
 
 
 def cmd_serve(config: Config, _args: argparse.Namespace) -> int:
@@ -47,7 +54,7 @@ def cmd_smoke(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_seed(config: Config, args: argparse.Namespace) -> int:
-    spec = SeedSpec(args.clients, args.keys_per_client, args.messages, args.audit_rows, args.media_files, args.media_size)
+    spec = SeedSpec(args.clients, args.keys_per_client, args.messages, args.audit_rows, args.media_files, args.media_size, args.sessions)
     if args.print_keys > spec.clients * spec.keys_per_client:
         raise CommandError(f"--print-keys {args.print_keys} exceeds the {spec.clients * spec.keys_per_client} key(s) to be issued")
     pepper = _require_pepper(config)
@@ -58,7 +65,7 @@ def cmd_seed(config: Config, args: argparse.Namespace) -> int:
         return 0
     summary = (
         f"seeded {spec.clients} client(s), {len(tokens)} API key(s), {spec.messages} message(s),"
-        f" {spec.audit_rows} audit row(s), {spec.media_files} media file(s)"
+        f" {spec.audit_rows} audit row(s), {spec.media_files} media file(s), {spec.sessions} session(s)"
     )
     # With --print-keys, stdout carries only the tokens so callers can consume it directly.
     print(summary, file=sys.stderr if args.print_keys else sys.stdout)
@@ -110,6 +117,24 @@ def cmd_keys_revoke_all(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sessions_create(config: Config, args: argparse.Namespace) -> int:
+    secret = _require_jwt_secret(config)
+    with db.transaction(config) as cur:
+        cur.execute("SELECT id FROM clients WHERE name = %s", (args.client,))
+        row = cur.fetchone()
+        if row is None:
+            raise CommandError(f"no client named {args.client}")
+        tokens = sessions.create(cur, row[0], secret, CLI_ACTOR)
+    print(json.dumps(tokens, sort_keys=True))
+    return 0
+
+
+def cmd_sessions_status(config: Config, _args: argparse.Namespace) -> int:
+    with db.transaction(config) as cur:
+        print(json.dumps(sessions.status(cur), sort_keys=True))
+    return 0
+
+
 def cmd_audit_archive(config: Config, _args: argparse.Namespace) -> int:
     with db.connection(config) as conn:
         written, skipped = archive_audit_log(conn, config.audit_archive_dir)
@@ -145,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     seed_parser.add_argument("--audit-rows", type=_count(0), default=5000)
     seed_parser.add_argument("--media-files", type=_count(0), default=50)
     seed_parser.add_argument("--media-size", type=_count(0), default=4096, help="bytes per media file")
+    seed_parser.add_argument("--sessions", type=_count(0), default=0, help="sessions, each with one refresh token nobody holds")
     seed_parser.add_argument("--print-keys", type=_count(0), default=0, metavar="N", help="print N issued tokens (summary goes to stderr)")
     seed_parser.add_argument("--force", action="store_true", help="seed another batch even if clients exist")
     seed_parser.set_defaults(func=cmd_seed)
@@ -162,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     revoke_all.add_argument("--reason", required=True)
     revoke_all.set_defaults(func=cmd_keys_revoke_all)
 
+    session_commands = commands.add_parser("sessions", help="manage sessions (refresh tokens)").add_subparsers(dest="sessions_command", required=True)
+    create = session_commands.add_parser("create", help="open a session for an existing client; print its tokens as JSON")
+    create.add_argument("--client", required=True)
+    create.set_defaults(func=cmd_sessions_create)
+    session_commands.add_parser("status", help="active sessions and usable refresh tokens, as JSON").set_defaults(func=cmd_sessions_status)
+
     commands.add_parser("audit-archive", help="export complete hours of audit_log to JSON-lines files").set_defaults(func=cmd_audit_archive)
     return parser
 
@@ -172,6 +204,6 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(Config.from_env(), args)
     except Exception as exc:  # pylint: disable=broad-exception-caught
         # The CLI contract is a one-line error and a non-zero exit, never a traceback.
-        command = " ".join(filter(None, (args.command, getattr(args, "keys_command", None))))
+        command = " ".join(filter(None, (args.command, getattr(args, "keys_command", None), getattr(args, "sessions_command", None))))
         print(f"wa-mcp {command}: error: {exc if isinstance(exc, CommandError) else one_line(exc)}", file=sys.stderr)
         return 1

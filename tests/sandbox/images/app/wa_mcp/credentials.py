@@ -1,6 +1,6 @@
 # Copyright: contributors to runbooks.incident
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Secrets read from WA_SECRETS_DIR: the API key pepper(s) and the Meta access tokens.
+"""Secrets read from WA_SECRETS_DIR: the API key pepper(s), the JWT signing secret and the Meta access tokens.
 
 Only fingerprints of these values may ever leave this process (logs, errors, JSON).
 """
@@ -16,6 +16,9 @@ from pathlib import Path
 PEPPER_FILE = "api_key_pepper"
 PREVIOUS_PEPPER_FILE = "api_key_pepper.previous"
 PREVIOUS_EXPIRY_FILE = "api_key_pepper.previous_expires_at"
+JWT_SECRET_FILE = "auth_jwt_secret"
+# As the custody-api seed demands ("JWT_SECRET must be 32+ characters"): a short HMAC key can be brute-forced offline from one token.
+JWT_SECRET_MIN_LENGTH = 32
 ACCESS_TOKEN_PREFIX = "wa_access_token_"
 # Phone number ids are plain identifiers; anything with a dot (e.g. ``wa_access_token_123.bak``) is a leftover, not a token.
 PHONE_ID_RE = re.compile(r"[A-Za-z0-9_-]+")
@@ -84,6 +87,8 @@ class Credentials:
     pepper: bytes | None = field(repr=False)
     previous: PreviousPepper | None
     access_tokens: dict[str, str] = field(repr=False)
+    # As read, even if too short (so problems() can say why); sign and verify only with ``jwt_secret``.
+    raw_jwt_secret: bytes | None = field(repr=False)
 
     @classmethod
     def load(cls, secrets_dir: Path) -> Credentials:
@@ -91,16 +96,27 @@ class Credentials:
         previous = None
         if previous_key is not None:
             previous = PreviousPepper(previous_key, _parse_expiry(_read(secrets_dir / PREVIOUS_EXPIRY_FILE)))
-        return cls(load_pepper(secrets_dir), previous, load_access_tokens(secrets_dir))
+        return cls(load_pepper(secrets_dir), previous, load_access_tokens(secrets_dir), _read(secrets_dir / JWT_SECRET_FILE))
 
     @property
     def pepper_fingerprint(self) -> str | None:
         return fingerprint(self.pepper) if self.pepper is not None else None
 
+    @property
+    def jwt_secret(self) -> bytes | None:
+        """The key that signs and verifies access tokens; None unless long enough."""
+        if self.raw_jwt_secret is None or len(self.raw_jwt_secret) < JWT_SECRET_MIN_LENGTH:
+            return None
+        return self.raw_jwt_secret
+
     def problems(self) -> list[str]:
         found = []
         if self.pepper is None:
             found.append(f"{PEPPER_FILE} missing or empty")
+        if self.raw_jwt_secret is None:
+            found.append(f"{JWT_SECRET_FILE} missing or empty")
+        elif self.jwt_secret is None:
+            found.append(f"{JWT_SECRET_FILE} shorter than {JWT_SECRET_MIN_LENGTH} characters")
         if not self.access_tokens:
             found.append(f"no {ACCESS_TOKEN_PREFIX}* files")
         return found
@@ -115,4 +131,9 @@ class Credentials:
                 "expires_at": self.previous.expires_at.isoformat() if self.previous.expires_at else None,
                 "accepted": self.previous.accepted(now),
             }
-        return {"pepper_fingerprint": self.pepper_fingerprint, "previous_pepper": previous, "phone_ids": sorted(self.access_tokens)}
+        return {
+            "pepper_fingerprint": self.pepper_fingerprint,
+            "previous_pepper": previous,
+            "jwt_secret_fingerprint": fingerprint(self.raw_jwt_secret) if self.raw_jwt_secret is not None else None,
+            "phone_ids": sorted(self.access_tokens),
+        }

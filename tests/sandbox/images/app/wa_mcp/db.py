@@ -17,7 +17,7 @@ from .config import Config
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Arbitrary constant shared by every `migrate` run ("wa_mcp" in ASCII) so concurrent runs queue up instead of racing.
 MIGRATION_LOCK_ID = 0x77615F6D6370
-TABLES = ("schema_migrations", "clients", "api_keys", "messages", "audit_log", "media_objects")
+TABLES = ("schema_migrations", "clients", "api_keys", "messages", "audit_log", "media_objects", "sessions", "refresh_tokens")
 
 
 def connect(config: Config) -> psycopg2.extensions.connection:

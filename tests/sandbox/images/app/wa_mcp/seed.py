@@ -47,6 +47,18 @@ SELECT now() - random() * interval '30 days',
 FROM generate_series(1, %(rows)s) AS g
 """
 
+# Sessions opened in the last 20 days, each with one live refresh token: the hash of a value nobody holds.
+SESSIONS_SQL = """
+WITH opened AS (
+    INSERT INTO sessions (client_id, created_at)
+    SELECT (%(clients)s)[1 + floor(random() * %(n_clients)s)::int], now() - random() * interval '20 days'
+    FROM generate_series(1, %(rows)s)
+    RETURNING id, created_at
+)
+INSERT INTO refresh_tokens (session_id, token_hash, created_at, expires_at)
+SELECT id, encode(sha256(gen_random_uuid()::text::bytea), 'hex'), created_at, created_at + interval '30 days' FROM opened
+"""
+
 
 @dataclass(frozen=True)
 class SeedSpec:
@@ -56,6 +68,7 @@ class SeedSpec:
     audit_rows: int
     media_files: int
     media_size: int
+    sessions: int
 
 
 def seed(conn, config: Config, pepper: bytes, spec: SeedSpec, force: bool = False) -> list[str] | None:
@@ -81,6 +94,7 @@ def seed(conn, config: Config, pepper: bytes, spec: SeedSpec, force: bool = Fals
             params = {"clients": client_ids, "n_clients": len(client_ids), "phones": phones, "n_phones": len(phones)}
             cur.execute(MESSAGES_SQL, {**params, "rows": spec.messages})
             cur.execute(AUDIT_SQL, {**params, "rows": spec.audit_rows})
+            cur.execute(SESSIONS_SQL, {**params, "rows": spec.sessions})
             _insert_media(cur, config.media_dir, client_ids, spec, written)
     except BaseException:
         # The transaction rolled back, so no row refers to these blobs any more.

@@ -12,23 +12,37 @@ import sys
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import psycopg2
 
-from . import auth, db, graph, one_line, storage
+from . import auth, db, graph, one_line, sessions, storage
 from .config import Config
-from .credentials import Credentials
+from .credentials import JWT_SECRET_FILE, Credentials
 
 MAX_JSON_BYTES = 1 << 20
 MAX_MEDIA_BYTES = 64 << 20
-# Authenticated routes: (method, path pattern, handler method name). /health is handled before these.
+
+
+class Route(NamedTuple):
+    method: str
+    pattern: re.Pattern
+    handler: str
+    # What the Authorization header may carry: "api_key_or_jwt", "api_key" (so a stolen access token cannot open
+    # sessions that outlive a JWT secret rotation), or None (the body carries a refresh token).
+    auth: str | None = "api_key_or_jwt"
+    issues_tokens: bool = False
+
+
+# /health is handled before these.
 ROUTES = (
-    ("GET", re.compile(r"/v1/whoami"), "whoami"),
-    ("POST", re.compile(r"/v1/messages"), "send_message"),
-    ("POST", re.compile(r"/v1/media"), "upload_media"),
-    ("GET", re.compile(r"/v1/media/(\d{1,18})"), "download_media"),
+    Route("GET", re.compile(r"/v1/whoami"), "whoami"),
+    Route("POST", re.compile(r"/v1/messages"), "send_message"),
+    Route("POST", re.compile(r"/v1/media"), "upload_media"),
+    Route("GET", re.compile(r"/v1/media/(\d{1,18})"), "download_media"),
+    Route("POST", re.compile(r"/v1/sessions"), "create_session", auth="api_key", issues_tokens=True),
+    Route("POST", re.compile(r"/v1/sessions/refresh"), "refresh_session", auth=None, issues_tokens=True),
 )
 
 
@@ -69,20 +83,17 @@ class Handler(BaseHTTPRequestHandler):
             if method == "GET" and path == "/health":
                 self._health()
                 return
-            for route_method, pattern, name in ROUTES:
-                match = pattern.fullmatch(path)
-                if match and route_method == method:
+            for route in ROUTES:
+                match = route.pattern.fullmatch(path)
+                if match and route.method == method:
                     break
             else:
                 raise ApiError(404, "not found")
-            if self.server.creds.pepper is None:
-                raise ApiError(503, "API key pepper not loaded")
+            if route.issues_tokens and self.server.creds.jwt_secret is None:
+                raise ApiError(503, f"{JWT_SECRET_FILE} not loaded")
             with db.connection(self.server.config) as conn:
-                try:
-                    principal = auth.authenticate(conn, self.server.creds, self.headers.get("Authorization"), datetime.now(timezone.utc))
-                except auth.AuthError:
-                    raise ApiError(401, "unauthorized") from None
-                getattr(self, name)(conn, principal, *match.groups())
+                principal = self._authenticate(conn, route) if route.auth else None
+                getattr(self, route.handler)(conn, principal, *match.groups())
         except ApiError as exc:
             self._send_json(exc.status, exc.body)
         except psycopg2.OperationalError as exc:
@@ -91,6 +102,16 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # pylint: disable=broad-exception-caught
             self.log_message("error in %s %s: %s", method, path, one_line(exc))
             self._send_json(500, {"error": "internal error"})
+
+    def _authenticate(self, conn, route: Route) -> auth.Principal:
+        try:
+            return auth.authenticate(
+                conn, self.server.creds, self.headers.get("Authorization"), datetime.now(timezone.utc), accept_jwt=route.auth == "api_key_or_jwt",
+            )
+        except auth.AuthError:
+            raise ApiError(401, "unauthorized") from None
+        except auth.Unavailable as exc:
+            raise ApiError(503, str(exc)) from None
 
     def _health(self) -> None:
         creds = self.server.creds
@@ -107,7 +128,27 @@ class Handler(BaseHTTPRequestHandler):
         self._send_json(200 if healthy else 503, {"status": "ok" if healthy else "degraded", "checks": checks, **creds.describe(now)})
 
     def whoami(self, _conn, principal: auth.Principal) -> None:
-        self._send_json(200, {"client_id": principal.client_id, "client_name": principal.client_name, "key_prefix": principal.key_prefix})
+        self._send_json(200, {
+            "client_id": principal.client_id,
+            "client_name": principal.client_name,
+            "key_prefix": principal.key_prefix,
+            "session_id": principal.session_id,
+        })
+
+    def create_session(self, conn, principal: auth.Principal) -> None:
+        with conn, conn.cursor() as cur:
+            tokens = sessions.create(cur, principal.client_id, self.server.creds.jwt_secret, principal.actor)
+        self._send_json(201, tokens)
+
+    def refresh_session(self, conn, _principal: None) -> None:
+        token = self._read_json().get("refresh_token")
+        if not isinstance(token, str) or not token:
+            raise ApiError(400, "refresh_token must be a non-empty string")
+        try:
+            tokens = sessions.refresh(conn, self.server.creds.jwt_secret, token)
+        except auth.AuthError:
+            raise ApiError(401, "unauthorized") from None
+        self._send_json(200, tokens)
 
     def send_message(self, conn, principal: auth.Principal) -> None:
         body = self._read_json()
@@ -217,7 +258,8 @@ def serve(config: Config) -> None:
     summary = creds.describe()
     print(
         f"wa-mcp listening on {config.listen}; pepper fingerprint {summary['pepper_fingerprint']};"
-        f" previous pepper {json.dumps(summary['previous_pepper'])}; phone ids {summary['phone_ids']}",
+        f" previous pepper {json.dumps(summary['previous_pepper'])}; JWT secret fingerprint {summary['jwt_secret_fingerprint']};"
+        f" phone ids {summary['phone_ids']}",
         file=sys.stderr,
     )
     for problem in creds.problems():
