@@ -245,7 +245,7 @@ def test_health_reports_each_dependency(app):
         assert health.status == 200
         assert health.json() == {
             "status": "ok",
-            "checks": {"db": "ok", "secrets": "ok"},
+            "checks": {"db": "ok", "secrets": "ok", "db_credential": "current"},
             "pepper_fingerprint": fingerprint(PEPPER_1),
             "previous_pepper": None,
             "jwt_secret_fingerprint": fingerprint(JWT_SECRET_1),
@@ -255,6 +255,7 @@ def test_health_reports_each_dependency(app):
     with app.serve(WA_DB_NAME="no_such_db") as url:
         health = http("GET", f"{url}/health")
         assert health.status == 503 and health.json()["checks"]["db"].startswith("error: OperationalError")
+        assert "db_credential" not in health.json()["checks"]
         assert http("GET", f"{url}/v1/whoami", token="wamcp_00000000_x").json() == {"error": "database unavailable"}
     (app.secrets_dir / f"wa_access_token_{PHONE_ID}").rename(app.secrets_dir / f"wa_access_token_{PHONE_ID}.bak")
     (app.secrets_dir / "api_key_pepper").unlink()
@@ -625,3 +626,51 @@ def test_tampered_access_tokens_are_refused(app):
         assert http("GET", f"{url}/v1/whoami", token=other).json()["client_name"] == "globex"
     assert failure_reasons(app) == [reason for _token, reason in cases]
 
+
+def test_db_password_falls_back_to_the_previous_file(pg_server, tmp_path, graph_stub, free_port):
+    from psycopg2 import sql  # pylint: disable=import-outside-toplevel
+
+    role, right = "wa_password_auth", "db-password-right-never-logged"
+    dbname = pg_server.create_database("wa_db_password_fallback")
+    conn = pg_server.connect()
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            # The cluster trusts everyone; first match wins, so this rule makes PostgreSQL check this role's password.
+            cur.execute("SHOW hba_file")
+            hba = Path(cur.fetchone()[0])
+            rule = f"host all {role} 127.0.0.1/32 scram-sha-256\n"
+            if rule not in hba.read_text():
+                hba.write_text(rule + hba.read_text())
+            cur.execute("SELECT pg_reload_conf()")
+            cur.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,))
+            verb = "ALTER" if cur.fetchone()[0] else "CREATE"
+            cur.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(role)), (right,))
+            cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(dbname), sql.Identifier(role)))
+    finally:
+        conn.close()
+    instance = App(tmp_path, pg_server, dbname, graph_stub, free_port)
+    instance.env.update(WA_DB_HOST="127.0.0.1", WA_DB_USER=role)
+    instance.secret_values.add(right)
+    current, previous = tmp_path / "db_password", tmp_path / "db_password.previous"
+    # Mid-rotation: the new password is written but the role still has the old one, now in db_password.previous.
+    previous.write_text(right + "\n")
+    migrated = instance.cli("migrate")
+    assert migrated.stdout.strip() == MIGRATED and "connected with the .previous one" in migrated.stderr
+    key = instance.issue_key()
+    with instance.serve() as url:
+        health = http("GET", f"{url}/health")
+        assert (health.status, health.json()["status"], health.json()["checks"]["db_credential"]) == (200, "ok", "previous")
+        assert http("GET", f"{url}/v1/whoami", token=key).status == 200
+        current.write_text(right + "\n")  # the role now has the new password (read at every connect, no restart needed)
+        assert http("GET", f"{url}/health").json()["checks"]["db_credential"] == "current"
+        current.write_text(DB_PASSWORD + "\n")
+        previous.unlink()
+        health = http("GET", f"{url}/health")
+        assert health.status == 503 and "password authentication failed" in health.json()["checks"]["db"]
+        assert "db_credential" not in health.json()["checks"]
+        previous.write_text("db-password-also-wrong\n")
+        instance.secret_values.add("db-password-also-wrong")
+        assert http("GET", f"{url}/health").status == 503
+    log = (tmp_path / "server.log").read_text()
+    assert log.count("connected with the .previous one") == 1

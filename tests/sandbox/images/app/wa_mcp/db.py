@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,9 +20,39 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Arbitrary constant shared by every `migrate` run ("wa_mcp" in ASCII) so concurrent runs queue up instead of racing.
 MIGRATION_LOCK_ID = 0x77615F6D6370
 TABLES = ("schema_migrations", "clients", "api_keys", "messages", "audit_log", "media_objects", "sessions", "refresh_tokens")
+PREVIOUS_PASSWORD_SUFFIX = ".previous"
+
+_credential_lock = threading.Lock()
+_last_credential: str | None = None
+
+
+def last_credential() -> str | None:
+    """Which password file the last successful connection used: "current", "previous", or None before any."""
+    return _last_credential
+
+
+def _record_credential(which: str) -> None:
+    """Remember which password worked; say so (once per switch, never the value) when it is the previous one."""
+    global _last_credential  # pylint: disable=global-statement
+    with _credential_lock:
+        changed, _last_credential = _last_credential != which, which
+    if changed and which == "previous":
+        print(f"wa-mcp: database refused the current password; connected with the {PREVIOUS_PASSWORD_SUFFIX} one", file=sys.stderr, flush=True)
+
+
+def _read_password(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    return path.read_text(encoding="utf-8").rstrip("\r\n") or None
 
 
 def connect(config: Config) -> psycopg2.extensions.connection:
+    """Connect with the password file; if the server refuses it and ``<file>.previous`` exists, with that one.
+
+    The fallback makes a DB password rotation safe at every crash point: the runbook writes the new password
+    beside the old one (``.previous``), then changes the role, restarts the app, and only then drops ``.previous``.
+    Passwords are read at every connect, so whichever state the files and the role are in, the app connects.
+    """
     # Keyword arguments rather than a DSN string, so the password can never end up in a logged connection string.
     params: dict[str, Any] = {
         "host": config.db_host,
@@ -32,11 +64,22 @@ def connect(config: Config) -> psycopg2.extensions.connection:
         # Timestamps come back in UTC whatever the server's default zone, which the archive layout relies on.
         "options": "-c timezone=UTC",
     }
-    if config.db_password_file.is_file():
-        params["password"] = config.db_password_file.read_text(encoding="utf-8").rstrip("\r\n")
     if config.db_sslmode:
         params["sslmode"] = config.db_sslmode
-    return psycopg2.connect(**params)
+    current = _read_password(config.db_password_file)
+    if current is not None:
+        params["password"] = current
+    try:
+        conn = psycopg2.connect(**params)
+    except psycopg2.OperationalError as exc:
+        previous = _read_password(config.db_password_file.with_name(config.db_password_file.name + PREVIOUS_PASSWORD_SUFFIX))
+        if previous is None or "password authentication failed" not in str(exc):
+            raise
+        conn = psycopg2.connect(**{**params, "password": previous})
+        _record_credential("previous")
+    else:
+        _record_credential("current")
+    return conn
 
 
 @contextmanager

@@ -120,6 +120,8 @@ class Handler(BaseHTTPRequestHandler):
         try:
             with db.connection(self.server.config) as conn, conn.cursor() as cur:
                 cur.execute("SELECT 1")
+            # "previous" still works, but a DB password rotation is complete only once the current one is accepted.
+            checks["db_credential"] = db.last_credential()
         except psycopg2.Error as exc:
             checks["db"] = f"error: {one_line(exc)}"
         if creds.previous is not None:
