@@ -76,6 +76,21 @@ class PostgresServer:
 
         return psycopg2.connect(host=self.host, port=self.port, user=self.user, dbname=dbname, **kwargs)
 
+    def check_password_of(self, role: str) -> None:
+        """Make PostgreSQL check `role`'s password (SCRAM over TCP to 127.0.0.1); every other role stays trusted."""
+        conn = self.connect()
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SHOW hba_file")
+                hba = Path(cur.fetchone()[0])
+                rule = f"host all {role} 127.0.0.1/32 scram-sha-256\n"
+                if rule not in hba.read_text():
+                    hba.write_text(rule + hba.read_text())  # the first matching line wins
+                cur.execute("SELECT pg_reload_conf()")
+        finally:
+            conn.close()
+
     def create_database(self, name: str) -> str:
         from psycopg2 import sql  # pylint: disable=import-outside-toplevel
 

@@ -632,17 +632,11 @@ def test_db_password_falls_back_to_the_previous_file(pg_server, tmp_path, graph_
 
     role, right = "wa_password_auth", "db-password-right-never-logged"
     dbname = pg_server.create_database("wa_db_password_fallback")
+    pg_server.check_password_of(role)
     conn = pg_server.connect()
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
-            # The cluster trusts everyone; first match wins, so this rule makes PostgreSQL check this role's password.
-            cur.execute("SHOW hba_file")
-            hba = Path(cur.fetchone()[0])
-            rule = f"host all {role} 127.0.0.1/32 scram-sha-256\n"
-            if rule not in hba.read_text():
-                hba.write_text(rule + hba.read_text())
-            cur.execute("SELECT pg_reload_conf()")
             cur.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,))
             verb = "ALTER" if cur.fetchone()[0] else "CREATE"
             cur.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(role)), (right,))
