@@ -18,12 +18,13 @@ record in state `pending`, so a run killed midway resumes with the same pepper.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import secrets
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _faults, _fileio
+# The fingerprint is the service's (sha256 of the value as read, 16 hex digits); the record is JSON without a secret.
+from ansible_collections.runbooks.incident.plugins.module_utils._secret import fingerprint, record_of
 
 GRACE_MAX_DAYS = 30
 PEPPER_BYTES = 32
@@ -33,17 +34,8 @@ class PepperError(Exception):
     pass
 
 
-def fingerprint(value):
-    """The service's fingerprint: sha256 of the pepper as read (trailing whitespace stripped), 16 hex digits."""
-    return hashlib.sha256(value.rstrip().encode()).hexdigest()[:16] if value else None
-
-
 def new_pepper():
     return secrets.token_hex(PEPPER_BYTES)
-
-
-def utcnow():
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
 
 
 class Layout:
@@ -79,14 +71,6 @@ def read_files(layout):
 def read_sops(layout, document):
     return {item: (None if document.get(layout.key(item)) is None else str(document[layout.key(item)]))
             for item in layout.items()}
-
-
-def record_of(state):
-    try:
-        record = json.loads(state["record"]) if state.get("record") else None
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
 
 
 def parse_expiry(value):

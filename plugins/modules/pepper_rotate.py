@@ -147,7 +147,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _faults, _params, _pepper, _run_lock, _sops
+from ansible_collections.runbooks.incident.plugins.module_utils import _faults, _params, _pepper, _run_lock, _secret, _sops
 
 
 def _run(module, params):
@@ -155,8 +155,8 @@ def _run(module, params):
     store = _sops.Sops(params["sops_file"], params["age_key_file"], params["sops_binary"]) if params["sops_file"] else None
     document = store.decrypt() if store else None
     truth = _pepper.read_sops(layout, document) if store else _pepper.read_files(layout)
-    record = _pepper.record_of(truth) or {}
-    change_id, now = params["change_id"], _pepper.utcnow()
+    record = _secret.record_of(truth) or {}
+    change_id, now = params["change_id"], _secret.utcnow()
     done = record.get("change_id") == change_id and record.get("state") == "done"
     pending = None if store or done else _pepper.pending_pepper(layout, truth, change_id)
     replaced = None
@@ -167,11 +167,11 @@ def _run(module, params):
             return dict(changed=False, msg="there is no previous pepper to retire", sops_keys_changed=[], files_changed=[],
                         **_pepper.summary(truth))
         target = _pepper.retired(truth, change_id, now, params["force"])
-        msg = "previous pepper %s retired" % _pepper.fingerprint(truth["previous"])
+        msg = "previous pepper %s retired" % _secret.fingerprint(truth["previous"])
     else:
         if pending:  # an interrupted files-only run of this change: the same new pepper, from the same old one
             old = next((value for value in (truth["current"], truth["previous"])
-                        if _pepper.fingerprint(value) == record.get("replaced_fingerprint")), None)
+                        if _secret.fingerprint(value) == record.get("replaced_fingerprint")), None)
             if old is None:
                 raise _pepper.PepperError("the interrupted rotation %s cannot resume: the pepper it replaced is in neither %s nor %s"
                                           % (change_id, layout.current, layout.previous))
@@ -179,9 +179,9 @@ def _run(module, params):
         else:
             base, pepper, force = truth, _pepper.new_pepper(), params["force"]
         target = _pepper.rotated(base, params["mode"], params["grace_days"], change_id, pepper, now, force)
-        replaced = _pepper.fingerprint(base["current"])
+        replaced = _secret.fingerprint(base["current"])
         msg = "%s rotation: pepper %s replaces %s%s" % (
-            params["mode"], _pepper.fingerprint(pepper), replaced,
+            params["mode"], _secret.fingerprint(pepper), replaced,
             ", accepted until %s" % target["expiry"] if target.get("expiry") else ", which no longer works")
 
     keys = {layout.key(item): target.get(item) for item in layout.items()}
