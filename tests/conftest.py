@@ -15,10 +15,12 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -163,6 +165,26 @@ def run_module(name: str, params: dict, *, check_mode: bool = False, diff: bool 
     # ansible-core 2.19 wraps warnings in structured events; tests compare their text.
     result["warnings"] = [w["event"]["msg"] if isinstance(w, dict) else w for w in result.get("warnings", [])]
     return result
+
+
+def start_module(name: str, params: dict, fault_dir: Path) -> subprocess.Popen:
+    """The module as Ansible runs it on a host (its own process, arguments in a file), with fault points armed."""
+    args = fault_dir / "args.json"
+    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": params}))
+    env = dict(os.environ, PYTHONPATH=str(COLLECTIONS), RUNBOOKS_INCIDENT_FAULT_DIR=str(fault_dir))
+    return subprocess.Popen([sys.executable, "-m", f"ansible_collections.runbooks.incident.plugins.modules.{name}", str(args)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill_at(proc: subprocess.Popen, fault_dir: Path, point: str) -> None:
+    """SIGKILL the module's process group once it holds at fault point `point` (see module_utils/_faults.py)."""
+    deadline = time.monotonic() + 60
+    while not (fault_dir / f"{point}.reached").exists():
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.monotonic() < deadline, f"{point} never reached"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 @pytest.fixture(name="run_module")

@@ -12,16 +12,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from conftest import COLLECTIONS, PG_BINDIR, REPO_ROOT  # pylint: disable=import-error
+from conftest import COLLECTIONS, PG_BINDIR, REPO_ROOT, kill_at, start_module  # pylint: disable=import-error
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "sandbox" / "images" / "app"))
 sys.path.insert(0, str(COLLECTIONS))
@@ -215,24 +213,6 @@ def test_pg_role_password_sets_a_verifier_from_the_sops_file_compares_first_and_
 
 
 # ------------------------------------------------------------------------------------------------ crash safety
-def start_module(name, params, fault_dir):
-    args = fault_dir / "args.json"
-    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": params}))
-    env = dict(os.environ, PYTHONPATH=str(COLLECTIONS), RUNBOOKS_INCIDENT_FAULT_DIR=str(fault_dir))
-    return subprocess.Popen([sys.executable, "-m", f"ansible_collections.runbooks.incident.plugins.modules.{name}", str(args)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def kill_at(proc, fault_dir, point):
-    deadline = time.monotonic() + 60
-    while not (fault_dir / f"{point}.reached").exists():
-        assert proc.poll() is None, proc.stdout.read().decode()
-        assert time.monotonic() < deadline, f"{point} never reached"
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 # The role's db_password step, as module calls and unit restarts ("reboot" re-materializes the secrets directory).
 DB_STEPS = ["rotate", "materialize", "alter_role", "retire", "materialize_again"]
 

@@ -14,15 +14,13 @@ import hmac
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import COLLECTIONS, REPO_ROOT  # pylint: disable=import-error
+from conftest import REPO_ROOT, kill_at, start_module  # pylint: disable=import-error
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "sandbox" / "images" / "app"))
 from wa_mcp import auth, credentials  # noqa: E402  pylint: disable=import-error,wrong-import-position
@@ -197,25 +195,6 @@ def test_files_only_rotation_warns_that_it_is_not_durable(run_module, host):
 
 
 # ------------------------------------------------------------------------------------------------ kill -9
-def start_module(name, params, fault_dir):
-    """The module as Ansible runs it on a host: its own process, arguments in a file."""
-    args = fault_dir / "args.json"
-    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": params}))
-    env = dict(os.environ, PYTHONPATH=str(COLLECTIONS), RUNBOOKS_INCIDENT_FAULT_DIR=str(fault_dir))
-    return subprocess.Popen([sys.executable, "-m", f"ansible_collections.runbooks.incident.plugins.modules.{name}", str(args)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def kill_at(proc, fault_dir, point):
-    deadline = time.monotonic() + 60
-    while not (fault_dir / f"{point}.reached").exists():
-        assert proc.poll() is None, proc.stdout.read().decode()
-        assert time.monotonic() < deadline, f"{point} never reached"
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 @pytest.mark.parametrize("sops_mode,point", [
     (True, "pepper_after_sops"), (True, "pepper_file_previous"), (True, "pepper_file_expiry"), (True, "pepper_file_current"),
     (False, "pepper_after_pending"), (False, "pepper_file_previous"), (False, "pepper_file_expiry"), (False, "pepper_file_current"),
