@@ -69,10 +69,14 @@ from ansible_collections.runbooks.incident.plugins.module_utils import _params, 
 
 
 def stored_verifier(runtime, role):
+    """The role's stored password ('' when it has none); PgError when the role does not exist."""
     try:
-        return runtime.scalar("SELECT coalesce(rolpassword, '') FROM pg_authid WHERE rolname = %s" % _pg.quote_literal(role))
+        rows = runtime.query("SELECT rolname, rolpassword FROM pg_authid WHERE rolname = %s" % _pg.quote_literal(role))
     except _pg.PgError as exc:
         raise _pg.PgError("cannot read the password of role %s (pg_authid needs a superuser login_user): %s" % (role, exc)) from None
+    if not rows:
+        raise _pg.PgError("role %s does not exist" % role)
+    return rows[0][1] or ""
 
 
 def main():
@@ -95,10 +99,7 @@ def main():
             raise _sops.SopsError("%s has no %s" % (params["sops_file"], key))
         password = password.rstrip()  # as the service reads it from its secrets file
         runtime.ping()
-        stored = stored_verifier(runtime, role)
-        if stored is None:
-            raise _pg.PgError("role %s does not exist" % role)
-        changed = not _scram.matches(stored, password)
+        changed = not _scram.matches(stored_verifier(runtime, role), password)
         if changed and not module.check_mode:
             runtime.execute("ALTER ROLE %s PASSWORD %s" % (_pg.quote_ident(role), _pg.quote_literal(_scram.verifier(password))))
             if not _scram.matches(stored_verifier(runtime, role), password):

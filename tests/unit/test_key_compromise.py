@@ -210,6 +210,9 @@ def test_pg_role_password_sets_a_verifier_from_the_sops_file_compares_first_and_
     no_role = run_module("pg_role_password", dict(params, role="kc_no_such_role"))
     assert no_role["failed"] and "role kc_no_such_role does not exist" in no_role["msg"]
     assert service_logs_in(app_db, secrets)
+    with app_db.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"ALTER ROLE {APP_ROLE} PASSWORD NULL")
+    assert run_module("pg_role_password", params)["changed"] is True and service_logs_in(app_db, secrets)  # a role with none
 
 
 # ------------------------------------------------------------------------------------------------ crash safety
