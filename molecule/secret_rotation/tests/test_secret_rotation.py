@@ -53,7 +53,7 @@ def playbook(name, *extra):
     project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
     argv = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], os.path.join(project, "playbooks", name)]
     for item in extra:
-        argv += ["-e", item]
+        argv += [item] if item.startswith("--") else ["-e", item]
     res = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=project,
                          env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(project, ".build", "collections"), **PLAYBOOK_ENV))
     return res.returncode, " ".join(re.sub(r"\x1b\[[0-9;]*m", "", res.stdout + res.stderr).split())  # errors go to stderr
@@ -157,6 +157,88 @@ def test_a_token_meta_does_not_accept_is_rolled_back(host):
     assert smoke.rc == 0, smoke.stdout
 
 
+# ------------------------------------------------------------------------------------------------ key compromise
+KEYS = "key_compromise.yml"
+SECRETS_FILE = "/opt/whatsapp-mcp/ops/secrets/secrets.enc.yaml"
+
+
+def api(host, method, path, token=None, body=None):
+    """(status, JSON body) of a request to the service through nginx."""
+    argv = f"curl -sk -X {method} -w '\\n%{{http_code}}' https://127.0.0.1{path}"
+    if token:
+        argv += f" -H 'Authorization: Bearer {token}'"
+    if body is not None:
+        argv += f" -H 'Content-Type: application/json' -d '{json.dumps(body)}'"
+    text, _sep, code = host.check_output(argv).rpartition("\n")
+    return int(code), json.loads(text) if text.strip() else None
+
+
+def db_login(host, password):
+    """Can role wa log in with this password over TCP (SCRAM), as the app does?"""
+    return host.run(f"{COMPOSE} exec -T -e PGPASSWORD='{password}' postgres psql -h 127.0.0.1 -U wa -d wa_mcp -Atc 'SELECT 1'").rc == 0
+
+
+@pytest.fixture(scope="module", name="session")
+def session_fixture(host):
+    """A client's API key, and a session opened with it before the compromise (JWT + refresh token)."""
+    key = host.check_output(f"{COMPOSE} exec -T app wa-mcp keys issue --client kc-client")
+    code, tokens = api(host, "POST", "/v1/sessions", key)
+    assert code == 201, tokens
+    return dict(key=key, **tokens)
+
+
+def test_key_compromise_needs_steps_then_confirmation_and_check_mode_changes_nothing(host, session):
+    before = host.file(SECRETS_FILE).content
+    rc, out = playbook(KEYS, "incident_id=MOLECULE-KEYS")
+    assert rc == 2 and "Choose the steps" in out
+    rc, out = playbook(KEYS, "incident_id=MOLECULE-KEYS", "steps=sessions,auth_secret,db_password")
+    assert rc == 2 and "revoke every active session" in out and "Nothing was changed" in out
+    rc, out = playbook(KEYS, "incident_id=MOLECULE-KEYS", "steps=sessions,auth_secret,db_password", "--check")
+    assert rc == 0, out
+    assert host.file(SECRETS_FILE).content == before
+    assert api(host, "GET", "/v1/whoami", session["access_token"])[0] == 200
+
+
+def test_key_compromise_cuts_off_every_token_and_the_old_db_password_and_survives_a_reboot(host, session):
+    old = decrypted(host)
+    assert db_login(host, old["db_password"])
+    rc, out = playbook(KEYS, "incident_id=MOLECULE-KEYS", "steps=sessions,auth_secret,db_password", "confirm=true")
+    assert rc == 0, out
+    new = decrypted(host)
+    assert len(new["auth_jwt_secret"]) == 64 and new["auth_jwt_secret"] != old["auth_jwt_secret"]
+    assert new["db_password"] != old["db_password"] and "db_password.previous" not in new
+    assert not host.file("/run/secrets/db_password.previous").exists
+    state = health(host)
+    assert state["status"] == "ok" and state["checks"]["db_credential"] == "current"
+    assert state["jwt_secret_fingerprint"] == fingerprint(host, new["auth_jwt_secret"])
+    # Every token handed out before is refused: the access token (new signing secret), the refresh token (revoked).
+    assert api(host, "GET", "/v1/whoami", session["access_token"])[0] == 401
+    assert api(host, "POST", "/v1/sessions/refresh", body={"refresh_token": session["refresh_token"]})[0] == 401
+    assert json.loads(host.check_output(f"{COMPOSE} exec -T app wa-mcp sessions status")) == {"active_sessions": 0, "active_refresh_tokens": 0}
+    assert not db_login(host, old["db_password"]) and db_login(host, new["db_password"])
+    # The client logs in again with its API key (not part of this compromise) and works.
+    code, fresh = api(host, "POST", "/v1/sessions", session["key"])
+    assert code == 201 and api(host, "GET", "/v1/whoami", fresh["access_token"])[0] == 200
+
+    host.check_output("systemctl restart whatsapp-mcp-secrets.service whatsapp-mcp.service")
+    host.check_output("for i in $(seq 60); do curl -fs http://127.0.0.1/health >/dev/null && break; sleep 1; done")
+    assert health(host)["checks"]["db_credential"] == "current" and api(host, "GET", "/v1/whoami", fresh["access_token"])[0] == 200
+
+    rc, out = playbook(KEYS, "incident_id=MOLECULE-KEYS", "steps=sessions,auth_secret,db_password", "confirm=true")
+    assert rc == 0 and "nothing left to do" in out and decrypted(host) == new
+
+
+def test_a_db_password_the_service_cannot_use_is_rolled_back(host):
+    """The wrong role configured: the new password goes to `decoy`, so the service stays on the previous one."""
+    host.check_output(f"{COMPOSE} exec -T postgres psql -U wa -d wa_mcp -qc 'DROP ROLE IF EXISTS decoy; CREATE ROLE decoy LOGIN'")
+    before = decrypted(host)
+    rc, out = playbook(KEYS, "incident_id=MOLECULE-KEYS-BAD", "steps=db_password", "confirm=true", "key_compromise_db_role=decoy")
+    assert rc == 2 and "logs in with the previous password only" in out and "previous password is back" in out
+    assert decrypted(host)["db_password"] == before["db_password"] and db_login(host, before["db_password"])
+    host.check_output("for i in $(seq 60); do curl -fs http://127.0.0.1/health >/dev/null && break; sleep 1; done")
+    assert health(host)["checks"]["db_credential"] == "current"
+
+
 # ------------------------------------------------------------------------------------------------ no leak
 ARGV_SAMPLER = ("import os, time\n"
                 "seen = set()\n"
@@ -180,9 +262,11 @@ def test_no_secret_in_runner_artifacts_output_journal_or_argv(host, tmp_path):
     host.check_output("rm -f /var/tmp/argv-sampler.stop /var/tmp/argv-seen; "
                       f"systemd-run --unit argv-sampler python3 -c \"{ARGV_SAMPLER}\"")
     since = host.check_output("date '+%Y-%m-%d %H:%M:%S'")
+    replaced = decrypted(host)
     runs = [("rotate_api_key_pepper.yml", {"incident_id": "LEAK-SOFT", "grace_days": 3}),
             ("rotate_api_key_pepper.yml", {"incident_id": "LEAK-HARD", "pepper_mode": "hard", "confirm": True}),
-            ("rotate_access_token.yml", {"incident_id": "LEAK-TOKEN", "phone_id": PHONE_ID, "access_token": token})]
+            ("rotate_access_token.yml", {"incident_id": "LEAK-TOKEN", "phone_id": PHONE_ID, "access_token": token}),
+            (KEYS, {"incident_id": "LEAK-KEYS", "steps": "sessions,auth_secret,db_password", "confirm": True})]
     for playbook_name, extravars in runs:
         for check in (True, False):
             private = tmp_path / ("%s-%s-%s" % (playbook_name, extravars["incident_id"], check))
@@ -198,7 +282,9 @@ def test_no_secret_in_runner_artifacts_output_journal_or_argv(host, tmp_path):
 
     secrets = decrypted(host)
     values = [token, secrets["api_key_pepper"], host.check_output("grep -v '^#' /etc/whatsapp-mcp/age.key")]
+    values += [document[name] for document in (replaced, secrets) for name in ("auth_jwt_secret", "db_password")]
     assert json.loads(secrets["api_key_pepper.rotation"])["change_id"] == "LEAK-HARD"
+    assert json.loads(secrets["auth_jwt_secret.rotation"])["change_id"] == "LEAK-KEYS" and secrets["db_password"] != replaced["db_password"]
     # Everything the runs produced: artifacts/ (stdout, job_events, command, status) and the facts cache. Not env/,
     # the input handed to the runner (env/extravars holds the token, as an AWX credential's injector file does).
     scanned = [path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and "env" not in path.relative_to(tmp_path).parts]
