@@ -6,6 +6,7 @@ certificate nginx then serves, fetched over TLS from the controller."""
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -22,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 testinfra_hosts = ["app"]
 
 APP, DNS_API, NAME = "172.29.7.10", "http://172.29.7.20:8055", "wa.sandbox.test"  # whatsapp_mcp_domain of the sandbox
+CA_API = "https://172.29.7.20:15000"  # pebble's management interface (managementListenAddress in prepare.yml)
+RECORDS = f"/var/lib/runbooks-incident/certificates/{NAME}"  # the role's key-compromise records, one per incident
 RENEW, CHECK = "renew_certificate.yml", "check_certificates.yml"
 CERTBOT_TIMER_RUN = ("REQUESTS_CA_BUNDLE=/etc/ssl/pebble-ca.pem certbot renew --force-renewal --no-random-sleep-on-renew "
                      "--non-interactive")
@@ -35,17 +38,30 @@ def served():
         return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
 
 
-def playbook(name, *extra):
-    """Run playbooks/<name> with the scenario's lab vars; (rc, output with colours removed and lines unfolded)."""
+def playbook(name, *extra, check=False):
+    """Run playbooks/<name> with the scenario's lab vars (in check mode with check=True); (rc, output with colours
+    removed and lines unfolded)."""
     project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
     argv = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], os.path.join(project, "playbooks", name),
-            "-e", "@" + os.path.join(project, "molecule", "certificates", "vars", "lab.yml")]
+            "-e", "@" + os.path.join(project, "molecule", "certificates", "vars", "lab.yml")] + (["--check"] if check else [])
     for item in extra:
         argv += ["-e", item]
     res = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=project,
                          env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(project, ".build", "collections"),
                                   ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0"))
     return res.returncode, " ".join(re.sub(r"\x1b\[[0-9;]*m", "", res.stdout + res.stderr).split())
+
+
+def spki(cert):
+    """The certificate's public key (DER SubjectPublicKeyInfo)."""
+    return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def ca_status(serial):
+    """What the CA says of a certificate: pebble's {"Status": "Valid" | "Revoked", "Reason": <CRLReason>, ...}."""
+    context = ssl.create_default_context(cafile=os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "lab-ca.pem"))
+    with urllib.request.urlopen(f"{CA_API}/cert-status-by-serial/{serial:x}", context=context, timeout=10) as response:
+        return json.load(response)
 
 
 def dns(path, **body):
@@ -181,3 +197,89 @@ def test_dns_pointing_elsewhere_is_diagnosed_and_nothing_changes(host):
 def test_the_private_key_stays_private(host):
     key = host.file(host.check_output("readlink -f /etc/whatsapp-mcp/tls/privkey.pem"))
     assert key.path.startswith("/etc/letsencrypt/archive/") and key.user == "root" and key.mode & 0o077 == 0
+
+
+# Key compromise: a lineage that keeps its key on renewal (configured with --reuse-key), so only certbot --new-key
+# gives a fresh one. The tests below run in this order and share the incident.
+KEY_INCIDENT = "MOLECULE-KEY-COMPROMISE"
+KEY_COMPROMISE = ("force=true", "new_key=true", "revoke_reason=keycompromise")
+
+
+def test_a_key_compromise_dry_run_changes_nothing(host):
+    previous = served().serial_number
+    host.check_output(CERTBOT_TIMER_RUN + " --reuse-key")  # the lineage now has reuse_key = True
+    reload_until_served(host, previous)
+    assert re.search(r"^reuse_key = True$", host.file(f"/etc/letsencrypt/renewal/{NAME}.conf").content_string, re.M)
+    before = served()
+    archive = host.check_output(f"ls -l /etc/letsencrypt/archive/{NAME}")
+    rc, out = playbook(RENEW, "incident_id=MOLECULE-KEY-CHECK", *KEY_COMPROMISE, check=True)
+    assert rc == 0, out
+    assert "Would renew with a new key" in out
+    assert f"Would revoke certificate {before.serial_number:x} (/etc/letsencrypt/archive/{NAME}/cert" in out
+    assert served().serial_number == before.serial_number and ca_status(before.serial_number)["Status"] == "Valid"
+    assert host.check_output(f"ls -l /etc/letsencrypt/archive/{NAME}") == archive
+    assert not host.file(f"{RECORDS}/MOLECULE-KEY-CHECK.json").exists
+
+
+def test_a_revocation_is_confirmed_before_anything_changes(host):
+    before = served().serial_number
+    rc, out = playbook(RENEW, "incident_id=MOLECULE-KEY-UNCONFIRMED", *KEY_COMPROMISE)
+    assert rc != 0 and "a revocation cannot be undone" in out and "-e confirm=true" in out
+    assert served().serial_number == before and ca_status(before)["Status"] == "Valid"
+    assert not host.file(f"{RECORDS}/MOLECULE-KEY-UNCONFIRMED.json").exists
+
+
+def test_a_key_compromise_serves_a_new_key_then_revokes_the_replaced_certificate(host):
+    before = served()
+    previous = host.check_output(f"readlink -f /etc/letsencrypt/live/{NAME}/cert.pem")
+    rc, out = playbook(RENEW, f"incident_id={KEY_INCIDENT}", *KEY_COMPROMISE, "confirm=true")
+    assert rc == 0, out
+    fresh = served()
+    assert fresh.serial_number != before.serial_number
+    assert spki(fresh) != spki(before)  # reuse_key = True would have kept it
+    assert host.check_output(f"readlink -f /etc/letsencrypt/live/{NAME}/cert.pem") != previous
+    status = ca_status(before.serial_number)
+    assert status["Status"] == "Revoked" and status["Reason"] == 1, status  # CRLReason keyCompromise
+    assert ca_status(fresh.serial_number)["Status"] == "Valid"
+    assert f"Revoked certificate {before.serial_number:x} ({previous})" in out
+    # Revoked only after the new certificate was verified on the wire.
+    assert out.index("The new certificate is served for every name") < out.index("Revoke it")
+    record = json.loads(host.file(f"{RECORDS}/{KEY_INCIDENT}.json").content_string)
+    assert record["replaced"]["path"] == previous and record["replaced"]["serial"] == f"{before.serial_number:x}"
+    assert record["revoked"]["reason"] == "keycompromise" and not record["revoked"]["already_revoked"]
+
+
+def test_the_same_incident_again_neither_renews_nor_revokes(host):
+    before = served().serial_number
+    record = host.file(f"{RECORDS}/{KEY_INCIDENT}.json").content_string
+    rc, out = playbook(RENEW, f"incident_id={KEY_INCIDENT}", *KEY_COMPROMISE, "confirm=true")
+    assert rc == 0, out
+    assert re.search(r"\bapp : ok=\d+ changed=0 ", out), out
+    assert f"Incident {KEY_INCIDENT} already replaced certificate" in out and "Renewing:" not in out
+    assert served().serial_number == before and ca_status(before)["Status"] == "Valid"
+    assert host.file(f"{RECORDS}/{KEY_INCIDENT}.json").content_string == record
+
+
+def test_a_revocation_the_ca_already_made_is_recorded_not_failed(host):
+    # A run that revoked but died before recording it: the record without "revoked", the CA has revoked.
+    record = json.loads(host.file(f"{RECORDS}/{KEY_INCIDENT}.json").content_string)
+    del record["revoked"]
+    host.check_output(f"printf %s '{json.dumps(record)}' > {RECORDS}/MOLECULE-KEY-DIED.json")
+    before = served().serial_number
+    rc, out = playbook(RENEW, "incident_id=MOLECULE-KEY-DIED", *KEY_COMPROMISE, "confirm=true")
+    assert rc == 0, out
+    assert "the CA had revoked it already" in out and "Renewing:" not in out and served().serial_number == before
+    assert json.loads(host.file(f"{RECORDS}/MOLECULE-KEY-DIED.json").content_string)["revoked"]["already_revoked"]
+
+
+def test_a_key_that_did_not_change_fails_and_nothing_is_revoked(host):
+    # As if the served key were the one of the compromised certificate (certbot kept it): the run must say so.
+    record = json.loads(host.file(f"{RECORDS}/{KEY_INCIDENT}.json").content_string)
+    del record["revoked"]
+    digest = hashlib.sha256(spki(served())).hexdigest()
+    record["served_public_keys_before"].append(":".join(digest[i:i + 2] for i in range(0, len(digest), 2)))
+    host.check_output(f"printf %s '{json.dumps(record)}' > {RECORDS}/MOLECULE-KEY-KEPT.json")
+    rc, out = playbook(RENEW, "incident_id=MOLECULE-KEY-KEPT", *KEY_COMPROMISE, "confirm=true")
+    assert rc != 0
+    assert "The key did not change" in out and "Nothing was revoked" in out and "Revoke it" not in out
+    assert "revoked" not in json.loads(host.file(f"{RECORDS}/MOLECULE-KEY-KEPT.json").content_string)
