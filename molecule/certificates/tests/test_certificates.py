@@ -283,3 +283,19 @@ def test_a_key_that_did_not_change_fails_and_nothing_is_revoked(host):
     assert rc != 0
     assert "The key did not change" in out and "Nothing was revoked" in out and "Revoke it" not in out
     assert "revoked" not in json.loads(host.file(f"{RECORDS}/MOLECULE-KEY-KEPT.json").content_string)
+
+
+def test_the_key_compromise_playbook_reissues_with_a_new_key_and_revokes_once(host):
+    """key_compromise.yml -e steps=tls: the certificates role with a new key and a keyCompromise revocation."""
+    before = served()
+    rc, out = playbook("key_compromise.yml", "incident_id=MOLECULE-KC-TLS", "steps=tls")
+    assert rc != 0 and "re-issue the TLS certificate with a new key" in out and served().serial_number == before.serial_number
+    rc, out = playbook("key_compromise.yml", "incident_id=MOLECULE-KC-TLS", "steps=tls", "confirm=true")
+    assert rc == 0, out
+    fresh = served()
+    assert spki(fresh) != spki(before) and ca_status(fresh.serial_number)["Status"] == "Valid"
+    status = ca_status(before.serial_number)
+    assert status["Status"] == "Revoked" and status["Reason"] == 1, status
+    rc, out = playbook("key_compromise.yml", "incident_id=MOLECULE-KC-TLS", "steps=tls", "confirm=true")
+    assert rc == 0 and "nothing left to do" in out and "already done before: tls" in out, out
+    assert served().serial_number == fresh.serial_number
