@@ -30,9 +30,8 @@ def fingerprint(value):
 
 
 def generate(length):
-    """A URL-safe random value of exactly `length` characters (6 bits each): safe in files, URLs and SCRAM."""
-    if length < MIN_LENGTH:
-        raise SecretError("length must be at least %d characters, not %d" % (MIN_LENGTH, length))
+    """A URL-safe random value of exactly `length` characters (6 bits each): safe in files, URLs and SCRAM.
+    secret_rotate refuses a length under MIN_LENGTH before anything is read."""
     return secrets.token_urlsafe(length)[:length]
 
 
