@@ -1,6 +1,15 @@
 # Copyright: contributors to runbooks.incident
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Atomic file writes and streaming digests. PRIVATE to the collection: no compatibility promise.
+"""Safe paths, atomic file writes and streaming digests. PRIVATE to the collection: no compatibility promise.
+
+Modules run as root and write into directories that other users may be able to write to (a service's data
+directory, a backup directory, /run/lock). A symlink planted there must never redirect a write. So every path is
+opened one component at a time from `/` with O_NOFOLLOW, holding a directory descriptor (openat-style, no race
+between checking and using a name). A symlink on the way is followed only when the directory holding it is
+trusted: owned by root (or the user running the module) and writable by nobody else, so that only root can have
+put it there (`/var/run -> /run` is followed, a link in /tmp or in a service-owned directory is refused). The last
+component of a path written to is never followed. Violations raise UnsafePathError (an OSError, so callers that
+already report OSError report it too).
 
 A reader never sees a half-written file under its final name: data goes to a hidden temp file in the same
 directory (mode 0600 from creation), is fsync'd, gets its owner and mode, and is renamed into place; the directory
@@ -9,12 +18,25 @@ is fsync'd so the rename survives a crash. Pure Python: also imported by the hos
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+import stat
 
 CHUNK = 1 << 20
+MAX_SYMLINKS = 40
+O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+O_PATH = getattr(os, "O_PATH", 0)
+# Where a directory may be opened from without reading it (O_PATH needs no read permission).
+DIR_FLAGS = (O_PATH or os.O_RDONLY) | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC
+
+
+class UnsafePathError(OSError):
+    """A path leads through a symlink someone other than root could have planted, or out of where it must stay."""
 
 
 def partial_name(final_path):
@@ -23,47 +45,215 @@ def partial_name(final_path):
     return os.path.join(directory, ".%s.partial" % name)
 
 
-def fsync_dir(directory):
-    fd = os.open(directory or ".", os.O_RDONLY)
+def trusted(info):
+    """A directory only root (or this process' user) can change: a symlink in it was put there by them."""
+    return info.st_uid in (0, os.geteuid()) and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _components(path):
+    return [part for part in path.split("/") if part and part != "."]
+
+
+def open_dir(path, create_mode=None):
+    """A descriptor of directory `path`, reached without following an untrusted symlink (see the module docstring).
+
+    With `create_mode` the missing directories are created with that mode (like makedirs). The caller closes it.
+    """
+    if not path:
+        raise UnsafePathError(errno.EINVAL, "empty path")
+    if not path.startswith("/"):
+        path = os.path.join(os.getcwd(), path)
+    fd = os.open("/", DIR_FLAGS)
+    pending = _components(path)
+    hops = 0
     try:
-        os.fsync(fd)
+        while pending:
+            name = pending.pop(0)
+            try:
+                child = os.open(name, DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if create_mode is None:
+                    raise FileNotFoundError(errno.ENOENT, "no such directory", path) from None
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, create_mode, dir_fd=fd)
+                child = os.open(name, DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISLNK(info.st_mode):
+                    raise NotADirectoryError(errno.ENOTDIR, "not a directory", name) from None
+                hops += 1
+                if hops > MAX_SYMLINKS or not trusted(os.fstat(fd)):
+                    raise UnsafePathError(errno.ELOOP, "refusing to follow the symlink %s in a directory others can write to"
+                                          % name, path) from None
+                target = os.readlink(name, dir_fd=fd)
+                pending = _components(target) + pending
+                if target.startswith("/"):
+                    os.close(fd)
+                    fd = os.open("/", DIR_FLAGS)
+                continue
+            os.close(fd)
+            fd = child
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+@contextlib.contextmanager
+def parent_dir(path, create_mode=None):
+    """(directory descriptor, last component) of `path`, the directory reached safely; closed on exit."""
+    directory, name = os.path.split(path.rstrip("/") or "/")
+    if not name or name in (".", ".."):
+        raise UnsafePathError(errno.EINVAL, "not a file name", path)
+    fd = open_dir(directory or ".", create_mode)
+    try:
+        yield fd, name
     finally:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def atomic_writer(final_path, mode=0o600, owner=None, group=None):
-    """Yield a binary file object; on success it replaces `final_path` atomically, on error it is removed."""
-    directory = os.path.dirname(final_path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".%s." % os.path.basename(final_path), suffix=".partial")
+def makedirs(path, mode=0o700):
+    """Create `path` and its missing parents (never through an untrusted symlink)."""
+    os.close(open_dir(path, create_mode=mode))
+
+
+def open_file(path, flags=os.O_RDONLY, mode=0o600):
+    """os.open of `path` reached safely, never following a symlink at its last component; the descriptor must be
+    a regular file (a FIFO or device planted there is refused before it is read or written)."""
+    with parent_dir(path) as (dir_fd, name):
+        try:
+            fd = os.open(name, flags | O_NOFOLLOW | O_CLOEXEC | getattr(os, "O_NONBLOCK", 0), mode, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePathError(errno.ELOOP, "is a symlink: refusing to follow it", path) from None
+            raise type(exc)(exc.errno, exc.strerror, path) from None
     try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        set_owner_mode(tmp, mode, owner, group)
-        os.replace(tmp, final_path)
-        fsync_dir(directory)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafePathError(errno.EINVAL, "not a regular file", path)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return fd
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        os.close(fd)
         raise
 
 
-def write_json(final_path, data, mode=0o600, owner=None, group=None):
+def lstat(path):
+    """os.lstat of `path`, its directory reached safely."""
+    with parent_dir(path) as (dir_fd, name):
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def fsync_dir(directory):
+    fd = open_dir(directory or ".")
+    try:
+        _fsync_dir_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir_fd(fd):
+    if O_PATH:  # an O_PATH descriptor cannot be fsync'd: reopen the directory itself for reading
+        real = os.open(".", os.O_RDONLY | O_DIRECTORY | O_CLOEXEC, dir_fd=fd)
+        try:
+            os.fsync(real)
+        finally:
+            os.close(real)
+    else:
+        os.fsync(fd)
+
+
+def _owner_ids(owner, group):
+    import grp  # pylint: disable=import-outside-toplevel
+    import pwd  # pylint: disable=import-outside-toplevel
+    try:
+        uid = pwd.getpwnam(owner).pw_uid if owner is not None else -1
+        gid = grp.getgrnam(group).gr_gid if group is not None else -1
+    except KeyError as exc:
+        raise OSError(errno.EINVAL, "no such user or group: %s" % exc.args[0]) from None
+    return uid, gid
+
+
+def _temp_name(name):
+    return ".%s.%s.partial" % (name, secrets.token_hex(4))
+
+
+@contextlib.contextmanager
+def atomic_writer(final_path, mode=0o600, owner=None, group=None):
+    """Yield a binary file object; on success it replaces `final_path` atomically, on error it is removed.
+
+    The directory is reached safely; a symlink at `final_path` itself is replaced, never followed.
+    """
+    with parent_dir(final_path) as (dir_fd, name):
+        ids = _owner_ids(owner, group) if owner is not None or group is not None else None
+        tmp = _temp_name(name)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+                if ids is not None:
+                    os.fchown(handle.fileno(), *ids)
+                if mode is not None:
+                    os.fchmod(handle.fileno(), mode)
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            _fsync_dir_fd(dir_fd)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            raise
+
+
+def write_bytes(final_path, data, mode=0o600, owner=None, group=None):
     with atomic_writer(final_path, mode, owner, group) as handle:
-        handle.write((json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+        handle.write(data)
+
+
+def write_json(final_path, data, mode=0o600, owner=None, group=None):
+    write_bytes(final_path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), mode, owner, group)
+
+
+def remove(path):
+    """Remove what is at `path` (a file, a symlink itself, or a directory tree, whose links are never followed);
+    nothing there is fine."""
+    with parent_dir(path) as (dir_fd, name):
+        try:
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(info.st_mode):
+            _remove_tree_at(dir_fd, name)
+        else:
+            os.unlink(name, dir_fd=dir_fd)
+
+
+def _remove_tree_at(dir_fd, name):
+    fd = os.open(name, os.O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        for entry in os.scandir(fd):
+            if entry.is_dir(follow_symlinks=False):
+                _remove_tree_at(fd, entry.name)
+            else:
+                os.unlink(entry.name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
 
 
 def set_owner_mode(path, mode=None, owner=None, group=None):
-    if owner is not None or group is not None:
-        import grp  # pylint: disable=import-outside-toplevel
-        import pwd  # pylint: disable=import-outside-toplevel
-        uid = pwd.getpwnam(owner).pw_uid if owner is not None else -1
-        gid = grp.getgrnam(group).gr_gid if group is not None else -1
-        os.chown(path, uid, gid)
-    if mode is not None:
-        os.chmod(path, mode)
+    """chown/chmod of `path` itself, reached safely (a symlink there is refused, not followed)."""
+    with parent_dir(path) as (dir_fd, name):
+        fd = os.open(name, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC | getattr(os, "O_NONBLOCK", 0), dir_fd=dir_fd)
+    try:
+        if owner is not None or group is not None:
+            os.fchown(fd, *_owner_ids(owner, group))
+        if mode is not None:
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 def sha256_file(path):
