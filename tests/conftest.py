@@ -150,8 +150,12 @@ def pg_server() -> Iterator[PostgresServer]:
 
 def run_module(name: str, params: dict, *, check_mode: bool = False, diff: bool = False, tmpdir: str | None = None) -> dict:
     """Run runbooks.incident.<name> in this process with `params`; returns the module's JSON result."""
+    from ansible.module_utils.common import warnings  # pylint: disable=import-outside-toplevel
     from ansible.module_utils.testing import patch_module_args  # pylint: disable=import-outside-toplevel
 
+    # Warnings are kept in a process-wide list: without this, one run's warnings show up in the next run's result.
+    warnings._global_warnings.clear()  # pylint: disable=protected-access
+    warnings._global_deprecations.clear()  # pylint: disable=protected-access
     module = importlib.import_module(f"ansible_collections.runbooks.incident.plugins.modules.{name}")
     args = dict(params, _ansible_check_mode=check_mode, _ansible_diff=diff,
                 _ansible_remote_tmp=tmpdir or tempfile.gettempdir(), _ansible_keep_remote_files=False)
