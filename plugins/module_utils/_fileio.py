@@ -114,6 +114,15 @@ def parent_dir(path, create_mode=None):
         os.close(fd)
 
 
+def listdir_at(dir_fd):
+    """Names in the directory of a descriptor from open_dir (an O_PATH descriptor cannot be read itself)."""
+    readable = os.open(".", os.O_RDONLY | O_DIRECTORY | O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        return os.listdir(readable)
+    finally:
+        os.close(readable)
+
+
 def makedirs(path, mode=0o700):
     """Create `path` and its missing parents (never through an untrusted symlink)."""
     os.close(open_dir(path, create_mode=mode))

@@ -15,10 +15,10 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import shutil
-import stat
 import time
 from collections import namedtuple
+
+from ansible_collections.runbooks.incident.plugins.module_utils import _fileio
 
 # The time part is optional; the stamp must not run on into letters or digits (`db-2026-11-22T0315.sql` has a
 # malformed time, `db-2026-11-221` no date), so such names are reported as ignored instead of being misdated.
@@ -123,17 +123,20 @@ def validate(prefix, keep_daily, keep_monthly, keep_yearly, stale_partial_hours)
 def plan(path, prefix, keep_daily, keep_monthly, keep_yearly, stale_partial_hours, now=None):
     """Decide, without touching anything, what a retention run in the directory `path` removes."""
     validate(prefix, keep_daily, keep_monthly, keep_yearly, stale_partial_hours)
-    if not os.path.exists(path):
-        raise RetentionError("backup directory %s does not exist" % path)
-    if not os.path.isdir(path):
-        raise RetentionError("backup directory %s is not a directory" % path)
     now = time.time() if now is None else now
     sets, stamps, stale_partials, ignored = {}, {}, [], []
     try:
-        names = sorted(os.listdir(path))
-        for name in names:
+        dir_fd = _fileio.open_dir(path)
+    except FileNotFoundError:
+        raise RetentionError("backup directory %s does not exist" % path) from None
+    except NotADirectoryError:
+        raise RetentionError("backup directory %s is not a directory" % path) from None
+    except OSError as exc:
+        raise RetentionError("cannot open backup directory %s: %s" % (path, exc)) from exc
+    try:
+        for name in sorted(_fileio.listdir_at(dir_fd)):
             if name.startswith("." + prefix) or (name.startswith(prefix) and name.endswith(PARTIAL_SUFFIX)):
-                if now - os.lstat(os.path.join(path, name)).st_mtime > stale_partial_hours * 3600:
+                if now - os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime > stale_partial_hours * 3600:
                     stale_partials.append(name)
                 continue
             if not name.startswith(prefix):
@@ -146,6 +149,8 @@ def plan(path, prefix, keep_daily, keep_monthly, keep_yearly, stale_partial_hour
             stamps[stamp.text] = stamp
     except OSError as exc:
         raise RetentionError("cannot read backup directory %s: %s" % (path, exc)) from exc
+    finally:
+        os.close(dir_fd)
     kept = select(stamps.values(), keep_daily, keep_monthly, keep_yearly)
     kept_texts = {text for text, _reasons in kept}
     remove = [stamp.text for stamp in sorted(stamps.values(), key=lambda stamp: stamp.sort_key)
@@ -169,11 +174,8 @@ def diff(retention_plan):
 
 
 def remove_entry(path):
-    """Remove one directory entry without following symlinks: a link is unlinked, a real directory rmtree'd."""
-    if stat.S_ISDIR(os.lstat(path).st_mode):
-        shutil.rmtree(path)  # does not follow symlinks inside; hard links just lose a name
-    else:
-        os.unlink(path)
+    """Remove one entry of the backup directory: a symlink is unlinked, a directory removed without following links."""
+    _fileio.remove(path)
 
 
 def apply(retention_plan):

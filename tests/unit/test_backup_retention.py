@@ -206,8 +206,8 @@ def test_a_failed_removal_does_not_stop_the_others(run_module, tmp_path, monkeyp
     stuck = str(tmp_path / "db-2026-11-20.sql.gz")
     real_unlink = os.unlink
 
-    def unlink(path, *args, **kwargs):
-        if str(path) == stuck:
+    def unlink(path, *args, **kwargs):  # root may remove anything: the refusal is simulated (removal is by name in its directory)
+        if os.path.basename(str(path)) == os.path.basename(stuck):
             raise PermissionError(13, "Permission denied", path)
         return real_unlink(path, *args, **kwargs)
 
@@ -282,3 +282,18 @@ def test_select_of_nothing_keeps_nothing():
 def test_parse_stamp(text, stamp):
     parsed = _retention.parse_stamp(text)
     assert (parsed if parsed is None else (parsed.text, parsed.seconds)) == stamp
+
+
+def test_a_backup_directory_swapped_for_a_symlink_by_another_user_is_refused(run_module, tmp_path):
+    """The service user owns the data directory and replaces backups/ with a link to someone else's files: root's
+    retention must not prune there."""
+    data, victim = tmp_path / "data", tmp_path / "victim"
+    data.mkdir()
+    data.chmod(0o777)
+    victim.mkdir()
+    for day in ("2026-01-01", "2026-01-02", "2026-11-22"):
+        make_dump(victim, day)
+    (data / "backups").symlink_to(victim)
+    result = run_module("backup_retention", params(data / "backups", keep_daily=1, keep_monthly=0))
+    assert result.get("failed") and "refusing to follow the symlink backups" in result["msg"], result
+    assert len(names(victim)) == 6
