@@ -14,6 +14,7 @@ import re
 import socket
 import ssl
 import subprocess
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,6 +26,8 @@ JOB_LABEL = "runbooks.incident"
 MASK = "********"
 BODY_EXCERPT = 200
 JOURNAL_LINES = 20
+# A page that cannot be delivered within an hour is not a page; longer bounds only hide a stuck receiver.
+MAX_TIMEOUT = 3600
 # systemd unit names (letters, digits and :-_.\, an @ before a template's instance), never starting with a dash.
 UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.\\][A-Za-z0-9:_.\\-]*(@[A-Za-z0-9:_.\\@-]*)?\.[a-z]+$")
 
@@ -85,24 +88,38 @@ def _hide(text, secret):
     return text.replace(secret, MASK) if secret else text
 
 
-def send(url, payload, timeout=10, validate_certs=True, secret=None):
-    """POST `payload` as JSON to `url`; the HTTP status when it is 2xx, PageError otherwise. `secret` is never shown."""
-    parts = urllib.parse.urlsplit(url)
+def check_url(url):
+    """The parts of `url`, an http(s) URL with a host and no credentials, or PageError saying what is wrong with it."""
+    if not isinstance(url, str):
+        raise PageError("url must be a string, not %s" % type(url).__name__)
+    if any(char.isspace() or ord(char) < 32 or ord(char) == 127 for char in url):
+        raise PageError("url %r holds spaces or control characters (percent-encode them)" % url)
+    if not url.isascii():
+        raise PageError("url %r is not ASCII: give the host in its ASCII (punycode) form and percent-encode the path" % url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise PageError("url %r is not a valid URL: %s" % (url, exc)) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise PageError("url %r is not an http or https URL" % url)
+        raise PageError("url %r is not an http or https URL with a host" % url)
+    if port == 0:
+        raise PageError("url %r names port 0, which nothing listens on" % url)
     if parts.username is not None or parts.password is not None:
         raise PageError("url must not carry credentials (they would show in logs and results)")
-    handlers = [_NoRedirect()]
-    if parts.scheme == "https":
-        context = ssl.create_default_context()
-        if not validate_certs:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        handlers.append(urllib.request.HTTPSHandler(context=context))
-    request = urllib.request.Request(url, data=json.dumps(payload).encode("utf-8"), method="POST",
-                                     headers={"Content-Type": "application/json", "User-Agent": JOB_LABEL})
+    return parts
+
+
+def check_timeout(timeout):
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT:
+        raise PageError("timeout must be a number of seconds above 0 and at most %d, not %r" % (MAX_TIMEOUT, timeout))
+    return timeout
+
+
+def _post(opener, request, url, timeout, secret):
+    """One POST through urllib, each read bounded by `timeout`; the 2xx status, or PageError."""
     try:
-        with urllib.request.build_opener(*handlers).open(request, timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             return response.status
     except urllib.error.HTTPError as exc:
         try:
@@ -113,9 +130,50 @@ def send(url, payload, timeout=10, validate_certs=True, secret=None):
                         % (url, exc.code, _hide(body, secret)[:BODY_EXCERPT] or "(empty body)")) from None
     except urllib.error.URLError as exc:
         raise PageError("could not reach %s, no alert was delivered: %s" % (url, _hide(str(exc.reason), secret))) from None
-    except (OSError, HTTPException) as exc:
+    except (OSError, HTTPException, ValueError) as exc:
         # Timeouts while reading the answer and broken connections after the request went out.
         raise PageError("no answer from %s, the alert may not have been delivered: %s" % (url, _hide(str(exc), secret))) from None
+
+
+def send(url, payload, timeout=10, validate_certs=True, secret=None):
+    """POST `payload` as JSON to `url`; the HTTP status when it is 2xx, PageError otherwise. `secret` is never shown.
+
+    `timeout` bounds the whole request (name lookup, connect, send, the answer's status and headers, an error's
+    body): socket timeouts bound each read only, and a receiver sending a byte now and then would hold a read open
+    for ever. The request runs in a thread the caller stops waiting for at the deadline; the thread dies with the
+    process, or when its own per-read timeout ends it.
+    """
+    parts = check_url(url)
+    check_timeout(timeout)
+    handlers = [_NoRedirect()]
+    if parts.scheme == "https":
+        context = ssl.create_default_context()
+        if not validate_certs:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    request = urllib.request.Request(url, data=json.dumps(payload).encode("utf-8"), method="POST",
+                                     headers={"Content-Type": "application/json", "User-Agent": JOB_LABEL})
+    outcome = {}
+
+    def attempt():
+        try:
+            outcome["status"] = _post(urllib.request.build_opener(*handlers), request, url, timeout, secret)
+        except PageError as exc:
+            outcome["error"] = exc
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            # The thread's boundary: whatever went wrong is reported by the caller, not printed by the thread.
+            outcome["error"] = PageError("sending to %s failed, the alert may not have been delivered: %s"
+                                         % (url, _hide(str(exc), secret)))
+
+    worker = threading.Thread(target=attempt, name="page-request", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise PageError("no complete answer from %s within %s s, the alert may not have been delivered" % (url, timeout))
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["status"]
 
 
 def journal_tail(unit, lines=JOURNAL_LINES, journalctl="journalctl"):
@@ -139,10 +197,15 @@ def page_job(config, unit):
     """
     if not unit:
         raise PageError("no failed unit was named (--unit)")
-    if not UNIT_NAME.match(unit) or len(unit) > 255:
-        raise PageError("%r is not a systemd unit name" % unit)
+    if not isinstance(unit, str) or not UNIT_NAME.match(unit) or len(unit) > 255:
+        raise PageError("%r is not a systemd unit name" % (unit,))
+    if not isinstance(config, dict):
+        raise PageError("the configuration must be a mapping, not %s" % type(config).__name__)
     if not config.get("url"):
         raise PageError("the configuration has no url")
+    for name in ("url", "source", "routing_key"):
+        if config.get(name) is not None and not isinstance(config[name], str):
+            raise PageError("%s must be a string, not %s" % (name, type(config[name]).__name__))
     source = config.get("source") or socket.gethostname()
     fmt = config.get("format", "alertmanager")
     summary = "%s failed on %s" % (unit, source)

@@ -11,6 +11,8 @@ description:
   - POSTs one alert, or its resolution, as JSON to I(url) from the managed host, and fails unless the answer is a
     2xx status (redirects are not followed). The message of a failure gives the HTTP status and the first 200
     characters of the answer.
+  - A malformed I(url) (not http or https, no host, a bad port, spaces or control characters, credentials) fails
+    the task before anything is sent, in check mode too.
   - C(alertmanager) (Alertmanager's C(/api/v2/alerts)) - a list with one alert, labels C(alertname) (the
     I(dedup_key)), C(severity), C(instance) (the I(source)) and C(job=runbooks.incident), annotations C(summary)
     and C(description) (the I(details) as JSON), C(startsAt) now, and C(endsAt) now when I(resolve=true).
@@ -68,7 +70,9 @@ options:
     type: bool
     default: false
   timeout:
-    description: Seconds to wait for the receiver (at least 1).
+    description:
+      - Seconds the whole request may take - connecting, sending and the receiver's answer together (at least 1, at
+        most 3600). A receiver that has not answered in full by then fails the task.
     type: int
     default: 10
   validate_certs:
@@ -157,6 +161,8 @@ def main():
     source = params["source"] or socket.gethostname()
     dedup_key = params["dedup_key"] or _page.default_dedup_key(params["summary"], source)
     try:
+        _page.check_url(params["url"])
+        _page.check_timeout(params["timeout"])
         payload = _page.build(params["format"], params["summary"], source, dedup_key, severity=params["severity"],
                               details=params["details"], routing_key=params["routing_key"], resolve=params["resolve"])
     except _page.PageError as exc:

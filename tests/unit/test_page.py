@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -247,3 +248,109 @@ def test_page_job_refuses_what_is_not_a_unit_name_and_reports_delivery_failures(
     with pytest.raises(_page.PageError, match="no url"):
         _page.page_job({}, "runbooks-backup-db.service")
     assert len(receiver.requests) == 1
+
+
+class Trickler:
+    """A receiver on 127.0.0.1 that reads the request, sends `head` at once, then `answer` one byte per second (a stuck
+    or hostile receiver: each read gets a byte well within any timeout, the whole answer takes len(answer) seconds)."""
+
+    def __init__(self, answer=b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}", head=b""):
+        self.head, self.answer, self.finished = head, answer, threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = "http://127.0.0.1:%d/api/v2/alerts" % self.listener.getsockname()[1]
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        try:
+            conn, _address = self.listener.accept()
+        except OSError:
+            return
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            conn.sendall(self.head)
+            for byte in self.answer:
+                if self.stop.wait(1):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+            self.finished.set()
+
+    def close(self):
+        self.stop.set()
+        self.listener.close()
+
+
+@pytest.fixture(name="trickler")
+def trickler_fixture():
+    server = Trickler()
+    yield server
+    server.close()
+
+
+def test_the_timeout_bounds_the_whole_request_not_each_read(run_module, trickler):
+    result = run_module("page", dict(url=trickler.url, summary="x", timeout=2))
+    assert not trickler.finished.is_set()  # it would have needed len(answer) seconds to give its status
+    assert result.get("failed"), result
+    assert "no complete answer from %s within 2 s" % trickler.url in result["msg"]
+    assert "the alert may not have been delivered" in result["msg"]
+
+
+def test_the_page_job_has_the_same_bound(trickler):
+    with pytest.raises(_page.PageError, match="no complete answer from .* within 1 s"):
+        _page.page_job(dict(url=trickler.url, timeout=1), "runbooks-backup-db.service")
+    assert not trickler.finished.is_set()
+
+
+def test_a_trickled_error_body_is_bounded_too(run_module):
+    server = Trickler(b"E" * 60, head=b"HTTP/1.1 500 Oops\r\nContent-Length: 60\r\n\r\n")
+    try:
+        result = run_module("page", dict(url=server.url, summary="x", timeout=2))
+    finally:
+        server.close()
+    assert not server.finished.is_set()
+    assert result.get("failed") and "no complete answer from %s within 2 s" % server.url in result["msg"], result
+
+
+@pytest.mark.parametrize("url,message", [
+    ("http://[::1/", "is not a valid URL"),
+    ("http://:80/api", "is not an http or https URL with a host"),
+    ("http://host:99999/", "is not a valid URL"),
+    ("http://host:0/", "port 0"),
+    ("http://host:abc/", "is not a valid URL"),
+    ("file:///etc/passwd", "is not an http or https URL"),
+    ("ftp://host/x", "is not an http or https URL"),
+    ("http://host/a b", "spaces or control characters"),
+    ("http://host/\r\nX-Injected: 1", "spaces or control characters"),
+    ("http://h\u00e9st/", "not ASCII"),
+    ("", "is not an http or https URL"),
+])
+def test_malformed_urls_fail_clearly_and_send_nothing(run_module, receiver, url, message):
+    for check_mode in (True, False):
+        result = run_module("page", dict(url=url, summary="x"), check_mode=check_mode)
+        assert result.get("failed") and message in result["msg"] and "nothing was sent" in result["msg"], result
+    assert receiver.requests == []
+
+
+@pytest.mark.parametrize("config,message", [
+    (dict(url=["http://127.0.0.1/"]), "url must be a string"),
+    (dict(url=8080), "url must be a string"),
+    (dict(url="http://[::1/"), "is not a valid URL"),
+    (dict(url="http://127.0.0.1/", timeout="soon"), "timeout must be a number of seconds"),
+    (dict(url="http://127.0.0.1/", timeout=0), "timeout must be a number of seconds"),
+    (dict(url="http://127.0.0.1/", timeout=True), "timeout must be a number of seconds"),
+    (dict(url="http://127.0.0.1/", timeout=10 ** 12), "timeout must be a number of seconds"),
+    (dict(url="http://127.0.0.1/", format="pagerduty", routing_key=12345), "routing_key must be a string"),
+    (dict(url="http://127.0.0.1/", severity=["critical"]), "severity"),
+    (dict(url="http://127.0.0.1/", format={"a": 1}), "format"),
+    (dict(url="http://127.0.0.1/", source=["a"]), "source must be a string"),
+])
+def test_the_page_job_refuses_bad_configuration_clearly(config, message):
+    with pytest.raises(_page.PageError, match=re.escape(message)):
+        _page.page_job(config, "runbooks-backup-db.service")
+    with pytest.raises(_page.PageError, match="configuration must be a mapping"):
+        _page.page_job(["http://127.0.0.1/"], "runbooks-backup-db.service")
