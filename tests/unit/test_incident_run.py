@@ -26,6 +26,14 @@ def test_a_run_without_incident_id_stops_before_acting(ansible_play, tmp_path):
     assert "act" not in result.tasks() and not lock.exists()
 
 
+def test_an_incident_id_with_a_trailing_newline_stops_before_acting(ansible_play, tmp_path):
+    lock = tmp_path / "lock"
+    result = ansible_play(guarded([{"name": "act", "ansible.builtin.debug": {"msg": "acting"}}], lock),
+                          extra_vars={"incident_id": "INC-1\n", "incident_run_lock_path": str(lock)})
+    assert result.rc != 0 and "Give the incident or change id" in result.stdout
+    assert "act" not in result.tasks() and not lock.exists()
+
+
 def test_lock_is_held_during_the_run_and_released_after(ansible_play, tmp_path):
     lock = tmp_path / "lock"
     body = [{"name": "read lock", "ansible.builtin.slurp": {"src": str(lock)}, "register": "held"}]
