@@ -18,8 +18,11 @@ record in state `pending`, so a run killed midway resumes with the same pepper.
 from __future__ import annotations
 
 import datetime
+import grp
 import json
 import os
+import pwd
+import re
 import secrets
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _faults, _fileio
@@ -28,6 +31,10 @@ from ansible_collections.runbooks.incident.plugins.module_utils._secret import f
 
 GRACE_MAX_DAYS = 30
 PEPPER_BYTES = 32
+# The file names are also the sops file's keys and the names the secrets unit writes (its NAME pattern).
+FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}$")
+# A pepper, an expiry or a rotation record is a line; a bigger file there is something else.
+MAX_FILE_BYTES = 1 << 16
 
 
 class PepperError(Exception):
@@ -42,6 +49,10 @@ class Layout:
     """Where each item lives: files on the host, and the same names as top-level keys of the sops file."""
 
     def __init__(self, path, previous_path=None):
+        for given in (path, previous_path):
+            if given is not None and (not os.path.isabs(given) or not FILE_NAME.match(os.path.basename(given))):
+                raise PepperError("%r is not a pepper file name: give an absolute path whose last part is a plain name "
+                                  "(letters, digits and _.-), as the secrets unit writes them" % given)
         self.current = path
         self.previous = previous_path or path + ".previous"
         self.expiry = self.previous + "_expires_at"
@@ -56,11 +67,29 @@ class Layout:
 
 
 def read_file(path):
+    """The text of a secrets file as the service reads it (trailing ASCII whitespace stripped), None if absent or empty.
+
+    Reached without following a symlink (_fileio.open_file); anything but a regular file holding UTF-8 text is refused.
+    """
     try:
-        with open(path, encoding="utf-8") as handle:
-            value = handle.read().rstrip()
+        fd = _fileio.open_file(path)
     except FileNotFoundError:
         return None
+    except _fileio.UnsafePathError as exc:
+        raise PepperError("%s: %s" % (path, exc.strerror)) from None
+    with os.fdopen(fd, "rb") as handle:
+        raw = handle.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:
+        raise PepperError("%s holds more than %d bytes: it is not a pepper file" % (path, MAX_FILE_BYTES))
+    raw = raw.rstrip()
+    try:
+        value = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PepperError(
+            "%s holds %d bytes that are not text (a raw binary pepper): pepper_rotate keeps peppers as text (32 random "
+            "bytes written as 64 hex digits), as the sops file and the secrets unit hold them, so it cannot carry this one "
+            "over as the previous pepper. Restore the text pepper from the sops file (restart the secrets unit), or write "
+            "a text one by hand (openssl rand -hex 32) and re-issue the keys hashed with the raw one" % (path, len(raw))) from None
     return value or None
 
 
@@ -69,8 +98,49 @@ def read_files(layout):
 
 
 def read_sops(layout, document):
-    return {item: (None if document.get(layout.key(item)) is None else str(document[layout.key(item)]))
-            for item in layout.items()}
+    state = {}
+    for item in layout.items():
+        value = document.get(layout.key(item))
+        if isinstance(value, (dict, list)):
+            raise PepperError("%s in the sops file is a %s, not a string: set it to the pepper's text"
+                              % (layout.key(item), "mapping" if isinstance(value, dict) else "list"))
+        state[item] = None if value is None else str(value)
+    return state
+
+
+def check_owner(owner, group):
+    """The files' owner and group must exist before anything is written."""
+    for name, lookup in ((owner, pwd.getpwnam), (group, grp.getgrnam)):
+        if name is not None:
+            try:
+                lookup(name)
+            except KeyError:
+                raise PepperError("no such user or group: %s" % name) from None
+
+
+def parse_file_mode(value):
+    """The files' mode from an octal string ("0400") or an integer (YAML reads an unquoted 0400 as 256, the mode)."""
+    if isinstance(value, str):
+        try:
+            mode = int(value, 8)
+        except ValueError:
+            mode = -1
+    else:
+        mode = value if isinstance(value, int) and not isinstance(value, bool) else -1
+    if not 0 <= mode <= 0o777:
+        raise PepperError("file_mode must be an octal mode such as 0400, not %r" % (value,))
+    if mode & 0o007:
+        raise PepperError("file_mode %04o lets every user read the pepper or change it: use 0400 (0440 for a secrets group)" % mode)
+    return mode
+
+
+def remove_file(path):
+    """Remove the file at `path` (a symlink there itself, never what it points to); none there is fine."""
+    with _fileio.parent_dir(path) as (dir_fd, name):
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
 
 
 def parse_expiry(value):
@@ -133,11 +203,9 @@ def write_files(layout, target, owner=None, group=None, file_mode=0o400, check_m
         if check_mode:
             continue
         if target.get(item) is None:
-            os.unlink(path)
+            remove_file(path)
         else:
-            directory = os.path.dirname(path)
-            if directory:
-                os.makedirs(directory, mode=0o750, exist_ok=True)
+            _fileio.makedirs(os.path.dirname(path), mode=0o750)
             with _fileio.atomic_writer(path, mode=file_mode, owner=owner, group=group) as handle:
                 handle.write(target[item].encode())
         _faults.checkpoint("pepper_file_" + item)
@@ -154,10 +222,9 @@ def write_pending(layout, target, owner=None, group=None, file_mode=0o400):
     _faults.checkpoint("pepper_after_pending")
 
 
-def pending_pepper(layout, state, change_id):
-    """The new pepper of an interrupted files-only rotation of `change_id`, or None."""
+def pending_pepper(state, change_id, pepper):
+    """The new pepper of an interrupted files-only rotation of `change_id`, or None (`pepper`: what <path>.next holds)."""
     record = record_of(state) or {}
     if record.get("change_id") != change_id or record.get("state") != "pending":
         return None
-    pepper = read_file(layout.next)
     return pepper if pepper and fingerprint(pepper) == record.get("fingerprint") else None

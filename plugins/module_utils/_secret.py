@@ -25,8 +25,8 @@ class SecretError(Exception):
 
 
 def fingerprint(value):
-    """sha256 of the value as a service reads it (trailing whitespace stripped), 16 hex digits; None for none."""
-    return hashlib.sha256(value.rstrip().encode()).hexdigest()[:16] if value else None
+    """sha256 of the value as a service reads it (its bytes, trailing ASCII whitespace stripped), 16 hex digits; None for none."""
+    return hashlib.sha256(value.encode().rstrip()).hexdigest()[:16] if value else None
 
 
 def generate(length):

@@ -25,6 +25,9 @@ description:
     filled from elsewhere). The new pepper is written to C(<path>.next) first, so an interrupted run resumes with it.
   - Idempotent per I(change_id). When the last rotation record has this id, nothing is rotated again. Files
     lagging behind the sops file are brought up to date.
+  - Every file is read before anything changes. A pepper file that is not UTF-8 text (such as 32 raw bytes), a
+    directory, a FIFO or a symlink at one of the paths, or a path through a symlink in a directory others can write
+    to fails the task with nothing changed.
   - Restart the service afterwards, because it reads its peppers at start.
 extends_documentation_fragment:
   - runbooks.incident.attributes
@@ -74,7 +77,9 @@ options:
     description: Group of the files (the secrets group).
     type: str
   file_mode:
-    description: Mode of the files.
+    description:
+      - Mode of the files, an octal string such as C("0400") or the integer an unquoted YAML C(0400) becomes. A mode
+        that gives every user access (C(0644)) is refused.
     type: raw
     default: "0400"
 author:
@@ -150,40 +155,47 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.runbooks.incident.plugins.module_utils import _faults, _params, _pepper, _run_lock, _secret, _sops
 
 
-def _run(module, params):
+def _plan(params):
+    """Everything read and checked, nothing changed: (target state, message, replaced fingerprint, the run's context)."""
     layout = _pepper.Layout(params["path"], params["previous_path"])
+    _pepper.check_owner(params["owner"], params["group"])
     store = _sops.Sops(params["sops_file"], params["age_key_file"], params["sops_binary"]) if params["sops_file"] else None
     document = store.decrypt() if store else None
-    truth = _pepper.read_sops(layout, document) if store else _pepper.read_files(layout)
+    files = _pepper.read_files(layout)  # every file is read (and refused if it is not a text file) before any change
+    leftover = _pepper.read_file(layout.next)
+    truth = _pepper.read_sops(layout, document) if store else files
     record = _secret.record_of(truth) or {}
     change_id, now = params["change_id"], _secret.utcnow()
     done = record.get("change_id") == change_id and record.get("state") == "done"
-    pending = None if store or done else _pepper.pending_pepper(layout, truth, change_id)
-    replaced = None
+    pending = None if store or done else _pepper.pending_pepper(truth, change_id, leftover)
+    context = dict(layout=layout, store=store, document=document, done=done, pending=pending)
     if done:
-        target, msg = truth, "change %s is already applied" % change_id
-    elif params["state"] == "retired":
+        return truth, "change %s is already applied" % change_id, None, context
+    if params["state"] == "retired":
         if not truth.get("previous"):
-            return dict(changed=False, msg="there is no previous pepper to retire", sops_keys_changed=[], files_changed=[],
-                        **_pepper.summary(truth))
-        target = _pepper.retired(truth, change_id, now, params["force"])
-        msg = "previous pepper %s retired" % _secret.fingerprint(truth["previous"])
+            return truth, "there is no previous pepper to retire", None, context
+        return (_pepper.retired(truth, change_id, now, params["force"]),
+                "previous pepper %s retired" % _secret.fingerprint(truth["previous"]), None, context)
+    if pending:  # an interrupted files-only run of this change: the same new pepper, from the same old one
+        old = next((value for value in (truth["current"], truth["previous"])
+                    if _secret.fingerprint(value) == record.get("replaced_fingerprint")), None)
+        if old is None:
+            raise _pepper.PepperError("the interrupted rotation %s cannot resume: the pepper it replaced is in neither %s nor %s"
+                                      % (change_id, layout.current, layout.previous))
+        base, pepper, force = dict(current=old), pending, True
     else:
-        if pending:  # an interrupted files-only run of this change: the same new pepper, from the same old one
-            old = next((value for value in (truth["current"], truth["previous"])
-                        if _secret.fingerprint(value) == record.get("replaced_fingerprint")), None)
-            if old is None:
-                raise _pepper.PepperError("the interrupted rotation %s cannot resume: the pepper it replaced is in neither %s nor %s"
-                                          % (change_id, layout.current, layout.previous))
-            base, pepper, force = dict(current=old), pending, True
-        else:
-            base, pepper, force = truth, _pepper.new_pepper(), params["force"]
-        target = _pepper.rotated(base, params["mode"], params["grace_days"], change_id, pepper, now, force)
-        replaced = _secret.fingerprint(base["current"])
-        msg = "%s rotation: pepper %s replaces %s%s" % (
-            params["mode"], _secret.fingerprint(pepper), replaced,
-            ", accepted until %s" % target["expiry"] if target.get("expiry") else ", which no longer works")
+        base, pepper, force = truth, _pepper.new_pepper(), params["force"]
+    target = _pepper.rotated(base, params["mode"], params["grace_days"], change_id, pepper, now, force)
+    replaced = _secret.fingerprint(base["current"])
+    msg = "%s rotation: pepper %s replaces %s%s" % (
+        params["mode"], _secret.fingerprint(pepper), replaced,
+        ", accepted until %s" % target["expiry"] if target.get("expiry") else ", which no longer works")
+    return target, msg, replaced, context
 
+
+def _run(module, params, target, context):
+    """Bring the sops file, then the files, to `target` (in check mode, only say what that would change)."""
+    layout, store, document = context["layout"], context["store"], context["document"]
     keys = {layout.key(item): target.get(item) for item in layout.items()}
     sops_changed = sorted(key for key, value in keys.items() if document.get(key) != value) if store else []
     owner_group = dict(owner=params["owner"], group=params["group"], file_mode=params["file_mode"])
@@ -193,20 +205,13 @@ def _run(module, params):
         if store:
             store.apply(keys, current=document)
             _faults.checkpoint("pepper_after_sops")
-        elif not done and params["state"] == "rotated" and not pending:
+        elif not context["done"] and params["state"] == "rotated" and not context["pending"]:
             _pepper.write_pending(layout, target, **owner_group)
         files = _pepper.write_files(layout, target, **owner_group)
-        if os.path.exists(layout.next):
-            os.unlink(layout.next)
+        _pepper.remove_file(layout.next)
     paths = layout.items()
-    result = dict(changed=bool(sops_changed or files), msg=msg, sops_keys_changed=sops_changed,
-                  files_changed=[paths[item] for item in files], **_pepper.summary(target))
-    if replaced:
-        result["replaced_fingerprint"] = replaced
-    if not store and result["changed"]:
-        module.warn("no sops_file: the rotation is only in %s; if that is a tmpfs filled from elsewhere at boot, it is lost"
-                    " at the next reboot" % os.path.dirname(params["path"]))
-    return result
+    return dict(changed=bool(sops_changed or files), sops_keys_changed=sops_changed, files_changed=[paths[item] for item in files],
+                **_pepper.summary(target))
 
 
 def main():
@@ -230,14 +235,23 @@ def main():
     if not 1 <= params["grace_days"] <= _pepper.GRACE_MAX_DAYS:
         module.fail_json(msg="grace_days must be between 1 and %d, not %d: a longer window keeps a replaced pepper working too long;"
                          " nothing was changed" % (_pepper.GRACE_MAX_DAYS, params["grace_days"]))
+    errors = (_pepper.PepperError, _sops.SopsError, OSError)
     try:
-        params["file_mode"] = int(str(params["file_mode"]), 8)
-    except ValueError:
-        module.fail_json(msg="file_mode must be an octal mode such as 0400, not %r" % params["file_mode"])
+        params["file_mode"] = _pepper.parse_file_mode(params["file_mode"])
+        target, msg, replaced, context = _plan(params)
+    except errors as exc:
+        module.fail_json(msg="pepper rotation %s not done: %s; nothing was changed" % (params["change_id"], exc))
     try:
-        result = _run(module, params)
-    except (_pepper.PepperError, _sops.SopsError, OSError, KeyError) as exc:
-        module.fail_json(msg="pepper rotation %s not done: %s" % (params["change_id"], exc))
+        result = _run(module, params, target, context)
+    except errors as exc:
+        module.fail_json(msg="pepper rotation %s not completed: %s; re-run it with the same change_id to complete it"
+                         % (params["change_id"], exc))
+    result["msg"] = msg
+    if replaced:
+        result["replaced_fingerprint"] = replaced
+    if not context["store"] and result["changed"]:
+        module.warn("no sops_file: the rotation is only in %s; if that is a tmpfs filled from elsewhere at boot, it is lost"
+                    " at the next reboot" % os.path.dirname(params["path"]))
     module.exit_json(**result)
 
 

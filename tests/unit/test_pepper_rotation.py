@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import hmac
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -215,3 +216,121 @@ def test_sops_set_changes_one_key_keeps_the_others_and_never_puts_the_value_in_a
     assert not [p for p in host.sops_file.parent.iterdir() if p != host.sops_file]  # no clear or partial file left
     removed = run_module("sops_set", dict(params, state="absent", value=None))
     assert removed["changed"] is True and "wa_access_token_123" not in host.decrypted()
+
+
+# ------------------------------------------------------------------------------------------------ hostile pepper files
+RAW_PEPPER = bytes(range(0x80, 0xa0))  # 32 raw bytes (the seed's "32-byte pepper" written as bytes), not UTF-8
+
+
+def plant(host, name, kind):
+    """Put something other than a text pepper at <secrets>/<name>; returns what a reader must not see."""
+    path = host.secrets / name
+    path.unlink(missing_ok=True)
+    if kind == "raw":
+        path.write_bytes(RAW_PEPPER)
+    elif kind == "latin-1":
+        path.write_bytes("poivre-d\u00e9j\u00e0-utilis\u00e9".encode("latin-1"))
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink":
+        elsewhere = host.secrets.parent / ("elsewhere-" + name)
+        elsewhere.write_text("b2" * 32)
+        path.symlink_to(elsewhere)
+    return path
+
+
+@pytest.mark.parametrize("sops_mode", [True, False])
+@pytest.mark.parametrize("name,kind,message", [
+    ("api_key_pepper", "raw", "holds 32 bytes that are not text (a raw binary pepper)"),
+    ("api_key_pepper", "latin-1", "bytes that are not text"),
+    ("api_key_pepper", "directory", "not a regular file"),
+    ("api_key_pepper", "fifo", "not a regular file"),
+    ("api_key_pepper", "symlink", "is a symlink"),
+    ("api_key_pepper.previous", "raw", "holds 32 bytes that are not text (a raw binary pepper)"),
+    ("api_key_pepper.previous", "symlink", "is a symlink"),
+    ("api_key_pepper.rotation", "directory", "not a regular file"),
+])
+def test_a_pepper_file_that_is_not_a_text_file_is_refused_before_anything_changes(run_module, host, sops_mode, name, kind, message):
+    plant(host, name, kind)
+    params = host.params() if sops_mode else dict(path=str(host.secrets / "api_key_pepper"), change_id="CHG-1")
+    before = host.sops_file.read_bytes(), sorted(p.name for p in host.secrets.iterdir())
+    for check_mode in (True, False):
+        result = run_module("pepper_rotate", params, check_mode=check_mode)
+        assert result.get("failed") and message in result["msg"], result
+        assert "nothing was changed" in result["msg"]
+        assert (host.sops_file.read_bytes(), sorted(p.name for p in host.secrets.iterdir())) == before
+    if kind == "raw":  # the way forward is named
+        assert "pepper_rotate keeps peppers as text" in result["msg"] and "openssl rand -hex 32" in result["msg"]
+    if kind == "symlink":
+        assert (host.secrets.parent / ("elsewhere-" + name)).read_text() == "b2" * 32
+
+
+@pytest.mark.parametrize("odd", ["\x1c", "\u00a0", "\u2003"])
+def test_a_pepper_ending_in_what_only_unicode_calls_whitespace_is_kept_byte_for_byte(run_module, tmp_path, odd):
+    """The service strips ASCII whitespace from the bytes it reads; a pepper ending in U+001C, U+00A0 or U+2003 keeps it."""
+    pepper = "d4" * 32 + odd
+    host = Host(tmp_path)
+    subprocess.run([str(SOPS), "set", "--value-stdin", str(host.sops_file), '["api_key_pepper"]'], input=json.dumps(pepper).encode(),
+                   env=host.env(), check=True, capture_output=True)
+    host.reboot()
+    assert host.service_view().pepper == pepper.encode()
+    hashes = {token: auth.hash_token(pepper.encode(), token) for token in TOKENS}
+    files_only = dict(path=str(host.secrets / "api_key_pepper"), change_id="CHG-F")
+    result = run_module("pepper_rotate", files_only)
+    assert not result.get("failed"), result
+    assert result["replaced_fingerprint"] == credentials.fingerprint(pepper.encode())
+    assert all(host.works(token, hashes[token]) for token in TOKENS)
+    host.reboot()  # back to the sops file's pepper, then the durable rotation
+    result = run_module("pepper_rotate", host.params())
+    assert result["replaced_fingerprint"] == credentials.fingerprint(pepper.encode()) == result["previous_fingerprint"], result
+    assert all(host.works(token, hashes[token]) for token in TOKENS)
+
+
+def test_a_symlinked_directory_others_can_write_to_is_not_followed(run_module, host, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (shared / "secrets").symlink_to(host.secrets)
+    before = host.snapshot()
+    result = run_module("pepper_rotate", dict(host.params(), path=str(shared / "secrets" / "api_key_pepper")))
+    assert result.get("failed") and "refusing to follow the symlink" in result["msg"] and "nothing was changed" in result["msg"], result
+    assert host.snapshot() == before
+
+
+@pytest.mark.parametrize("extra,message", [
+    (dict(file_mode="0644"), "file_mode 0644 lets every user read the pepper"),
+    (dict(file_mode="-1"), "file_mode must be an octal mode"),
+    (dict(file_mode="77777"), "file_mode must be an octal mode"),
+    (dict(file_mode=[4, 0, 0]), "file_mode must be an octal mode"),
+    (dict(owner="no-such-user-here"), "no such user or group: no-such-user-here"),
+    (dict(group="no-such-group-here"), "no such user or group: no-such-group-here"),
+    (dict(path="/"), "is not a pepper file name"),
+    (dict(previous_path="relative/dir/"), "is not a pepper file name"),
+    (dict(path="/run/secrets/pepper with space"), "is not a pepper file name"),
+])
+def test_more_bad_input_fails_clearly_with_nothing_changed(run_module, host, extra, message):
+    before = host.snapshot()
+    result = run_module("pepper_rotate", host.params(**extra))
+    assert result.get("failed") and message in result["msg"] and "nothing was changed" in result["msg"], result
+    assert host.snapshot() == before
+
+
+def test_a_yaml_octal_file_mode_is_the_mode_it_says(run_module, host):
+    """`file_mode: 0400` unquoted in YAML reaches the module as the integer 256; it is mode 0400, not 0o256."""
+    result = run_module("pepper_rotate", host.params(file_mode=0o400))
+    assert not result.get("failed"), result
+    assert oct((host.secrets / "api_key_pepper").stat().st_mode & 0o777) == "0o400"
+
+
+@pytest.mark.parametrize("value", [["a1", "b2"], {"nested": "pepper"}])
+def test_a_pepper_in_the_sops_file_that_is_not_a_string_is_refused(run_module, host, value):
+    recipient = subprocess.run(["age-keygen", "-y", str(host.key)], check=True, capture_output=True, text=True).stdout.strip()
+    clear = dict(host.decrypted(), api_key_pepper=value)  # `sops set` takes no list; encrypt the document afresh
+    host.sops_file.write_bytes(subprocess.run([str(SOPS), "--encrypt", "--age", recipient, "--input-type", "json", "--output-type", "yaml",
+                                               "/dev/stdin"], input=json.dumps(clear).encode(), capture_output=True, check=True).stdout)
+    before = host.snapshot()
+    result = run_module("pepper_rotate", host.params())
+    assert result.get("failed") and "api_key_pepper in the sops file is a" in result["msg"], result
+    assert "nothing was changed" in result["msg"] and host.snapshot() == before
