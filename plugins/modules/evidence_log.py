@@ -15,6 +15,25 @@ description:
   - I(state=present) appends a row (once per I(id); a re-run with the same id changes nothing) after verifying the
     whole log; it refuses to extend a broken log. I(state=verified) only verifies, and with I(max_age_days) fails
     when the newest row matching I(where) is older (the "last passing drill is older than a quarter" alert).
+  - The chain starts from a public value, so by itself it cannot show that whoever writes the log cut its last rows
+    off or rewrote it whole with every chain recomputed. With I(anchor_dir), each append also writes a head record
+    (the row count, and the last row's id and chain) into I(anchor_dir) as C(<rows>-<chain>.json). That name never
+    repeats, and the record appears whole and is never rewritten or removed. I(state=verified) with I(anchor_dir)
+    then checks that the log still holds every head ever anchored, which detects truncation (also of the whole
+    log) and a rewritten row. A log written without anchors stays valid and is anchored from its next append on
+    (RV(anchored_rows), with a warning for the rows after the newest head).
+  - Trust assumption. The anchors prove nothing against whoever can rewrite I(anchor_dir). It must be a store that
+    the log's writer can add to but not rewrite or delete from, such as a directory shipped off-host by
+    the C(audit-ship) job of role C(runbooks.incident.audit_ship) (the log server's receiver stores each name once,
+    read-only, and never rewrites or deletes one), a WORM or append-only mount, or a directory administered by
+    someone other than the log's writer. Verify against that copy of the anchors.
+  - A value is stored in one cell whatever it holds. A C(|) becomes C(/), and line breaks and other control
+    characters become spaces. A column name, an I(id) or a I(title) that the log cannot hold as given (a C(|), a
+    line break or control character, surrounding spaces, or a column name of the log's own) is refused before
+    anything is written. A log damaged by an earlier version (a row split by a carriage return, a header without
+    its columns, bytes that are not UTF-8) fails verification with a message naming the line or row.
+  - Nothing is read or written through a symlink, and two appends at once never fork the chain, because the log is
+    locked while it is verified and extended.
 extends_documentation_fragment:
   - runbooks.incident.attributes
 attributes:
@@ -33,7 +52,9 @@ options:
     choices: [present, verified]
     default: present
   id:
-    description: Unique id of the row (a drill's run id or incident id). Required with I(state=present).
+    description:
+      - Unique id of the row (a drill's run id or incident id). Required with I(state=present).
+      - Stored as given, so it may not hold a C(|), a line break, a control character or surrounding spaces.
     type: str
   fields:
     description: The row's cells, in column order (the first row fixes the columns). Required with I(state=present).
@@ -52,14 +73,21 @@ options:
   max_age_days:
     description: With I(state=verified), fail when the newest row matching I(where) is older than this.
     type: int
+  anchor_dir:
+    description:
+      - Directory of the log's head records, one per append. With I(state=present) the head of the log after the
+        append is written there, and with either state the log is checked against every head in it.
+      - One directory per log. It must be one the log's writer cannot rewrite (see the trust assumption above).
+    type: path
 author:
   - runbooks.incident contributors (@runbooks)
 """
 
 EXAMPLES = r"""
-- name: Record the drill
+- name: Record the drill, anchoring the log's head in an append-only store
   runbooks.incident.evidence_log:
     path: /srv/evidence/backup-drills.md
+    anchor_dir: /srv/evidence-anchors/backup-drills
     id: "{{ incident_id }}"
     title: Backup restore drills
     fields:
@@ -72,6 +100,7 @@ EXAMPLES = r"""
   runbooks.incident.evidence_log:
     path: /srv/evidence/backup-drills.md
     state: verified
+    anchor_dir: /srv/evidence-anchors/backup-drills
     where: {result: pass}
     max_age_days: 92
 """
@@ -88,6 +117,14 @@ rows:
 newest:
   description: The newest row matching I(where).
   returned: with I(state=verified) and I(max_age_days)
+  type: dict
+anchored_rows:
+  description: How many rows the newest head in I(anchor_dir) covers (the rows after it are not anchored).
+  returned: with I(anchor_dir)
+  type: int
+head:
+  description: The log's head record (C(rows), C(id), C(chain), C(date), C(log), C(format)), as anchored in I(anchor_dir).
+  returned: with I(state=present) and I(anchor_dir), except in check mode
   type: dict
 """
 
@@ -107,26 +144,46 @@ def main():
             title=dict(type="str", default="Evidence log"),
             where=dict(type="dict"),
             max_age_days=dict(type="int"),
+            anchor_dir=dict(type="path"),
         ),
         required_if=[("state", "present", ("id", "fields"))],
         supports_check_mode=True,
     )
     params = module.params
+    anchor_dir = params["anchor_dir"]
+    result = dict(changed=False)
     try:
         if params["state"] == "verified":
             _columns, rows = _evidence.verify(params["path"])
-            result = dict(changed=False, rows=len(rows))
+            count = len(rows)
+            if anchor_dir:
+                result["anchored_rows"] = _evidence.check_anchors(anchor_dir, rows)
             if params["max_age_days"] is not None:
                 result["newest"] = _evidence.newest(rows, params["where"], params["max_age_days"])
-            module.exit_json(**result)
-        _columns, rows = _evidence.verify(params["path"])
-        known = [row for row in rows if row["id"] == params["id"]]
-        if module.check_mode or known:
-            module.exit_json(changed=not known, rows=len(rows), row=known[0] if known else {})
-        changed, row = _evidence.append(params["path"], params["id"], params["fields"], params["evidence"], params["title"])
-    except (_evidence.EvidenceError, OSError) as exc:
+        elif module.check_mode:
+            rows, known, head_due, covered = _evidence.plan(params["path"], params["id"], params["fields"], params["title"], anchor_dir)
+            count = len(rows) + int(known is None)
+            result.update(changed=known is None or head_due, row=known or {})
+            if anchor_dir:
+                result["anchored_rows"] = count if head_due else covered
+        else:
+            changed, row, head = _evidence.append(params["path"], params["id"], params["fields"], params["evidence"],
+                                                  params["title"], anchor_dir=anchor_dir)
+            _columns, rows = _evidence.read(params["path"])
+            count = len(rows)
+            result.update(changed=changed, row=row)
+            if anchor_dir:
+                result.update(head=head, anchored_rows=head["rows"])
+    except (_evidence.EvidenceError, OSError, ValueError) as exc:
         module.fail_json(msg="evidence log %s: %s; nothing was written" % (params["path"], exc))
-    module.exit_json(changed=changed, rows=len(rows) + int(changed), row=row)
+    result["rows"] = count
+    if anchor_dir and result["anchored_rows"] < count:
+        module.warn("rows %d to %d of %s are not anchored in %s" % (result["anchored_rows"] + 1, count, params["path"], anchor_dir))
+    duplicates = _evidence.duplicate_ids(rows)
+    if duplicates:
+        module.warn("several rows of %s have the id %s (written by an earlier version from an id holding |)"
+                    % (params["path"], ", ".join(duplicates[:5])))
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":
