@@ -159,11 +159,11 @@ def main():
         target, msg, replaced = _target(params, state, _secret.utcnow())
         changes = {name: target[item] for item, name in _secret.keys(params["key"]).items()}
         changed_keys = sorted(name for name, value in changes.items() if document.get(name) != value)
-        if changed_keys and not module.check_mode:
+        if not module.check_mode:  # also with nothing to change: it removes what a killed earlier change left
             store.apply(changes, current=document)
             _faults.checkpoint("secret_after_sops")
     except (_secret.SecretError, _sops.SopsError, OSError) as exc:
-        module.fail_json(msg="%s not %s for change %s: %s" % (params["key"], params["state"], params["change_id"], exc))
+        module.fail_json(msg="%s not %s for change %s: %s; nothing was changed" % (params["key"], params["state"], params["change_id"], exc))
     result = dict(changed=bool(changed_keys), msg=msg, sops_keys_changed=changed_keys, **_secret.summary(target))
     if replaced:
         result["replaced_fingerprint"] = replaced

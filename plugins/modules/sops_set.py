@@ -9,9 +9,12 @@ short_description: Set or remove one key of a sops-encrypted file, keeping every
 version_added: 0.1.0
 description:
   - Decrypts I(sops_file) on a pipe and compares. When the key already holds I(value), nothing is done. Otherwise
-    the value goes to C(sops set --value-stdin) on stdin, on an encrypted copy next to the file. The copy is
-    decrypted and compared, and only then renamed over the file. The data key and the recipients stay as they
+    the value goes to C(sops set --value-stdin) on stdin, on an encrypted copy in a private work directory next to
+    the file (C(.<name>.<8 hex>.sops-partial), mode 0700, the copy 0600). The copy is decrypted and compared, gets
+    the file's owner and mode, and only then is renamed over the file. The data key and the recipients stay as they
     were, so the file's other keys are untouched.
+  - A run killed midway leaves the file whole and the private work directory; the next change of the file by any
+    module of the collection removes it. A symlink at I(sops_file) is refused, never followed.
   - The value is a secret. Mark the task C(no_log) as well, because the module does, but the task's own arguments
     are printed by Ansible's callbacks. It is never in a diff, a result or a process argument.
   - Requires sops on the managed host and the age identity (I(age_key_file)).
@@ -105,10 +108,10 @@ def main():
         before = document.get(params["key"])
         before = None if before is None else str(before)
         changed = before != wanted
-        if changed and not module.check_mode:
+        if not module.check_mode:  # also with nothing to change: it removes what a killed earlier change left
             store.apply({params["key"]: wanted}, current=document)
     except (_sops.SopsError, OSError) as exc:
-        module.fail_json(msg="cannot set %s in %s: %s" % (params["key"], params["sops_file"], exc))
+        module.fail_json(msg="cannot set %s in %s: %s; nothing was changed" % (params["key"], params["sops_file"], exc))
     module.exit_json(changed=changed, key=params["key"], fingerprint=fingerprint(wanted), previous_fingerprint=fingerprint(before))
 
 
