@@ -19,6 +19,8 @@ class AppCycle:
     """The service around the swap: commands (argv lists) to stop it, migrate and start it, and a health URL."""
 
     def __init__(self, stop=None, migrate=None, start=None, health_url=None, health_timeout=120):
+        if health_url is not None and not health_url.startswith(("http://", "https://")):
+            raise _pg_restore.RestoreError("health_url %r is not an http:// or https:// URL" % (health_url,))
         self.stop_argv, self.migrate_argv, self.start_argv = stop, migrate, start
         self.health_url = health_url
         self.health_timeout = health_timeout
@@ -27,7 +29,11 @@ class AppCycle:
     def _run(argv, what):
         if not argv:
             return
-        res = subprocess.run(argv, capture_output=True, text=True, check=False)
+        try:
+            res = subprocess.run(argv, capture_output=True, encoding="utf-8", errors="replace", check=False)
+        except (OSError, ValueError) as exc:
+            # A command that cannot start fails like one that fails: after the swap, it is rolled back.
+            raise _pg_restore.RestoreError("%s (%s) cannot run: %s" % (what, " ".join(argv[-3:]), exc))
         if res.returncode != 0:
             raise _pg_restore.RestoreError("%s (%s) failed: %s" % (what, " ".join(argv[-3:]), _pg.first_line(res.stderr or res.stdout)))
 
@@ -53,7 +59,7 @@ class AppCycle:
                 last = "HTTP %d" % response.getcode()
             except HTTPError as exc:
                 last = "HTTP %d" % exc.code
-            except (URLError, OSError) as exc:
+            except (URLError, OSError, ValueError) as exc:
                 last = str(exc)
             time.sleep(0.2)
         raise _pg_restore.RestoreError("%s did not answer 200 within %d s (last: %s)" % (self.health_url, self.health_timeout, last))

@@ -23,6 +23,17 @@ SAFE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 FIELD_SEP = "\x1f"
 RECORD_SEP = "\x1e"
 NULL_MARK = "\x1dNULL\x1d"
+# A part of a table key left as it is: what PostgreSQL folds an unquoted name to (every other part is double-quoted).
+PLAIN_KEY_PART = re.compile(r"[a-z_][a-z0-9_]*\Z")
+KEY_PART = r'(?:[a-z_][a-z0-9_]*|"(?:[^"]|"")+")'
+KEY = re.compile(r"(?:(%s)\.)?(%s)\Z" % (KEY_PART, KEY_PART))
+# What may reach PGOPTIONS (the server splits it at spaces and reads backslashes: a value must hold neither).
+SETTING_NAME = re.compile(r"[a-z_][a-z0-9_.]*\Z")
+SETTING_VALUE = re.compile(r"[A-Za-z0-9_.:+-]+\Z")
+MEMORY = re.compile(r"([0-9]{1,13})(kB|MB|GB|TB)?\Z")
+MEMORY_UNITS_KB = {None: 1, "kB": 1, "MB": 1024, "GB": 1024 ** 2, "TB": 1024 ** 3}
+# maintenance_work_mem's bounds in PostgreSQL (1 MB to 2147483647 kB).
+MEMORY_MIN_KB, MEMORY_MAX_KB = 1024, 2147483647
 
 
 class PgError(Exception):
@@ -38,6 +49,56 @@ def check_name(name, what="database name", max_len=63):
 
 def quote_ident(name):
     return '"' + name.replace('"', '""') + '"'
+
+
+def table_key(schema, name):
+    """How manifests and results name a table: `clients`, `audit.log` (`public.` left out), each part that is not
+    what PostgreSQL folds an unquoted name to double-quoted as in SQL: `"Odd.Schema"."t.1"`, `"qu""ote"`, `"é"`."""
+    part = name if PLAIN_KEY_PART.match(name) else quote_ident(name)
+    if schema == "public":
+        return part
+    return "%s.%s" % (schema if PLAIN_KEY_PART.match(schema) else quote_ident(schema), part)
+
+
+def _unquote_key_part(part):
+    return part[1:-1].replace('""', '"') if part.startswith('"') else part
+
+
+def split_key(key):
+    """(schema, name) of a table key. A key that is not in that form was written before names were quoted
+    (`Mixed`, `audit.Log`, `sp ace`): it is read the old way, split at its last dot."""
+    match = KEY.match(key)
+    if match:
+        return (_unquote_key_part(match.group(1)) if match.group(1) else "public"), _unquote_key_part(match.group(2))
+    schema, _sep, name = key.rpartition(".")
+    return schema or "public", name
+
+
+def normalize_key(key):
+    """The key of a table named by a user or an older manifest (`public.clients` -> `clients`, `Mixed` -> `"Mixed"`)."""
+    return table_key(*split_key(key))
+
+
+def memory_kb(value):
+    """kB of a PostgreSQL memory setting (`512MB`, `65536`: digits and an optional kB, MB, GB or TB)."""
+    match = MEMORY.match(value or "")
+    if not match:
+        raise PgError("%r is not a PostgreSQL memory size (digits followed by nothing, kB, MB, GB or TB, e.g. 512MB)" % (value,))
+    kb = int(match.group(1)) * MEMORY_UNITS_KB[match.group(2)]
+    if not MEMORY_MIN_KB <= kb <= MEMORY_MAX_KB:
+        raise PgError("%s is outside what PostgreSQL accepts (1MB to 2147483647kB)" % value)
+    return kb
+
+
+def session_options(settings):
+    """PGOPTIONS for (name, value) pairs: `-c name=value ...`, each name and value checked so that none can carry
+    another option (a space, backslash or quote in a value would)."""
+    options = []
+    for name, value in settings:
+        if not SETTING_NAME.match(name) or not SETTING_VALUE.match(value):
+            raise PgError("setting %r = %r cannot be passed to the server (letters, digits and _.:+- only)" % (name, value))
+        options.append("-c %s=%s" % (name, value))
+    return " ".join(options)
 
 
 def quote_literal(value):
@@ -87,13 +148,17 @@ class Runtime:
         return "server %s:%s" % (self.login_host or "local socket", self.login_port or 5432)
 
     def env(self):
-        env = dict(os.environ, PGCONNECT_TIMEOUT=str(self.connect_timeout), PGAPPNAME="runbooks-incident")
+        # Names and messages are read as UTF-8 whatever the locale (a systemd job runs with LANG unset).
+        env = dict(os.environ, PGCONNECT_TIMEOUT=str(self.connect_timeout), PGAPPNAME="runbooks-incident",
+                   PGCLIENTENCODING="UTF8")
         env.pop("PGPASSWORD", None)
         env.pop("PGOPTIONS", None)
         if self.login_password:
             env["PGPASSWORD"] = self.login_password
         if self.pgoptions:
             env["PGOPTIONS"] = self.pgoptions
+        if any("\0" in value for value in (self.login_password or "", self.pgoptions or "")):
+            raise PgError("the password or session options hold a NUL character")
         return env
 
     def tool(self, name):
@@ -123,13 +188,19 @@ class Runtime:
         return args
 
     def command(self, tool, *args):
-        return self.prefix() + [self.tool(tool)] + self.connection_args() + list(args)
+        argv = self.prefix() + [self.tool(tool)] + self.connection_args() + [str(arg) for arg in args]
+        if any("\0" in arg for arg in argv):
+            raise PgError("a connection parameter or name holds a NUL character: %r" % [arg for arg in argv if "\0" in arg][0])
+        return argv
 
     def psql_command(self, db, *extra):
         return self.command("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, *extra)
 
     def run(self, argv, stdin_text=None):
-        res = subprocess.run(argv, input=stdin_text, capture_output=True, text=True, env=self.env(), check=False)
+        if stdin_text and "\0" in stdin_text:
+            raise PgError("the SQL holds a NUL character, which PostgreSQL text cannot hold; nothing was run")
+        res = subprocess.run(argv, input=stdin_text, capture_output=True, encoding="utf-8", errors="replace",
+                             env=self.env(), check=False)
         if res.returncode != 0:
             raise PgError(first_line(res.stderr))
         return res.stdout
@@ -179,24 +250,98 @@ class Runtime:
         return self.scalar("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s"
                            % quote_literal(name))
 
-    def user_tables(self, db):
-        """Tables of the database as schema-qualified names (`public.` left out), sorted."""
-        return [row[0] for row in self.query(USER_TABLES_SQL, db)]
+    def tables(self, db):
+        return Tables.from_rows(self.query(TABLES_SQL, db))
 
-    def row_counts(self, db, tables):
-        """Exact row counts, each table ONLY (partitions count for themselves, as in the dump's COPY blocks)."""
-        return parse_counts(self.query(row_counts_sql(tables), db)) if tables else {}
+    def user_tables(self, db):
+        """Keys of the database's tables (see table_key), sorted."""
+        return self.tables(db).keys
+
+    def row_counts(self, db, tables=None):
+        """Exact row counts of `tables` (keys; default all) in one statement, see Tables.count."""
+        return self.tables(db).count(lambda sql: self.query(sql, db), tables)
 
     def terminate_sessions(self, db):
         self.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
                    % quote_literal(db))
 
 
-USER_TABLES_SQL = (
-    "SELECT CASE WHEN n.nspname = 'public' THEN c.relname ELSE n.nspname || '.' || c.relname END "
+# The tables a dump holds: ordinary and partitioned, not temporary, not an extension's; names as hex of their UTF-8
+# (no separator, newline or locale can garble them), with the parent of each partition.
+TABLES_SQL = (
+    "SELECT encode(convert_to(n.nspname::text, 'UTF8'), 'hex'), encode(convert_to(c.relname::text, 'UTF8'), 'hex'), "
+    "c.relkind, encode(convert_to(pn.nspname::text, 'UTF8'), 'hex'), encode(convert_to(p.relname::text, 'UTF8'), 'hex') "
     "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-    "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
-    "AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1")
+    "LEFT JOIN pg_inherits i ON i.inhrelid = c.oid AND c.relispartition "
+    "LEFT JOIN pg_class p ON p.oid = i.inhparent LEFT JOIN pg_namespace pn ON pn.oid = p.relnamespace "
+    "WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't' AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+    "AND n.nspname NOT LIKE 'pg\\_toast%' AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass "
+    "AND d.objid = c.oid AND d.deptype = 'e')")
+
+
+def _unhex(value):
+    return bytes.fromhex(value).decode("utf-8", errors="replace")
+
+
+def tree_counts(rows, parents):
+    """Row counts with each partitioned table's added up from its partitions' (`parents`: partition -> parent)."""
+    counts = dict(rows)
+    for key, count in rows.items():
+        seen, parent = {key}, parents.get(key)
+        while parent is not None and parent not in seen:
+            seen.add(parent)
+            counts[parent] = counts.get(parent, 0) + count
+            parent = parents.get(parent)
+    return counts
+
+
+class Tables:
+    """The tables of a database by key: which hold rows ('r') and which are partitioned ('p'), each partition's parent.
+
+    A table's row count is its own rows (FROM ONLY, as its COPY block in a dump holds them); a partitioned table's is
+    the total of its partitions, sub-partitions included (it holds none itself).
+    """
+
+    def __init__(self, kinds, parents):
+        self.kinds = kinds
+        self.parents = parents
+
+    @classmethod
+    def from_rows(cls, rows):
+        kinds, parents = {}, {}
+        for schema, name, kind, parent_schema, parent_name in rows:
+            key = table_key(_unhex(schema), _unhex(name))
+            kinds[key] = kind
+            if parent_name is not None:
+                parents[key] = table_key(_unhex(parent_schema), _unhex(parent_name))
+        return cls(kinds, parents)
+
+    @property
+    def keys(self):
+        return sorted(self.kinds)
+
+    def _under(self, key, wanted):
+        seen = set()
+        while key is not None and key not in seen:
+            if key in wanted:
+                return True
+            seen.add(key)
+            key = self.parents.get(key)
+        return False
+
+    def count(self, query, tables=None):
+        """Exact row counts of `tables` (default all), every table counted in one statement (one snapshot)."""
+        wanted = set(self.kinds if tables is None else tables)
+        unknown = sorted(wanted - set(self.kinds))
+        if unknown:
+            raise PgError("no table %s" % ", ".join(unknown))
+        leaves = sorted(key for key, kind in self.kinds.items() if kind == "r" and self._under(key, wanted))
+        rows = {}
+        if leaves:
+            sql = " UNION ALL ".join("SELECT %d, count(*) FROM ONLY %s" % (index, qualified(key)) for index, key in enumerate(leaves))
+            rows = {leaves[int(index)]: int(count) for index, count in query(sql)}
+        counts = tree_counts(rows, self.parents)
+        return {key: counts.get(key, 0) for key in sorted(wanted)}
 
 
 def recorded_change(runtime, db, action, change_id, audit_table="audit_log"):
@@ -207,18 +352,14 @@ def recorded_change(runtime, db, action, change_id, audit_table="audit_log"):
     return json.loads(details) if details else None
 
 
-def row_counts_sql(tables):
-    return " UNION ALL ".join("SELECT %s, count(*) FROM ONLY %s" % (quote_literal(t), qualified(t)) for t in tables)
-
-
 def parse_counts(rows):
     return {name: int(count) for name, count in rows}
 
 
 def qualified(table):
-    """SQL for a table name as returned by Runtime.user_tables (`public.` implied)."""
-    schema, _sep, name = table.rpartition(".")
-    return "%s.%s" % (quote_ident(schema or "public"), quote_ident(name))
+    """SQL for a table key (see table_key; `public.` implied), each part quoted."""
+    schema, name = split_key(table)
+    return "%s.%s" % (quote_ident(schema), quote_ident(name))
 
 
 class Session:
@@ -232,9 +373,12 @@ class Session:
         self._marker = 0
         self._proc = subprocess.Popen(
             runtime.psql_command(db, "-A", "-t", "-F", FIELD_SEP, "-P", "null=" + NULL_MARK),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=runtime.env())
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", errors="replace",
+            env=runtime.env())
 
     def query(self, sql):
+        if "\0" in sql:
+            raise PgError("the SQL holds a NUL character, which PostgreSQL text cannot hold; nothing was run")
         self._marker += 1
         marker = "__runbooks_incident_%d__" % self._marker
         try:

@@ -5,15 +5,18 @@
 One psql session opens a REPEATABLE READ transaction and exports its snapshot; pg_dump runs with --snapshot on
 it while the same session counts every table, so the manifest describes exactly the rows in the dump, even while
 the service keeps writing. The dump is written under a hidden partial name and renamed only when pg_dump and the
-compressor both succeeded; the manifest follows the same way. Pure Python: also used by the host-side CLI.
+compressor both succeeded; the manifest follows the same way. Nothing is written outside `dest`, and no symlink
+found there is followed or renamed into place. Pure Python: also used by the host-side CLI.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import threading
 import time
@@ -27,6 +30,14 @@ STAMP = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(T[0-9]{4}([0-9]{2})?Z)?$")
 
 class BackupError(Exception):
     pass
+
+
+def check_prefix(prefix):
+    """A file name prefix: it stays inside the backup directory and is not hidden (partial files are)."""
+    if not isinstance(prefix, str) or not prefix or "/" in prefix or ".." in prefix or "\0" in prefix or prefix.startswith("."):
+        raise BackupError("prefix %r is not accepted: a file name prefix, not empty, without '/', '..' or NUL, not "
+                          "starting with a dot" % (prefix,))
+    return prefix
 
 
 def utc_now():
@@ -48,8 +59,13 @@ def _drain(stream, sink):
 
 def existing_backup(path, manifest_path, fmt):
     """The manifest of a complete, intact backup at `path`, else None; raises if something unverifiable is there."""
-    if not os.path.exists(path):
+    try:
+        info = _fileio.lstat(path)
+    except FileNotFoundError:
         return None
+    if stat.S_ISLNK(info.st_mode):
+        raise BackupError("%s is a symlink, not a backup this module wrote; pass force=true to replace it (the link "
+                          "itself, never what it points to)" % path)
     if not os.path.exists(manifest_path):
         raise BackupError("%s exists without its manifest %s: it cannot be verified; pass force=true to replace it"
                           % (path, manifest_path))
@@ -103,27 +119,54 @@ def _dump_stream(runtime, dump_argv, final_path, filters, mode, owner, group):
     return digest.hexdigest(), size
 
 
+@contextlib.contextmanager
+def fresh_directory(path):
+    """A new empty directory at `path` (whatever was there removed, a symlink itself, never what it points to),
+    yielded as a /proc/self/fd path to it: a tool writing there writes into this directory even if someone renames
+    it or puts a symlink at `path` meanwhile. The descriptor is open until the block ends."""
+    _fileio.remove(path)
+    with _fileio.parent_dir(path) as (dir_fd, name):
+        os.mkdir(name, 0o700, dir_fd=dir_fd)
+        fd = os.open(name, os.O_RDONLY | _fileio.O_DIRECTORY | _fileio.O_NOFOLLOW | _fileio.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        yield fd, "/proc/self/fd/%d" % fd
+    finally:
+        os.close(fd)
+
+
 def _dump_directory(runtime, dump_args, final_path, jobs, mode, owner, group):
-    """pg_dump -Fd -j into a partial directory (inside the container for compose), then rename it into place."""
+    """pg_dump -Fd -j into a fresh partial directory (through the container for compose), then rename it into place:
+    only if it still is the directory made here, and a symlink at the final name is replaced, never followed."""
     partial = _fileio.partial_name(final_path)
-    shutil.rmtree(partial, ignore_errors=True)
-    if runtime.kind == "compose":
-        inner = "/tmp/runbooks-incident-dump-%d" % os.getpid()
-        runtime.run(runtime.prefix() + ["rm", "-rf", inner])
-        try:
-            runtime.run(runtime.command("pg_dump", "-j", str(jobs), "-f", inner, *dump_args))
-            subprocess.run(["docker", "compose", "--project-directory", runtime.compose_project_dir, "cp",
-                            "%s:%s" % (runtime.compose_service, inner), partial], check=True, capture_output=True)
-        finally:
+    with fresh_directory(partial) as (fd, fd_path):
+        if runtime.kind == "compose":
+            inner = "/tmp/runbooks-incident-dump-%d" % os.getpid()
             runtime.run(runtime.prefix() + ["rm", "-rf", inner])
-    else:
-        runtime.run(runtime.command("pg_dump", "-j", str(jobs), "-f", partial, *dump_args))
-    for rel in _fileio.tree_files(partial):
-        _fileio.set_owner_mode(os.path.join(partial, rel), mode, owner, group)
-    _fileio.set_owner_mode(partial, 0o700, owner, group)
-    if os.path.exists(final_path):
-        shutil.rmtree(final_path)
-    os.rename(partial, final_path)
+            try:
+                runtime.run(runtime.command("pg_dump", "-j", str(jobs), "-f", inner, *dump_args))
+                res = subprocess.run(["docker", "compose", "--project-directory", runtime.compose_project_dir, "cp",
+                                      "%s:%s/." % (runtime.compose_service, inner), fd_path], capture_output=True,
+                                     pass_fds=(fd,), check=False)
+                if res.returncode != 0:
+                    raise BackupError("cannot copy the dump out of the database container: %s"
+                                      % _pg.first_line(res.stderr.decode("utf-8", errors="replace")))
+            finally:
+                runtime.run(runtime.prefix() + ["rm", "-rf", inner])
+        else:
+            argv = runtime.command("pg_dump", "-j", str(jobs), "-f", fd_path, *dump_args)
+            res = subprocess.run(argv, capture_output=True, env=runtime.env(), pass_fds=(fd,), check=False)
+            if res.returncode != 0:
+                raise _pg.PgError(_pg.first_line(res.stderr.decode("utf-8", errors="replace")))
+        made = os.fstat(fd)
+        for rel in _fileio.tree_files(fd_path):
+            _fileio.set_owner_mode(os.path.join(partial, rel), mode, owner, group)
+        _fileio.set_owner_mode(partial, 0o700, owner, group)
+        _fileio.remove(final_path)
+        with _fileio.parent_dir(final_path) as (dir_fd, name):
+            there = os.stat(os.path.basename(partial), dir_fd=dir_fd, follow_symlinks=False)
+            if (there.st_dev, there.st_ino) != (made.st_dev, made.st_ino):
+                raise BackupError("%s was replaced while pg_dump wrote into it: not renamed into place" % partial)
+            os.rename(os.path.basename(partial), name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     return _dumpfile.digest(final_path, "directory")
 
 
@@ -131,8 +174,11 @@ def backup(runtime, db, dest, fmt="plain", stamp=None, compress_level=1, jobs=2,
            check_mode=False, mode=0o600, owner=None, group=None):
     """Dump `db` into `dest`; returns a result dict (changed, path, manifest_path, manifest, ...)."""
     _pg.check_name(db)
+    check_prefix(prefix)
     if fmt not in _dumpfile.SUFFIXES:
         raise BackupError("format %r is not one of %s" % (fmt, ", ".join(sorted(_dumpfile.SUFFIXES))))
+    if stamp is not None and not STAMP.match(stamp):
+        raise BackupError("stamp %r is not YYYY-MM-DD or YYYY-MM-DDTHHMMSSZ" % (stamp,))
     if not os.path.isdir(dest):
         raise BackupError("backup directory %s does not exist" % dest)
     started = utc_now()
@@ -152,14 +198,15 @@ def backup(runtime, db, dest, fmt="plain", stamp=None, compress_level=1, jobs=2,
     with _pg.Session(runtime, db) as session:
         session.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         snapshot = session.query("SELECT pg_export_snapshot()")[0][0]
-        tables = [row[0] for row in session.query(_pg.USER_TABLES_SQL)]
+        catalog = _pg.Tables.from_rows(session.query(_pg.TABLES_SQL))
+        tables = catalog.keys
         db_size = int(session.query("SELECT pg_database_size(current_database())")[0][0])
         dump_args = ["--snapshot", snapshot, "-d", db]
         counts, count_errors = {}, []
 
         def count_rows():
             try:
-                counts.update(_pg.parse_counts(session.query(_pg.row_counts_sql(tables))) if tables else {})
+                counts.update(catalog.count(session.query))
             except _pg.PgError as exc:
                 count_errors.append(exc)
 

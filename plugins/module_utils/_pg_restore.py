@@ -13,14 +13,21 @@ swap strategy (default):
 
 Every step records the change id in the database comments, so a re-run of the same change is a no-op, and a run
 killed at any point leaves the live database intact: leftovers (a half-loaded staging database) are dropped by the
-next run. in_place (the seeds' way, force only) drops and reloads the live database.
+next run, which says so (and whose incident had made them). in_place (the seeds' way, force only) drops and reloads
+the live database, after the whole dump was checked.
+
+Every psql session of a plain dump starts with `\\restrict <random key>`: psql then refuses every meta-command
+(`\\!`, `\\o |cmd`, `\\copy ... program`), wherever the dump hides one; the scanner refuses the dump, naming the line,
+before psql even sees it. A psql too old to know `\\restrict` is refused before anything is created.
 """
 from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import queue
+import secrets
 import shutil
 import subprocess
 import threading
@@ -32,6 +39,7 @@ MARK = "runbooks.incident"
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 # <db>_failed_restore_20261122T030000Z must fit PostgreSQL's 63-byte identifiers.
 MAX_DB_NAME = 63 - len("_failed_restore_20261122T030000Z")
+MAX_JOBS = 64
 
 
 F_SETPIPE_SZ = 1031  # Linux fcntl, not exported by Python 3.8's fcntl module
@@ -43,6 +51,18 @@ class RestoreError(Exception):
 
 class RolledBack(RestoreError):
     """A step after the swap failed and the swap was undone: the previous database is live again."""
+
+
+class RestoreFailed(RestoreError):
+    """The restore failed after it had changed something: `dropped` (databases that existed before it) and whether
+    the live database was among them (strategy=in_place); `cause` is the failure."""
+
+    def __init__(self, cause, dropped, live_dropped, notes):
+        RestoreError.__init__(self, str(cause))
+        self.cause = cause
+        self.dropped = dropped
+        self.live_dropped = live_dropped
+        self.described = ["%s (%s)" % (name, notes[name]) if name in notes else name for name in dropped]
 
 
 def staging_name(db):
@@ -216,29 +236,67 @@ class ParallelCopy:
 
 class Restorer:
     def __init__(self, runtime, db, change_id, keep_previous=1, jobs=2, owner=None, disk_headroom=0.1, analyze=True,
-                 check_mode=False, warn=None):
+                 check_mode=False, warn=None, allow_foreign_script=False):
         _pg.check_name(db, max_len=MAX_DB_NAME)
         if keep_previous < 1:
             raise RestoreError("keep_previous must be at least 1: the pre-restore database is the way back")
+        if not 1 <= jobs <= MAX_JOBS:
+            raise RestoreError("jobs must be 1 to %d (one psql session each), not %d" % (MAX_JOBS, jobs))
+        if not (math.isfinite(disk_headroom) and disk_headroom >= 0):
+            raise RestoreError("disk_headroom must be a fraction of at least 0 (0.1 = 10%%), not %r" % disk_headroom)
         self.runtime = runtime
         self.db = db
         self.staging = staging_name(db)
         self.change_id = change_id
         self.keep_previous = keep_previous
-        self.jobs = max(1, jobs)
+        self.jobs = jobs
         self.owner = owner
         self.disk_headroom = disk_headroom
         self.analyze = analyze
         self.check_mode = check_mode
         self.warn = warn or (lambda _msg: None)
+        self.allow_foreign_script = allow_foreign_script
+        # Databases that existed before this call and were dropped by it (what each was), and whether the live one was.
+        self.dropped = []
+        self.notes = {}
+        self.live_dropped = False
+        self._restrict = ("\\restrict %s\n" % secrets.token_hex(16)).encode()
 
     # ------------------------------------------------------------------------------------------ helpers
     def mark_of(self, name):
         return marker(self.runtime.database_comment(name)) if self.runtime.database_exists(name) else None
 
-    def drop(self, name):
+    def drop(self, name, existed=True):
         self.runtime.terminate_sessions(name)
         self.runtime.execute("DROP DATABASE IF EXISTS %s" % _pg.quote_ident(name))
+        if existed:
+            self.dropped.append(name)
+
+    def check_source(self, manifest, allow_other_db):
+        """Refuse a dump whose manifest says it is of another database, unless that is intended."""
+        source = (manifest or {}).get("db")
+        if manifest is None or source == self.db:
+            return
+        if source is None:
+            self.warn("the manifest does not say which database the dump is of: not compared with %s" % self.db)
+        elif not allow_other_db:
+            raise RestoreError("the dump is of database %s (its manifest says so), not of %s: restoring it would replace "
+                               "%s with another database's data; pass allow_other_db=true if that is intended"
+                               % (source, self.db, self.db))
+        else:
+            self.warn("restoring a dump of database %s into %s (allow_other_db=true)" % (source, self.db))
+
+    def check_psql_restricts(self):
+        """The psql that will read a plain dump must know `\\restrict` (13.22, 14.19, 15.14, 16.10, 17.6 and later):
+        an older one would run whatever meta-command the dump holds."""
+        key = secrets.token_hex(8)
+        try:
+            self.runtime.run(self.runtime.psql_command(self.runtime.maintenance_db, "-f", "-"),
+                             "\\restrict %s\n\\unrestrict %s\n" % (key, key))
+        except _pg.PgError as exc:
+            raise RestoreError("the psql of the %s cannot forbid meta-commands (%s): a plain dump is only run through a "
+                               "psql that knows \\restrict (13.22, 14.19, 15.14, 16.10, 17.6 or later)"
+                               % (self.runtime.describe(), exc))
 
     def unused_name(self, kind):
         """<db>_<kind>_<UTC stamp>, one second later per name already taken (two restores within a second)."""
@@ -308,16 +366,22 @@ class Restorer:
         self._load_archive(target, src, fmt)
         return None
 
-    def _psql(self, target):
+    def _session(self, target, script=None):
+        """A psql session on `target` that starts with `\\restrict <key>`: from there on it runs SQL only, no
+        meta-command; `script` (bytes) is written to it all at once, else the caller writes."""
         proc = subprocess.Popen(self.runtime.psql_command(target, "-f", "-"), stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=self.runtime.env())
         enlarge_pipe(proc.stdin)
-        return proc
+        if script is not None:
+            return Session(proc, self._restrict + script)
+        session = Session(proc)
+        session.write(self._restrict)
+        return session
 
     def _load_plain(self, target, src, compression):
         """Stream the dump into psql; with jobs > 1, COPY data and the post-data section go to parallel sessions."""
         reader = _dumpfile.DumpReader(src, compression)
-        main = MainStream(lambda: Session(self._psql(target)))
+        main = MainStream(lambda: self._session(target))
         copier = ParallelCopy(main.open_session, main, self.jobs) if self.jobs > 1 else None
         scanner = _dumpfile.SqlScanner(main.write, split_post_data=self.jobs > 1, copy_sink=copier)
         if copier:
@@ -358,11 +422,11 @@ class Restorer:
             bucket = min(buckets, key=lambda b: b[0])
             bucket[0] += scanner.copy_rows.get(table, 0) + 1
             bucket[1].extend(by_table[table])
-        sessions = [Session(self._psql(target), preamble + b"".join(sql)) for _weight, sql in buckets if sql]
+        sessions = [self._session(target, preamble + b"".join(sql)) for _weight, sql in buckets if sql]
         for session in sessions:
             session.close("building indexes and constraints")
         if ordered:
-            Session(self._psql(target), preamble + b"".join(ordered)).close("building constraints and triggers")
+            self._session(target, preamble + b"".join(ordered)).close("building constraints and triggers")
 
     def _load_archive(self, target, src, fmt):
         """pg_restore -j into the target; in the compose runtime the archive is copied into the container first."""
@@ -387,23 +451,36 @@ class Restorer:
                 self.runtime.run(self.runtime.prefix() + ["rm", "-rf", inner])
         del fmt
 
-    def verify_database(self, target, manifest, expect_tables, dump_rows):
-        """Tables and exact row counts of the restored database against the manifest (and the dump's COPY rows)."""
-        tables = self.runtime.user_tables(target)
+    def verify_database(self, target, manifest, expect_tables, dump_rows, loose):
+        """Tables and exact row counts of the restored database against the manifest (and the dump's COPY rows);
+        `loose` partitions (see SqlScanner) are compared through their root's total."""
+        catalog = self.runtime.tables(target)
+        tables = catalog.keys
         _dumpfile.check_expected_tables(tables, expect_tables, "the restored database")
-        listed = (manifest or {}).get("tables") or sorted(dump_rows or tables)
+        listed = (_dumpfile.manifest_tables(manifest) if manifest else None) or sorted(dump_rows or tables)
         missing = sorted(set(listed) - set(tables))
         if missing:
             raise RestoreError("the restored database lacks tables: %s" % ", ".join(missing))
-        counts = self.runtime.row_counts(target, listed)
+        counts = catalog.count(lambda sql: self.runtime.query(sql, target), listed)
         if manifest is not None:
-            _dumpfile.compare_counts(counts, manifest, "the restored database's")
+            _dumpfile.compare_counts(counts, manifest, "the restored database's", loose)
         elif dump_rows is not None:
-            _dumpfile.compare_counts(counts, {"row_counts": dump_rows}, "the restored database's (against the dump)")
+            _dumpfile.compare_counts(counts, {"row_counts": dump_rows}, "the restored database's (against the dump)", loose)
         return counts
 
     # ------------------------------------------------------------------------------------------ the steps
-    def stage(self, src, fmt, compression, manifest, expect_tables):
+    def leftover_note(self, mark):
+        """What a leftover staging database is, for the warning and the plan that say it is dropped."""
+        mark = mark or {}
+        incident, source = mark.get("change_id"), mark.get("source")
+        if mark.get("state") == "verified" and incident != self.change_id:
+            return ("%s holds the dump %s that incident %s loaded and verified and never swapped in; stage it again from "
+                    "that dump if it is still needed" % (self.staging, source, incident))
+        if mark.get("state") == "verified":
+            return "%s holds another dump (%s) this incident had staged" % (self.staging, source)
+        return "%s was left by an interrupted restore%s" % (self.staging, " of incident %s" % incident if incident else "")
+
+    def stage(self, src, fmt, compression, manifest, expect_tables, checked=None):
         """Load and verify the dump in the staging database; the live database is not touched."""
         sha = (manifest or {}).get("sha256")
         mark = self.mark_of(self.staging)
@@ -415,42 +492,45 @@ class Restorer:
         leftover = self.runtime.database_exists(self.staging)
         if self.check_mode:
             return dict(changed=True, staging_db=self.staging, verified=False, plan=[
-                step for step in ("drop the leftover staging database %s" % self.staging if leftover else None,
+                step for step in ("drop the leftover staging database: %s" % self.leftover_note(mark) if leftover else None,
                                   "create %s and load %s into it (%d job(s))" % (self.staging, src, self.jobs),
                                   "verify its tables and row counts against %s" % ("the manifest" if manifest else "the dump"))
                 if step])
         if leftover:
-            self.warn("dropped %s, left by an interrupted restore (marker: %s)" % (self.staging, mark))
+            self.notes[self.staging] = self.leftover_note(mark)
+            self.warn("dropped the staging database: %s" % self.notes[self.staging])
             self.drop(self.staging)
         self.create_database(self.staging)
         try:
-            counts = self._fill(self.staging, src, fmt, compression, manifest, expect_tables)
+            counts = self._fill(self.staging, src, fmt, compression, manifest, expect_tables, checked)
             self.runtime.execute(comment_sql(self.staging, dict(change_id=self.change_id, state="verified", sha256=sha,
                                                                 source=os.path.basename(src.rstrip("/")), row_counts=counts)))
         except BaseException:
-            self.drop(self.staging)
+            self.drop(self.staging, existed=False)
             raise
         return dict(changed=True, staging_db=self.staging, row_counts=counts, verified=True,
                     msg="loaded %s into %s and verified %d tables" % (src, self.staging, len(counts)))
 
-    def _fill(self, target, src, fmt, compression, manifest, expect_tables):
+    def _fill(self, target, src, fmt, compression, manifest, expect_tables, checked):
+        """Load the dump into `target` and verify it; `checked` is what reading the whole dump beforehand found
+        (an archive, or any dump for in_place), else the load pass itself checks it."""
         loaded = self.load(target, src, fmt, compression)
-        dump_rows = None
         if loaded is not None:
             reader, scanner = loaded
-            if manifest is not None and reader.hexdigest != manifest["sha256"]:
+            expected_sha = manifest["sha256"] if manifest is not None else (checked or {}).get("sha256")
+            if expected_sha and reader.hexdigest != expected_sha:
                 raise _dumpfile.DumpError("%s changed while it was being restored (sha256 now %s)" % (src, reader.hexdigest[:16]))
-            _dumpfile.check_expected_tables(scanner.tables, expect_tables, src)
-            if manifest is not None:
-                _dumpfile.compare_counts(scanner.copy_rows, manifest, "the dump's")
-            dump_rows = scanner.copy_rows
+            _dumpfile.check_scanned(src, scanner, manifest, expect_tables, self.allow_foreign_script)
+            dump_rows, loose = scanner.row_counts, scanner.loose
+        else:
+            dump_rows, loose = checked["row_counts"], checked["loose"]
         # ANALYZE (statistics for the planner from the first query on) runs while the rows are counted.
         analyze_errors = []
         analyzer = threading.Thread(target=self._analyze, args=(target, analyze_errors), daemon=True)
         if self.analyze:
             analyzer.start()
         try:
-            counts = self.verify_database(target, manifest, expect_tables, dump_rows)
+            counts = self.verify_database(target, manifest, expect_tables, dump_rows, loose)
         finally:
             if self.analyze:
                 analyzer.join()
@@ -577,7 +657,7 @@ class Restorer:
                     msg="rolled back: %s is the database from before the restore again; the restored one is kept as %s"
                     % (self.db, failed))
 
-    def in_place(self, src, fmt, compression, manifest, expect_tables, force):
+    def in_place(self, src, fmt, compression, manifest, expect_tables, force, checked):
         """The seeds' way: drop the live database and load the dump into a new one (no way back)."""
         live = self.mark_of(self.db)
         if live and live.get("change_id") == self.change_id and live.get("state") == "live":
@@ -588,11 +668,12 @@ class Restorer:
                                "(no way back); pass force=true to accept that, or use strategy=swap" % self.db)
         if self.check_mode:
             return dict(changed=True, verified=False, plan=["drop %s" % self.db, "create %s and load %s" % (self.db, src)])
-        self.create_database(self.staging)  # only to copy the live database's encoding, locale and owner
-        self.drop(self.staging)
+        self.create_database(self.staging)  # proves the live database's encoding, locale and owner can be copied
+        self.drop(self.staging, existed=False)
         self.drop(self.db)
+        self.notes[self.db], self.live_dropped = "the live database, strategy=in_place", True
         self.create_database(self.db)
-        counts = self._fill(self.db, src, fmt, compression, manifest, expect_tables)
+        counts = self._fill(self.db, src, fmt, compression, manifest, expect_tables, checked)
         self.runtime.execute(comment_sql(self.db, dict(change_id=self.change_id, state="live", strategy="in_place",
                                                        source=os.path.basename(src.rstrip("/")), row_counts=counts)))
         return dict(changed=True, row_counts=counts, verified=True, msg="dropped and reloaded %s from %s" % (self.db, src))
@@ -610,10 +691,25 @@ def archive_tool_for(runtime):
 
 def restore(runtime, src, db, change_id, state="restored", strategy="swap", manifest=None, require_manifest=True,
             expect_tables=(), force=False, keep_previous=1, jobs=2, owner=None, disk_headroom=0.1, analyze=True,
-            check_mode=False, warn=None, app=None):
+            check_mode=False, warn=None, app=None, allow_other_db=False, allow_foreign_script=False):
+    """Restore `src` into `db` (see the module docstring). A failure after a database that existed was dropped
+    raises RestoreFailed, which says which."""
     clock = time.monotonic()
     restorer = Restorer(runtime, db, change_id, keep_previous=keep_previous, jobs=jobs, owner=owner,
-                        disk_headroom=disk_headroom, analyze=analyze, check_mode=check_mode, warn=warn)
+                        disk_headroom=disk_headroom, analyze=analyze, check_mode=check_mode, warn=warn,
+                        allow_foreign_script=allow_foreign_script)
+    try:
+        result = _restore(restorer, src, state, strategy, manifest, require_manifest, expect_tables, force, app, allow_other_db)
+    except (_pg.PgError, _dumpfile.DumpError, RestoreError, OSError) as exc:
+        if restorer.dropped and not isinstance(exc, RestoreFailed):
+            raise RestoreFailed(exc, list(restorer.dropped), restorer.live_dropped, restorer.notes) from exc
+        raise
+    result["duration_s"] = round(time.monotonic() - clock, 3)
+    return result
+
+
+def _restore(restorer, src, state, strategy, manifest, require_manifest, expect_tables, force, app, allow_other_db):
+    runtime, db, change_id, check_mode = restorer.runtime, restorer.db, restorer.change_id, restorer.check_mode
     runtime.ping()
     result = dict(db=db, staging_db=restorer.staging, previous_db=None, verified=False, downtime_s=0.0, dropped=[])
     live = restorer.mark_of(db)
@@ -622,40 +718,42 @@ def restore(runtime, src, db, change_id, state="restored", strategy="swap", mani
         result.update(restorer.swap(app))
     elif state == "rolled_back":
         result.update(restorer.rollback(app))
+    elif result["live_is_restore"]:
+        result.update(changed=False, previous_db=live.get("previous_db"), row_counts=live.get("row_counts"),
+                      verified=True, msg="%s already is the restore of change %s" % (db, change_id))
     else:
-        if result["live_is_restore"]:
-            result.update(changed=False, previous_db=live.get("previous_db"), row_counts=live.get("row_counts"),
-                          verified=True, msg="%s already is the restore of change %s" % (db, change_id))
-        else:
-            fmt, compression = _dumpfile.detect_format(src)
+        fmt, compression = _dumpfile.detect_format(src)
+        _manifest_path, manifest_data = _dumpfile.find_manifest(src, manifest, require_manifest)
+        restorer.check_source(manifest_data, allow_other_db)
+        if fmt == "plain":
+            restorer.check_psql_restricts()
+        checked = None
+        if check_mode or fmt != "plain" or strategy == "in_place":
+            # Read the whole dump first: an archive (pg_restore runs it, not psql), the dry run, and in_place, which
+            # drops the live database before loading.
+            checked = _dumpfile.check(src, fmt, compression, manifest_data, expect_tables, archive_tool_for(runtime),
+                                      restorer.allow_foreign_script)
             if check_mode:
-                checked = _dumpfile.verify(src, manifest, require_manifest, expect_tables, archive_tool_for(runtime))
-                manifest_data = checked["manifest"]
                 result.update(dump_row_counts=checked["row_counts"])
-            else:
-                _manifest_path, manifest_data = _dumpfile.find_manifest(src, manifest, require_manifest)
-                if manifest_data is not None:
-                    _dumpfile.check_digest(src, fmt, manifest_data)
-                if fmt != "plain":
-                    tool = archive_tool_for(runtime)
-                    if tool is not None:
-                        _dumpfile.check_expected_tables(tool.tables(src), expect_tables, src)
-            result.update(format=fmt)
-            if strategy == "in_place":
-                result.update(restorer.in_place(src, fmt, compression, manifest_data, expect_tables, force))
-            else:
-                staged = restorer.stage(src, fmt, compression, manifest_data, expect_tables)
-                result.update(staged)
-                if state == "restored":
-                    plan = staged.get("plan", [])
-                    swapped = restorer.swap(app)
-                    result.update(swapped, changed=staged["changed"] or swapped["changed"],
-                                  plan=plan + swapped.get("plan", []))
+        elif manifest_data is not None:
+            _dumpfile.check_digest(src, fmt, manifest_data)
+        result.update(format=fmt)
+        if strategy == "in_place":
+            result.update(restorer.in_place(src, fmt, compression, manifest_data, expect_tables, force, checked))
+        else:
+            staged = restorer.stage(src, fmt, compression, manifest_data, expect_tables, checked)
+            result.update(staged)
+            if state == "restored":
+                plan = staged.get("plan", [])
+                swapped = restorer.swap(app)
+                result.update(swapped, changed=staged["changed"] or swapped["changed"], plan=plan + swapped.get("plan", []))
+    result["dropped"] = list(restorer.dropped)
+    if restorer.dropped:
+        result["changed"] = True
     if state in ("restored", "swapped") and result.get("changed") and not check_mode:
         result["live_is_restore"] = True
     elif state == "rolled_back" and result.get("changed"):
         result["live_is_restore"] = False
-    result["duration_s"] = round(time.monotonic() - clock, 3)
     if not result.get("plan"):
         result.pop("plan", None)
     return result

@@ -14,9 +14,14 @@ description:
   - SHA-256 and size against the manifest written by M(runbooks.incident.pg_backup); complete decompression
     (a truncated or corrupted gzip stream fails); a C(CREATE TABLE) for each of I(expect_tables); every table the
     manifest lists; and the dump's own row counts (its COPY blocks) equal to the manifest's.
-  - Plain dumps are read in pure Python; custom and directory dumps with C(pg_restore --list) and
-    C(pg_restore -f -) (no server needed), from the host's client tools or, with I(compose_project_dir), the
-    database container's.
+  - The SQL is read as psql would read it. A psql meta-command (C(\!), C(\o |cmd), C(\copy ... program), ...,
+    which psql would run on the restoring host) or a COPY that runs a program or reads or writes a file on the
+    database server fails the check, naming its line; pg_dump writes none of them (its own C(\restrict) and
+    C(\unrestrict) lines aside).
+  - A dump written by pg_dump must end with pg_dump's completion line (else it is truncated); a script pg_dump did
+    not write, without a manifest, fails unless I(allow_foreign_script=true), since nothing proves it complete.
+  - Plain dumps are read in pure Python; custom and directory dumps with C(pg_restore -f -) (no server needed),
+    from the host's client tools or, with I(compose_project_dir), the database container's.
   - Changes nothing.
 extends_documentation_fragment:
   - runbooks.incident.attributes
@@ -37,6 +42,10 @@ options:
     description: Fail when there is no manifest. Without one only the format, decompression and tables are checked.
     type: bool
     default: true
+  allow_foreign_script:
+    description: Accept a plain SQL script that pg_dump did not write and that has no manifest (nothing proves it complete).
+    type: bool
+    default: false
   expect_tables:
     description: Tables the dump must create.
     type: list
@@ -80,7 +89,9 @@ tables:
   type: list
   elements: str
 row_counts:
-  description: Rows of each table's data in the dump.
+  description:
+    - Rows of each table's data in the dump; a partitioned table's is the total of its partitions. A partition
+      whose rows pg_dump loads through the partitioned table (hash partitioning on an enum) is left out.
   returned: success
   type: dict
   sample: {clients: 50, messages: 3000000}
@@ -101,6 +112,7 @@ def main():
             src=dict(type="path", required=True),
             manifest=dict(type="path"),
             require_manifest=dict(type="bool", default=True),
+            allow_foreign_script=dict(type="bool", default=False),
             expect_tables=dict(type="list", elements="str", default=["clients", "api_keys", "messages", "audit_log", "media_objects"]),
             compose_project_dir=dict(type="path"),
             compose_service=dict(type="str", default="postgres"),
@@ -111,11 +123,11 @@ def main():
     runtime = _pg.Runtime(compose_project_dir=params["compose_project_dir"], compose_service=params["compose_service"])
     try:
         result = _dumpfile.verify(params["src"], params["manifest"], params["require_manifest"], params["expect_tables"],
-                                  _pg_restore.archive_tool_for(runtime))
-    except (_dumpfile.DumpError, OSError) as exc:
+                                  _pg_restore.archive_tool_for(runtime), params["allow_foreign_script"])
+    except (_dumpfile.DumpError, OSError, ValueError) as exc:
         module.fail_json(msg="dump %s failed verification: %s" % (params["src"], exc), verified=False)
-    result.pop("manifest")
-    module.exit_json(changed=False, verified=True, **result)
+    module.exit_json(changed=False, verified=True, **{key: result[key] for key in (
+        "format", "compression", "tables", "row_counts", "manifest_path")})
 
 
 if __name__ == "__main__":

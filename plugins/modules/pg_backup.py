@@ -17,7 +17,13 @@ description:
   - Both files are written under hidden partial names and renamed into place only when complete; a failed dump
     leaves no file under the final name and never touches earlier backups.
   - Idempotent per name. When the dump of that stamp already exists and matches its manifest, nothing is done.
-    Something there that does not match its manifest is refused unless I(force=true).
+    Something there that does not match its manifest, or a symlink, is refused unless I(force=true) (which
+    replaces the link itself, never what it points to).
+  - Nothing is written outside I(dest), and a symlink planted under the dump's partial or final name is never
+    followed; a directory dump is made in a fresh directory and renamed into place only if it still is that one.
+  - The manifest lists every table (partitioned ones too) by key (C(clients), C(schema.table), a part that is not a
+    plain lower-case name double-quoted as in SQL) with its exact row count (a partitioned table's is the total of
+    its partitions).
 extends_documentation_fragment:
   - runbooks.incident.attributes
   - runbooks.incident.postgres
@@ -47,7 +53,7 @@ options:
         (C(2026-11-22T031500Z)) for an extra backup the same day.
     type: str
   prefix:
-    description: File name prefix.
+    description: File name prefix; not empty, without C(/), C(..) or NUL, not starting with a dot.
     type: str
     default: db-
   compress_level:
@@ -55,7 +61,7 @@ options:
     type: int
     default: 1
   jobs:
-    description: Compression threads (plain) or parallel dump jobs (directory).
+    description: Compression threads (plain) or parallel dump jobs (directory), 1 to 64.
     type: int
     default: 2
   force:
@@ -63,7 +69,7 @@ options:
     type: bool
     default: false
   mode:
-    description: Mode of the dump and manifest files.
+    description: Mode of the dump and manifest files (octal, at most C(0777)).
     type: raw
     default: "0600"
   owner:
@@ -139,16 +145,22 @@ def main():
     params = module.params
     if params["stamp"] is not None and not _pg_backup.STAMP.match(params["stamp"]):
         module.fail_json(msg="stamp %r is not YYYY-MM-DD or YYYY-MM-DDTHHMMSSZ; nothing was dumped" % params["stamp"])
-    if not 1 <= params["compress_level"] <= 9 or params["jobs"] < 1:
-        module.fail_json(msg="compress_level must be 1..9 and jobs at least 1; nothing was dumped")
+    if not 1 <= params["compress_level"] <= 9 or not 1 <= params["jobs"] <= 64:
+        module.fail_json(msg="compress_level must be 1..9 and jobs 1..64; nothing was dumped")
+    try:
+        _pg_backup.check_prefix(params["prefix"])
+    except _pg_backup.BackupError as exc:
+        module.fail_json(msg="%s; nothing was dumped" % exc)
     try:
         mode = int(str(params["mode"]), 8)
+        if not 0 <= mode <= 0o777:
+            raise ValueError(params["mode"])
         result = _pg_backup.backup(
             _pg.Runtime.from_params(params), params["db"], params["dest"], fmt=params["format"], stamp=params["stamp"],
             compress_level=params["compress_level"], jobs=params["jobs"], prefix=params["prefix"], force=params["force"],
             check_mode=module.check_mode, mode=mode, owner=params["owner"], group=params["group"])
     except ValueError:
-        module.fail_json(msg="mode %r is not an octal file mode; nothing was dumped" % params["mode"])
+        module.fail_json(msg="mode %r is not an octal file mode from 0 to 0777; nothing was dumped" % params["mode"])
     except (_pg.PgError, _pg_backup.BackupError, _dumpfile.DumpError, OSError) as exc:
         module.fail_json(msg="backup of %s failed, no file was written under its final name: %s" % (params["db"], exc))
     module.exit_json(**result)

@@ -23,7 +23,21 @@ description:
   - Check mode verifies the whole dump (integrity, tables, row counts against the manifest), that the server is
     reachable and has the disk space, and returns the plan; it touches no database.
   - Plain dumps load through psql; with I(jobs) > 1 their indexes and constraints are built in parallel sessions.
-    Custom and directory dumps load with C(pg_restore -j).
+    Custom and directory dumps are read whole with C(pg_restore -f -) first, then load with C(pg_restore -j).
+  - A plain dump is run as SQL only. Every psql session starts with C(\restrict <random key>), so psql refuses any
+    meta-command (C(\!), C(\o |cmd), C(\copy ... program), ...) the dump may hold, and the dump is refused before
+    psql sees one, naming its line. pg_dump writes none but its own C(\restrict)/C(\unrestrict) pair, which is
+    left out. A COPY that runs a program or reads or writes a file on the database server is refused too. The
+    psql used must know C(\restrict) (13.22, 14.19, 15.14, 16.10, 17.6 or later); an older one is refused before
+    anything is created.
+  - A plain dump written by pg_dump must end with pg_dump's completion line, else it is truncated and refused,
+    manifest or not. A script pg_dump did not write is refused without a manifest unless I(allow_foreign_script=true).
+  - A dump whose manifest says it is of another database than I(db) is refused unless I(allow_other_db=true).
+  - Tables are named in results and manifests as C(clients) or C(schema.table); a part that is not a plain lower-case
+    name is double-quoted as in SQL (C("Odd.Schema"."t.1")). A partitioned table counts the rows of all its
+    partitions; each partition counts its own.
+  - A staging database left by another run is dropped (a warning names it and the incident that made it) and the
+    result says so in C(dropped) and C(changed), also when the restore then fails.
 extends_documentation_fragment:
   - runbooks.incident.attributes
   - runbooks.incident.incident
@@ -49,6 +63,19 @@ options:
     description: Refuse to restore a dump without a manifest (its integrity and row counts could not be checked).
     type: bool
     default: true
+  allow_other_db:
+    description:
+      - Restore a dump whose manifest says it was taken of another database than I(db) (a warning says so).
+        By default that is refused before anything is created.
+    type: bool
+    default: false
+  allow_foreign_script:
+    description:
+      - Accept a plain SQL script that pg_dump did not write (no C(-- Dumped by pg_dump version) line at its top)
+        and that has no manifest. Nothing can prove such a script complete, and a truncated one would go live
+        without what its end creates, so by default it is refused.
+    type: bool
+    default: false
   expect_tables:
     description: Tables the dump must create (the seeds' monthly check greps for them).
     type: list
@@ -75,7 +102,7 @@ options:
     type: int
     default: 1
   jobs:
-    description: Parallel sessions for index and constraint builds (plain) or C(pg_restore -j) (custom, directory).
+    description: Parallel sessions for index and constraint builds (plain) or C(pg_restore -j) (custom, directory); 1 to 64.
     type: int
     default: 2
   owner:
@@ -90,7 +117,10 @@ options:
     type: bool
     default: true
   maintenance_work_mem:
-    description: C(maintenance_work_mem) of the restore's sessions (index builds sort in memory up to this).
+    description:
+      - C(maintenance_work_mem) of the restore's sessions (index builds sort in memory up to this).
+      - Digits followed by nothing (kB), C(kB), C(MB), C(GB) or C(TB), from 1MB to 2147483647kB; anything else is
+        refused before anything runs.
     type: str
     default: 512MB
   app_stop_command:
@@ -113,7 +143,7 @@ options:
     description: URL that answers 200 once the service is back; polled after I(app_start_command).
     type: str
   health_timeout:
-    description: Seconds to wait for I(health_url).
+    description: Seconds to wait for I(health_url) (at least 1).
     type: int
     default: 120
 author:
@@ -179,7 +209,10 @@ downtime_s:
   returned: always
   type: float
 dropped:
-  description: Older pre-restore/failed-restore databases dropped after the swap (beyond I(keep_previous)).
+  description:
+    - Databases that existed before the call and were dropped by it - older pre-restore/failed-restore databases
+      beyond I(keep_previous), a leftover staging database, the live database with I(strategy=in_place). Also
+      returned when the restore fails after dropping one (then C(changed=true)).
   returned: always
   type: list
   elements: str
@@ -207,6 +240,8 @@ def main():
         db=dict(type="str", default="wa_mcp"),
         manifest=dict(type="path"),
         require_manifest=dict(type="bool", default=True),
+        allow_other_db=dict(type="bool", default=False),
+        allow_foreign_script=dict(type="bool", default=False),
         expect_tables=dict(type="list", elements="str", default=["clients", "api_keys", "messages", "audit_log", "media_objects"]),
         state=dict(type="str", choices=["restored", "staged", "swapped", "rolled_back"], default="restored"),
         strategy=dict(type="str", choices=["swap", "in_place"], default="swap"),
@@ -229,22 +264,41 @@ def main():
     if not _run_lock.INCIDENT_ID.match(params["incident_id"]):
         module.fail_json(msg="incident_id %r is not valid (letters, digits and ._:-, at most 64); nothing was changed"
                          % params["incident_id"])
+    if params["health_timeout"] < 1:
+        module.fail_json(msg="health_timeout must be at least 1 second; nothing was changed")
     runtime = _pg.Runtime.from_params(params)
-    runtime.pgoptions = "-c maintenance_work_mem=%s -c synchronous_commit=off" % params["maintenance_work_mem"]
+    try:
+        _pg.memory_kb(params["maintenance_work_mem"])
+        runtime.pgoptions = _pg.session_options([("maintenance_work_mem", params["maintenance_work_mem"]),
+                                                 ("synchronous_commit", "off")])
+    except _pg.PgError as exc:
+        module.fail_json(msg="maintenance_work_mem %s; nothing was changed" % exc)
     app = None
     if params["app_stop_command"] or params["app_start_command"]:
-        app = _appcycle.AppCycle(params["app_stop_command"], params["app_migrate_command"], params["app_start_command"],
-                                 params["health_url"], params["health_timeout"])
+        try:
+            app = _appcycle.AppCycle(params["app_stop_command"], params["app_migrate_command"], params["app_start_command"],
+                                     params["health_url"], params["health_timeout"])
+        except _pg_restore.RestoreError as exc:
+            module.fail_json(msg="%s; nothing was changed" % exc)
     try:
         result = _pg_restore.restore(
             runtime, params["src"], params["db"], params["incident_id"], state=params["state"], strategy=params["strategy"],
             manifest=params["manifest"], require_manifest=params["require_manifest"], expect_tables=params["expect_tables"],
             force=params["force"], keep_previous=params["keep_previous"], jobs=params["jobs"], owner=params["owner"],
             disk_headroom=params["disk_headroom"], analyze=params["analyze"], check_mode=module.check_mode, warn=module.warn,
-            app=app)
+            app=app, allow_other_db=params["allow_other_db"], allow_foreign_script=params["allow_foreign_script"])
+    except _pg_restore.RestoreFailed as exc:
+        if isinstance(exc.cause, _pg_restore.RolledBack):
+            what = "failed and was rolled back"
+        elif exc.live_dropped:
+            what = "failed after the live database %s was dropped (strategy=in_place)" % params["db"]
+        else:
+            what = "refused or failed, the live database %s is untouched" % params["db"]
+        module.fail_json(msg="restore of %s %s; it dropped %s: %s" % (params["src"], what, "; ".join(exc.described), exc),
+                         changed=True, dropped=exc.dropped, rolled_back=isinstance(exc.cause, _pg_restore.RolledBack))
     except _pg_restore.RolledBack as exc:
-        module.fail_json(msg="restore of %s failed and was rolled back: %s" % (params["src"], exc), rolled_back=True)
-    except (_pg.PgError, _pg_restore.RestoreError, _dumpfile.DumpError, OSError) as exc:
+        module.fail_json(msg="restore of %s failed and was rolled back: %s" % (params["src"], exc), changed=True, rolled_back=True)
+    except (_pg.PgError, _pg_restore.RestoreError, _dumpfile.DumpError, OSError, ValueError) as exc:
         module.fail_json(msg="restore of %s refused or failed, the live database %s is untouched: %s"
                          % (params["src"], params["db"], exc))
     module.exit_json(**result)

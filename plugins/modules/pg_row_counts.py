@@ -9,7 +9,10 @@ short_description: Exact row counts of tables, to compare a restored database wi
 version_added: 0.1.0
 description:
   - Counts the rows of I(tables) (default every user table) of I(db) in one statement, hence one snapshot.
-  - Each table is counted C(ONLY) itself, as a dump's data and M(runbooks.incident.pg_backup)'s manifest count it.
+  - Each table is counted C(ONLY) itself, as a dump's data and M(runbooks.incident.pg_backup)'s manifest count it;
+    a partitioned table counts the rows of all its partitions (sub-partitions included).
+  - Tables are named C(clients) or C(schema.table); a part that is not a plain lower-case name is double-quoted as
+    in SQL (C("Odd.Schema"."t.1"), C("Mixed")), as in the manifest.
   - With I(expected) (for example a manifest's C(row_counts)), fails listing every table whose count differs.
   - Read-only.
 extends_documentation_fragment:
@@ -27,11 +30,11 @@ options:
     type: str
     default: wa_mcp
   tables:
-    description: Tables to count (C(schema.table) outside C(public)); default all user tables.
+    description: Tables to count (C(schema.table) outside C(public), quoted parts as above); default all user tables.
     type: list
     elements: str
   expected:
-    description: Expected counts by table; only the tables listed here (and in I(tables)) are compared.
+    description: Expected counts (whole numbers) by table; only the tables listed here (and in I(tables)) are compared.
     type: dict
 author:
   - runbooks.incident contributors (@runbooks)
@@ -74,22 +77,26 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
     params = module.params
-    runtime = _pg.Runtime.from_params(params)
+    expected = {}
+    for table, count in (params["expected"] or {}).items():
+        if isinstance(count, bool) or not (isinstance(count, int) or (isinstance(count, str) and count.strip().isdigit())):
+            module.fail_json(msg="expected count of %s is %r, not a whole number" % (table, count))
+        expected[_pg.normalize_key(table)] = int(count)
     try:
+        runtime = _pg.Runtime.from_params(params)
         runtime.ping()
-        present = runtime.user_tables(params["db"])
-        tables = params["tables"] or present
-        missing = sorted(set(tables) - set(present))
+        catalog = runtime.tables(params["db"])
+        tables = [_pg.normalize_key(table) for table in params["tables"]] if params["tables"] else catalog.keys
+        missing = sorted(set(tables) - set(catalog.keys))
         if missing:
             module.fail_json(msg="%s has no table %s" % (params["db"], ", ".join(missing)))
-        counts = runtime.row_counts(params["db"], tables)
+        counts = catalog.count(lambda sql: runtime.query(sql, params["db"]), tables)
     except _pg.PgError as exc:
         module.fail_json(msg="cannot count the rows of %s: %s" % (params["db"], exc))
     result = dict(changed=False, row_counts=counts)
     if params["expected"] is not None:
-        result["mismatches"] = {table: dict(actual=counts.get(table), expected=int(expected))
-                                for table, expected in sorted(params["expected"].items())
-                                if table in counts and counts[table] != int(expected)}
+        result["mismatches"] = {table: dict(actual=counts[table], expected=count)
+                                for table, count in sorted(expected.items()) if table in counts and counts[table] != count}
         if result["mismatches"]:
             module.fail_json(msg="row counts of %s differ from what was expected: %s" % (params["db"], ", ".join(
                 "%s %s (expected %s)" % (t, m["actual"], m["expected"]) for t, m in result["mismatches"].items())), **result)

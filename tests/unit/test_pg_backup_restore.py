@@ -228,7 +228,8 @@ def test_dump_verify_without_manifest_when_allowed(run_module, dumps, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ restore
 def restore_params(dump, live, conn, **extra):
-    return dict(dict(src=str(dump), db=live, incident_id="INC-1", **conn), **extra)
+    """The dumps here are of small_template and large_template, restored into other databases."""
+    return dict(dict(src=str(dump), db=live, incident_id="INC-1", allow_other_db=True, **conn), **extra)
 
 
 def test_restore_four_runs(db, run_module, dumps, conn):
@@ -469,7 +470,8 @@ def test_restores_a_dump_made_by_another_tool(db, run_module, conn, tmp_path):
     shutil.copy(SHARED_DATA / "northwind.sql", src)
     for jobs in (1, 2):
         result = run_module("pg_restore", dict(src=str(src), db="northwind", incident_id=f"INC-NW-{jobs}", require_manifest=False,
-                                               expect_tables=["customers", "orders", "products"], jobs=jobs, **conn))
+                                               allow_foreign_script=True, expect_tables=["customers", "orders", "products"],
+                                               jobs=jobs, **conn))
         assert result.get("verified"), result.get("msg")
         assert result["row_counts"]["orders"] == 830 and result["row_counts"]["order_details"] == 2155
 
