@@ -17,6 +17,14 @@ description:
   - A difference in a file whose local copy was modified less than I(grace_recent_minutes) before the local
     manifest was made is returned in RV(pending), not in RV(mismatches). It is the file still being written or
     shipped this hour. Only the local side counts, because the log server stores each file with the sender's mtime.
+  - A differing file whose local copy is dated after the local manifest was made is a mismatch of kind
+    C(future_mtime), never pending, because a file in progress cannot be dated in the future, and a forged date
+    would otherwise keep an edit pending forever.
+  - Entries with a hidden name (a leading dot) in either archive are reported, not skipped. A hidden regular file
+    modified within the grace window before its side's manifest is a partial write in progress (the log server's
+    receiver writes C(.incoming.*), atomic writers C(.<name>.<random>.partial)) and is pending. Any other hidden
+    entry (an older hidden file, a hidden directory or symlink) is a mismatch of kind C(hidden). Symlinks and
+    devices in either archive are mismatches of kind C(irregular).
   - A manifest whose cache was found edited (RV(runbooks.incident.audit_manifest#module:cache.mismatches)) also
     makes the result not C(ok).
   - Read-only. Nothing is written anywhere.
@@ -82,6 +90,10 @@ mismatches:
   description:
     - Every difference, by path. C(kind) is one of C(missing_remote) (only the local copy has it),
       C(missing_local) (only the remote copy has it), C(size) or C(content) (same size, different sha256).
+    - C(future_mtime) is a difference (C(difference) says which of the above) in a file whose local copy is dated
+      after the local manifest was made.
+    - C(hidden) and C(irregular) are entries with a hidden name, and symlinks or devices, in the archive of C(side)
+      (C(local) or C(remote)). A hidden or irregular directory is listed once, by its own path.
     - A renamed file shows as one C(missing_remote) and one C(missing_local).
   returned: always
   type: list
@@ -145,7 +157,7 @@ def main():
         remote = _audit_manifest.load(params["remote"], "remote")
         result = _audit_manifest.diff(local, remote, params["grace_recent_minutes"] * 60,
                                       params["local_prefix"], params["remote_prefix"])
-    except (_audit_manifest.ManifestError, OSError) as exc:
+    except (_audit_manifest.ManifestError, OSError, ValueError) as exc:
         module.fail_json(msg="cannot compare the audit archives: %s" % exc)
     if not result["ok"] and params["fail_on_mismatch"]:
         module.fail_json(msg="the audit archive copies differ (%d mismatches): %s" % (

@@ -19,9 +19,13 @@ description:
     file under the same stat key is returned in RV(cache.mismatches), because somebody edited the cache. The cache also
     holds a digest of its own entries, and a damaged cache is ignored (RV(cache.status=corrupt)).
   - Files are hashed in 256 KiB reads (one reused buffer per thread) on one thread per core, through hashlib (OpenSSL, using the CPU's SHA
-    extensions where it has them). The archive is only opened read-only, with C(O_NOFOLLOW) and, where the
-    kernel allows it, C(O_NOATIME). Hidden files (partial writes) are skipped, and symlinks and devices are listed
-    in RV(irregular).
+    extensions where it has them). The archive is only opened read-only and, where the kernel allows it, with
+    C(O_NOATIME). Every path in it is opened one component at a time without following a symlink, so a link
+    (also to a directory, also one swapped in during the scan) is never read through. Symlinks and devices are
+    listed in RV(irregular).
+  - Entries with a hidden name (a leading dot) are not hashed and not descended into. They are listed in
+    RV(hidden), so that M(runbooks.incident.audit_diff) reports them (a partial write in progress is pending,
+    anything else hidden is a mismatch).
   - The only thing written is the cache file, mode 0600 and replaced atomically. In check mode the cache is read
     but not written.
 extends_documentation_fragment:
@@ -81,6 +85,11 @@ generated_at:
   returned: success
   type: int
   sample: 1795305600
+finished_at:
+  description: When the scan ended (seconds since the epoch, rounded up). A file dated later than this was not changed during the scan.
+  returned: success
+  type: int
+  sample: 1795305602
 full:
   description: Whether every file was hashed.
   returned: success
@@ -116,6 +125,14 @@ irregular:
   type: list
   elements: str
   sample: []
+hidden:
+  description:
+    - Entries with a hidden name, not descended into, with their C(path), C(type) (C(file), C(directory), C(symlink)
+      or C(other)), C(size) and C(mtime). They are not in the manifest's files.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{path: 2026/11/21/.13.jsonl.1a2b3c4d.partial, type: file, size: 4096, mtime: 1795305590}]
 cache:
   description: The cache that was used.
   returned: success
@@ -161,7 +178,7 @@ def main():
     try:
         manifest = _audit_manifest.build(params["path"], cache_path=cache, full=params["full"],
                                          workers=params["workers"], write_cache=not module.check_mode)
-    except (_audit_manifest.ManifestError, OSError) as exc:
+    except (_audit_manifest.ManifestError, OSError, ValueError) as exc:
         module.fail_json(msg="cannot build the manifest of %s: %s" % (params["path"], exc))
     module.exit_json(changed=False, **manifest)
 

@@ -13,6 +13,12 @@ description:
     mismatching files. The originals are only read (C(O_NOFOLLOW), without updating access times where the
     kernel allows it).
   - A file missing on this host is skipped. Idempotent, because a copy with the same digest is left alone.
+  - No symlink inside the archive is followed. A file reached through a symlinked directory, a symlink itself, or
+    anything that is not a regular file (a directory, a device) is never copied and is listed in RV(skipped) with
+    the reason. I(dest) is reached without following a symlink that anyone but root could have planted, and a
+    symlink where a copy goes is replaced, never written through.
+  - C(SHA256SUMS) is in the format of C(sha256sum), and a name holding a backslash or a line break is escaped as
+    C(sha256sum) does, so a file name cannot forge a line. C(sha256sum -c SHA256SUMS) checks the copies.
 extends_documentation_fragment:
   - runbooks.incident.attributes
   - runbooks.incident.incident
@@ -58,6 +64,12 @@ preserved:
   type: list
   elements: dict
   sample: [{path: 2026/03/14/09.jsonl, sha256: 3b1f7c3a0e2d4c5b6a79881726354433221100ffeeddccbbaa99887766554433, size: 40960}]
+skipped:
+  description: Each of I(files) that was not copied because it is not a regular file of the archive, with the C(reason).
+  returned: success
+  type: list
+  elements: dict
+  sample: [{path: 2026/03/14/10.jsonl, reason: "2026/03/14 is a symlink inside the archive: not followed"}]
 """
 
 import os
@@ -83,10 +95,12 @@ def main():
                          % params["incident_id"])
     dest = params["dest"] or os.path.join("/var/lib/runbooks-incident/evidence", params["incident_id"], "audit")
     try:
-        preserved, changed = _audit_manifest.preserve(params["path"], params["files"], dest, check_mode=module.check_mode)
-    except (_audit_manifest.ManifestError, OSError) as exc:
+        preserved, changed, skipped = _audit_manifest.preserve(params["path"], params["files"], dest, check_mode=module.check_mode)
+    except (_audit_manifest.ManifestError, OSError, ValueError) as exc:
         module.fail_json(msg="cannot preserve the evidence in %s: %s" % (dest, exc))
-    module.exit_json(changed=changed, dest=dest, preserved=preserved)
+    for item in skipped:
+        module.warn("not preserved: %s (%s)" % (item["path"], item["reason"]))
+    module.exit_json(changed=changed, dest=dest, preserved=preserved, skipped=skipped)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,12 @@ happen on real files (edits with size and mtime restored like `touch -r`, trunca
 detected; an untouched archive must report nothing. The two copies stand for the app host and the log server."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import subprocess
+import threading
 import time
 
 import pytest
@@ -281,3 +284,146 @@ def test_evidence_keeps_this_hosts_version_read_only_with_digests_and_leaves_the
     assert run_module("audit_preserve", params)["changed"] is False
     escape = run_module("audit_preserve", dict(params, files=["../../etc/shadow"]))
     assert escape["failed"] is True and "not a path inside the archive" in escape["msg"]
+
+
+# ------------------------------------------------------------------------------------------------ dates, hidden names
+def test_an_edited_file_dated_in_the_future_is_a_mismatch_not_pending(run_module, pair):
+    local, remote, cache = pair
+    compare(run_module, local, remote, cache)
+    flip_byte_keeping_size_and_mtime(local / ONE)
+    future = time.time() + 86400
+    os.utime(local / ONE, (future, future))
+    result = compare(run_module, local, remote, cache, grace_recent_minutes=90)
+    assert result["ok"] is False and result["pending"] == []
+    assert [(item["path"], item["kind"]) for item in result["mismatches"]] == [(ONE, "future_mtime")]
+    assert result["mismatches"][0]["difference"] == "content"
+
+
+@pytest.mark.parametrize("side", ["local", "remote"])
+def test_hidden_files_and_directories_in_the_archive_are_reported(run_module, pair, side):
+    local, remote, cache = pair
+    archive = local if side == "local" else remote
+    for rel in (".forged.jsonl", "2026/10/01/.01.jsonl", ".git/objects/ab", "2026/.cache/x"):
+        write_old(archive / rel, '{"hidden": true}\n')
+    result = compare(run_module, local, remote, cache, grace_recent_minutes=90)
+    assert result["ok"] is False, result
+    assert sorted((item["path"], item["kind"], item["side"]) for item in result["mismatches"]) == [
+        (".forged.jsonl", "hidden", side), (".git", "hidden", side), ("2026/.cache", "hidden", side),
+        ("2026/10/01/.01.jsonl", "hidden", side)]
+    manifest = run_module("audit_manifest", dict(path=str(archive), cache=str(cache / "h.json")))
+    assert {item["path"]: item["type"] for item in manifest["hidden"]} == {
+        ".forged.jsonl": "file", ".git": "directory", "2026/.cache": "directory", "2026/10/01/.01.jsonl": "file"}
+
+
+def test_a_partial_write_in_progress_is_pending_and_a_stale_one_is_a_mismatch(run_module, pair):
+    local, remote, cache = pair
+    (local / "2026/10/03/.04.jsonl.1a2b3c4d.partial").write_text('{"now": true}\n')  # being written right now
+    (remote / "2026/10/02/.incoming.k3j2x9").write_text('{"now": true}\n')  # the receiver storing a file
+    result = compare(run_module, local, remote, cache, grace_recent_minutes=60)
+    assert result["ok"] is True and result["mismatches"] == []
+    assert sorted((item["path"], item["kind"]) for item in result["pending"]) == [
+        ("2026/10/02/.incoming.k3j2x9", "hidden"), ("2026/10/03/.04.jsonl.1a2b3c4d.partial", "hidden")]
+    for path in (local / "2026/10/03/.04.jsonl.1a2b3c4d.partial", remote / "2026/10/02/.incoming.k3j2x9"):
+        os.utime(path, (OLD, OLD))  # left behind by a crash a month ago
+    stale = compare(run_module, local, remote, cache, grace_recent_minutes=60)
+    assert stale["ok"] is False and len(stale["mismatches"]) == 2 and stale["pending"] == []
+
+
+def test_a_symlink_in_either_archive_is_a_mismatch(run_module, pair, tmp_path):
+    local, remote, cache = pair
+    (remote / "2026/10/01/99.jsonl").symlink_to("/etc/passwd")
+    (local / "2026/10/04").symlink_to(tmp_path)
+    result = compare(run_module, local, remote, cache)
+    assert result["ok"] is False
+    assert sorted((item["path"], item["kind"], item["side"]) for item in result["mismatches"]) == [
+        ("2026/10/01/99.jsonl", "irregular", "remote"), ("2026/10/04", "irregular", "local")]
+
+
+def test_a_manifest_with_fields_of_the_wrong_type_is_refused_clearly(run_module, pair):
+    local, remote, cache = pair
+    flip_byte_keeping_size_and_mtime(remote / ONE)
+    manifests = [run_module("audit_manifest", dict(path=str(root), cache=str(cache / name)))
+                 for root, name in ((local, "l.json"), (remote, "r.json"))]
+    for field, value in (("generated_at", "soon"), ("cache", "none"), ("hidden", {"a": 1}), ("irregular", [1])):
+        broken = dict(manifests[0], **{field: value})
+        result = run_module("audit_diff", dict(local=broken, remote=manifests[1]))
+        assert result["failed"] is True and field in result["msg"] and "not an audit manifest" in result["msg"], (field, result)
+
+
+def write_old(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    os.utime(path, (OLD, OLD))
+
+
+# ------------------------------------------------------------------------------------------------ symlinks
+def test_preserve_never_copies_through_a_symlinked_directory_in_the_archive(run_module, pair, tmp_path):
+    _local, remote, _cache = pair
+    secret = tmp_path / "secret-dir"
+    secret.mkdir()
+    (secret / "01.jsonl").write_text("root's secret\n")
+    shutil.rmtree(remote / "2026/10/01")
+    (remote / "2026/10/01").symlink_to(secret)
+    dest = tmp_path / "evidence"
+    kept = run_module("audit_preserve", dict(incident_id="INC-1", path=str(remote), files=[ONE, TWO], dest=str(dest)))
+    assert not kept.get("failed"), kept
+    assert [item["path"] for item in kept["preserved"]] == [TWO]
+    assert [item["path"] for item in kept["skipped"]] == [ONE] and "symlink" in kept["skipped"][0]["reason"]
+    assert not (dest / ONE).exists() and "root's secret" not in (dest / "SHA256SUMS").read_text()
+
+
+def test_preserve_never_writes_through_a_symlinked_directory_of_dest(run_module, pair, tmp_path):
+    _local, remote, _cache = pair
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (shared / "evidence").symlink_to(elsewhere)
+    result = run_module("audit_preserve", dict(incident_id="INC-1", path=str(remote), files=[ONE],
+                                               dest=str(shared / "evidence" / "INC-1" / "audit")))
+    assert result["failed"] is True and "refusing to follow the symlink evidence" in result["msg"]
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_the_cache_is_never_written_through_a_symlinked_directory(run_module, pair, tmp_path):
+    local, _remote, _cache = pair
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (shared / "cache").symlink_to(elsewhere)
+    result = run_module("audit_manifest", dict(path=str(local), cache=str(shared / "cache" / "sub" / "c.json")))
+    assert result["failed"] is True and "refusing to follow the symlink cache" in result["msg"]
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_manifest_file_that_is_a_fifo_is_refused_not_waited_on(run_module, pair, tmp_path):
+    local, _remote, _cache = pair
+    fifo = tmp_path / "manifest.json"
+    os.mkfifo(fifo)
+
+    def feed():  # what a reader of the FIFO would get, so that a module opening it does not wait forever
+        with contextlib.suppress(BrokenPipeError), open(fifo, "w", encoding="utf-8") as writer:
+            writer.write("{}")
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    result = run_module("audit_diff", dict(local=str(local), remote=str(fifo)))
+    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # lets the feeder finish when nothing opened the FIFO
+    feeder.join()
+    assert result["failed"] is True and "not a regular file" in result["msg"]
+
+
+def test_preserve_sums_cannot_be_forged_by_a_file_name(run_module, tmp_path):
+    archive = tmp_path / "archive"
+    name = "x\n%s  2026/10/01/01.jsonl" % ("0" * 64)
+    write_old(archive / name, "evil\n")
+    dest = tmp_path / "evidence"
+    kept = run_module("audit_preserve", dict(incident_id="INC-1", path=str(archive), files=[name], dest=str(dest)))
+    assert not kept.get("failed"), kept
+    lines = (dest / "SHA256SUMS").read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("\\")
+    check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=dest, capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr

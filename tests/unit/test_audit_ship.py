@@ -149,3 +149,62 @@ def test_the_log_server_keeps_five_years(tmp_path):
     assert removed == ["2020/01/01/audit-20200101T00.jsonl", "2021/11/21/audit-20211121T23.jsonl"]
     kept = ["2021/11/22/audit-20211122T00.jsonl", "2026/11/22/audit-20261122T00.jsonl", "notes/readme.txt"]
     assert sorted(_audit_ship.local_files(str(root))) == kept
+
+
+# ------------------------------------------------------------------------------------------------ symlinks
+def put(forced, files):
+    """A tar stream of {name: bytes} pushed straight to the forced command; its JSON summary."""
+    stream = io.BytesIO()
+    with tarfile.open(fileobj=stream, mode="w") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), int(time.time()) - 3600
+            archive.addfile(info, io.BytesIO(data))
+    return json.loads(subprocess.run(forced + ["put"], input=stream.getvalue(), capture_output=True, check=True).stdout)
+
+
+def test_the_receiver_never_writes_through_a_symlinked_directory_in_its_archive(hosts, tmp_path):
+    _local, remote, forced = hosts
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    remote.mkdir()
+    (remote / "2026").symlink_to(elsewhere)
+    (remote / "old.jsonl").symlink_to(tmp_path / "victim")
+    summary = put(forced, {"2026/11/21/audit-20261121T10.jsonl": b'{"id": 1}\n', "old.jsonl": b"x\n"})
+    assert summary["stored"] == [] and sorted(summary["conflicts"]) == ["2026/11/21/audit-20261121T10.jsonl", "old.jsonl"]
+    assert list(elsewhere.iterdir()) == [] and not (tmp_path / "victim").exists()
+
+
+def test_the_receiver_root_is_never_created_through_a_planted_symlink(hosts, tmp_path):
+    _local, _remote, forced = hosts
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (shared / "link").symlink_to(elsewhere)
+    config = tmp_path / "audit-receive.json"
+    config.write_text(json.dumps({"root": str(shared / "link" / "app")}))
+    res = subprocess.run(forced + ["list"], capture_output=True, text=True, check=False)
+    assert res.returncode == 1 and "refusing to follow the symlink link" in res.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_the_sender_never_ships_through_a_directory_swapped_for_a_symlink_after_the_scan(hosts, tmp_path):
+    local, remote, forced = hosts
+    write(local, "2026/11/21/id_ed25519", b"an hour of audit\n")
+    root_only = tmp_path / "root-ssh"
+    write(root_only, "id_ed25519", b"-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    # The service account owns its archive: between the sender's scan and its read (while the log server answers
+    # `list`), it swaps the day's directory for a link to a directory only root can read.
+    swapping = tmp_path / "bin" / "ssh-swapping"
+    swapping.write_text(f"#!{sys.executable}\nimport os, shutil, sys\n"
+                        f"if sys.argv[-1] == 'list':\n    shutil.rmtree({str(local / '2026/11/21')!r})\n"
+                        f"    os.symlink({str(root_only)!r}, {str(local / '2026/11/21')!r})\n"
+                        f"os.execv({forced[0]!r}, [{forced[0]!r}] + sys.argv[1:])\n")
+    swapping.chmod(0o755)
+    with pytest.raises(_audit_ship.ShipError, match="symlink"):
+        _audit_ship.ship(str(local), [str(swapping)])
+    shipped = [path.read_bytes() for path in remote.rglob("*") if path.is_file()] if remote.exists() else []
+    assert not any(b"PRIVATE KEY" in data for data in shipped)
+
