@@ -18,8 +18,10 @@ marker first, so an interrupted removal also leaves an incomplete set, never a c
 Uploads stream: age runs as a child process reading the plaintext on stdin, its output goes to S3 in parts
 (multipart upload, Content-MD5 per part); an object appears only when the upload is completed, and a failed one is
 aborted. The ciphertext's SHA-256 is known only at the end, so a multipart object gets its full metadata by a
-server-side copy onto itself (no data through the host); `sha256-cipher` present means verified. Downloads stream
-the object into `age -d -i <identity file>` and check both digests before a partial file is renamed into place.
+server-side copy onto itself (no data through the host); `sha256-cipher` present means verified. A fetch first
+checks that each chosen set is complete (every member its marker needs, with verified digests), then streams each
+object into `age -d -i <identity file>` and a hidden partial entry, and gives the entries their names only once
+both digests of every member matched.
 
 Pure standard library plus boto3, imported only when a function needs it; no Ansible imports.
 """
@@ -71,6 +73,10 @@ class OffsiteError(Exception):
     """What went wrong, in words for the operator."""
 
 
+class IncompleteSet(OffsiteError):
+    """A set whose marker is there but not every member it needs (a member deleted or lost off-host)."""
+
+
 # --- S3 ------------------------------------------------------------------------------------------------------------
 
 def s3_client(endpoint_url=None, region="us-east-1", access_key=None, secret_key=None):
@@ -91,8 +97,11 @@ def s3_client(endpoint_url=None, region="us-east-1", access_key=None, secret_key
 
 def store_from(settings):
     """The Store of module options or job settings: endpoint_url, region, access_key, secret_key, bucket, prefix."""
-    client = s3_client(settings.get("endpoint_url"), settings.get("region") or "us-east-1", settings.get("access_key"),
-                       settings.get("secret_key"))
+    region = settings.get("region") or "us-east-1"
+    try:
+        client = s3_client(settings.get("endpoint_url"), region, settings.get("access_key"), settings.get("secret_key"))
+    except (ValueError,) + _botocore_errors() as exc:  # an endpoint_url that is not a URL, a malformed region
+        raise OffsiteError("cannot use endpoint_url %r in region %r: %s" % (settings.get("endpoint_url"), region, exc)) from None
     return Store(client, settings["bucket"], settings.get("prefix") or "")
 
 
@@ -278,7 +287,7 @@ def recipient_args(recipient):
     recipient = recipient.strip()
     if os.path.isabs(recipient):
         if not os.path.isfile(recipient):
-            raise OffsiteError("recipients file %s does not exist" % recipient)
+            raise OffsiteError("recipients file %s does not exist or is not a regular file" % recipient)
         return ["-R", recipient]
     if recipient.upper().startswith("AGE-SECRET-KEY-"):
         raise OffsiteError("recipient is an age PRIVATE key: give its public key (age-keygen -y), which is all the host "
@@ -652,17 +661,40 @@ def _owner_ids(member):
     return uid, gid
 
 
+def _link_inside(name, target, symlinks):
+    """Whether symlink `name` -> `target` stays inside the tree: walked from its directory, the target never leaves
+    the root and never passes through another symlink of the tree (whose own target would decide where '..' goes)."""
+    if target.startswith("/") or not target:
+        return False
+    parts = name.split("/")[:-1]
+    steps = [part for part in target.split("/") if part not in ("", ".")]
+    for index, part in enumerate(steps):
+        if part == "..":
+            if not parts:
+                return False
+            parts.pop()
+            continue
+        parts.append(part)
+        if index < len(steps) - 1 and "/".join(parts) in symlinks:
+            return False
+    return True
+
+
 def extract_tar(stream, root):
     """Extract a tar stream written by write_tar into the existing, empty directory `root`.
 
-    Refuses absolute names, '..', links leading out of `root`, writing through a symbolic link and special files.
-    Modes (without set-id bits) and mtimes are restored, owners too when running as root.
+    Refuses absolute names, '..', a name twice, links leading out of `root` (also by way of another link), writing
+    through a symbolic link and special files. Modes (without set-id bits) and mtimes are restored, owners too when
+    running as root.
     """
     as_root = os.geteuid() == 0
-    files, symlinks, directories = set(), set(), []
+    files, symlinks, directories, seen = set(), {}, [], set()
     with tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
             name = _safe_name(member.name, "member name")
+            if name in seen:
+                raise OffsiteError("the archive has %r twice: refused" % name)
+            seen.add(name)
             parents = name.split("/")[:-1]
             if any("/".join(parents[:depth]) in symlinks for depth in range(1, len(parents) + 1)):
                 raise OffsiteError("the archive writes %r through a symbolic link: refused" % name)
@@ -689,12 +721,11 @@ def extract_tar(stream, root):
                 os.link(os.path.join(root, target), path)
                 continue
             elif member.issym():
-                resolved = os.path.normpath(os.path.join(os.path.dirname(name), member.linkname))
-                if os.path.isabs(member.linkname) or resolved == ".." or resolved.startswith("../"):
+                if not _link_inside(name, member.linkname, symlinks):
                     raise OffsiteError("the archive has a symbolic link %r to %r, outside the snapshot: refused"
                                        % (name, member.linkname))
                 os.symlink(member.linkname, path)
-                symlinks.add(name)
+                symlinks[name] = member.linkname
                 continue
             else:
                 raise OffsiteError("the archive has a special file %r: refused" % name)
@@ -702,7 +733,13 @@ def extract_tar(stream, root):
                 os.chown(path, *_owner_ids(member))
             os.chmod(path, member.mode & 0o777)
             os.utime(path, (member.mtime, member.mtime))
-    # Directories last, deepest first: their mtimes would change with every file written into them.
+    # A link checked before a later link it passes through was known: check them all again, with every link known.
+    for name, target in sorted(symlinks.items()):
+        if not _link_inside(name, target, symlinks):
+            raise OffsiteError("the archive has a symbolic link %r to %r, which leads outside the snapshot through another "
+                               "link: refused" % (name, target))
+    # Directories last, deepest first: their mtimes would change with every file written into them. None of them is a
+    # link: a name is extracted once, and nothing is written through a link.
     for path, member in reversed(directories):
         if as_root:
             os.chown(path, *_owner_ids(member))
@@ -1004,27 +1041,59 @@ class _Wanted(namedtuple("_Wanted", "object entry kind meta")):
     __slots__ = ()
 
 
+def _entry_of(store, name, kind):
+    """The local entry an object of `kind` becomes, refused unless it is a plain name in the destination."""
+    entry = name[:-len(AGE_SUFFIX)] if name.endswith(AGE_SUFFIX) else name
+    if kind == "tar":
+        if not entry.endswith(TAR_SUFFIX):
+            raise OffsiteError("%s is a tar stream but its name does not end in .tar.age" % store.url(name))
+        entry = entry[:-len(TAR_SUFFIX)]
+    if entry in (".", "") or "/" in entry or entry.startswith(".") or any(ord(char) < 32 or ord(char) == 127 for char in entry):
+        raise OffsiteError("%s does not name a backup entry" % store.url(name))
+    return _safe_name(entry, "object name")
+
+
+def _listed_members(store, remote_set, marker):
+    """The members a set file records: [{object, kind, sha256_plain, ...}], each an object of this set, once."""
+    try:
+        listed = json.loads(store.read(marker).decode())["members"]
+        if not isinstance(listed, list) or not all(isinstance(item, dict) and isinstance(item.get("object"), str) for item in listed):
+            raise TypeError("members is not a list of objects")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise OffsiteError("%s is not a set file written by offsite_sync: %s" % (store.url(marker), exc)) from exc
+    names = [item["object"] for item in listed]
+    for name in names:
+        split = _split_name(name, [remote_set.prefix])
+        if name == marker or split is None or split[1].text != remote_set.stamp or names.count(name) > 1:
+            raise OffsiteError("the set file %s lists %s%s, which is not a member of the set %s: refused"
+                               % (store.url(marker), name, " twice" if names.count(name) > 1 else "", remote_set.name))
+    return listed
+
+
 def _remote_members(store, remote_set):
-    """([_Wanted] of a complete remote set's members, _Wanted of its manifest or None), checked against the marker."""
+    """([_Wanted] of a complete remote set's members, _Wanted of its manifest or None), checked against the marker.
+
+    Every member the marker lists must be there with the digests of a verified upload; what is missing is named.
+    """
     marker = remote_set.marker
     if marker.endswith(SET_SUFFIX):
-        try:
-            listed = json.loads(store.read(marker).decode())["members"]
-            names = [item["object"] for item in listed]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise OffsiteError("%s is not a set file written by offsite_sync: %s" % (store.url(marker), exc)) from exc
+        listed = _listed_members(store, remote_set, marker)
+        names = [item["object"] for item in listed]
     else:
         listed = None
         names = sorted(name for name in remote_set.objects if name != marker) + [marker]
+    heads = {name: store.head(name) for name in names}
+    missing = [name for name in names if heads[name] is None]
+    if missing:
+        raise IncompleteSet("the set %s off-host is incomplete: %s %s missing although its marker %s is there (deleted or "
+                            "lost)" % (remote_set.name, ", ".join(store.url(name) for name in missing),
+                                       "is" if len(missing) == 1 else "are", marker))
     wanted = []
     for index, name in enumerate(names):
-        head = store.head(name)
-        if head is None:
-            raise OffsiteError("%s is missing although the set %s is marked complete" % (store.url(name), remote_set.name))
-        if "sha256-cipher" not in head.meta or "sha256-plain" not in head.meta or head.meta.get("kind") not in ("file", "tar"):
+        meta = dict(heads[name].meta)
+        if "sha256-cipher" not in meta or "sha256-plain" not in meta or meta.get("kind") not in ("file", "tar"):
             raise OffsiteError("%s has no verified digests (sha256-cipher, sha256-plain): it was not written by "
                                "offsite_sync or was replaced" % store.url(name))
-        meta = dict(head.meta)
         if listed is not None:
             item = listed[index]
             recorded = {"sha256-plain": item.get("sha256_plain"), "sha256-cipher": item.get("sha256_cipher"),
@@ -1037,34 +1106,49 @@ def _remote_members(store, remote_set):
                                                                       str(meta.get("sha256-cipher"))[:16],
                                                                       str(recorded["sha256-cipher"])[:16]))
             meta.update(recorded)
-        entry = name[:-len(AGE_SUFFIX)] if name.endswith(AGE_SUFFIX) else name
-        if meta["kind"] == "tar":
-            if not entry.endswith(TAR_SUFFIX):
-                raise OffsiteError("%s is a tar stream but its name does not end in .tar.age" % store.url(name))
-            entry = entry[:-len(TAR_SUFFIX)]
-        if "/" in _safe_name(entry, "object name") or entry in (".", ""):
-            raise OffsiteError("%s does not name a backup entry" % store.url(name))
-        wanted.append(_Wanted(name, entry, meta["kind"], meta))
+        wanted.append(_Wanted(name, _entry_of(store, name, meta["kind"]), meta["kind"], meta))
+    entries = [item.entry for item in wanted]
+    if len(set(entries)) != len(entries):
+        raise OffsiteError("the set %s has two objects for the same entry (%s): refused" % (remote_set.name, ", ".join(names)))
     if listed is None:
         return wanted[:-1], wanted[-1]
     return wanted, None
 
 
-def _local_matches(path, wanted):
-    """True if `path` holds what `wanted` records, False if something else is there, None if nothing is."""
-    if not os.path.lexists(path):
+def _fd_path(fd, name=None):
+    """A path to the directory of descriptor `fd` (or to `name` in it) for functions that take paths: it leads to the
+    directory this process reached safely, whatever happens to the names above it."""
+    return "/dev/fd/%d/%s" % (fd, name or ".")  # "/dev/fd/N" itself is a (magic) symlink, "/dev/fd/N/." its directory
+
+
+def _sha256_at(dir_fd, name):
+    digest = hashlib.sha256()
+    with os.fdopen(os.open(name, os.O_RDONLY | _fileio.O_NOFOLLOW | _fileio.O_CLOEXEC, dir_fd=dir_fd), "rb") as handle:
+        for chunk in iter(lambda: handle.read(_fileio.CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _local_matches(dest_fd, wanted):
+    """True if the destination's entry holds what `wanted` records, False if something else is there (a symlink,
+    another type, other content), None if nothing is."""
+    try:
+        mode = os.stat(wanted.entry, dir_fd=dest_fd, follow_symlinks=False).st_mode
+    except FileNotFoundError:
         return None
-    mode = os.lstat(path).st_mode
     if wanted.kind == "tar":
-        return stat.S_ISDIR(mode) and tree_digest(path) == wanted.meta.get("sha256-tree")
-    return stat.S_ISREG(mode) and _fileio.sha256_file(path) == wanted.meta["sha256-plain"]
+        return stat.S_ISDIR(mode) and tree_digest(_fd_path(dest_fd, wanted.entry)) == wanted.meta.get("sha256-tree")
+    return stat.S_ISREG(mode) and _sha256_at(dest_fd, wanted.entry) == wanted.meta["sha256-plain"]
 
 
 def _decrypt(store, wanted, identity, consume):
     """Stream an object through `age -d`, give the plaintext reader to `consume`, check both digests.
 
-    Errors are reported in order of cause: the download, a wrong key, a ciphertext that is not the one uploaded,
-    age, the consumer, a plaintext that is not the one encrypted.
+    The whole object is read even when age stops at its header, so that its ciphertext digest tells a damaged or
+    replaced object (digest not the one recorded at upload) from a key it was not encrypted to (digest right, age
+    finds no identity: a damaged recipient stanza looks like a wrong key to age). Errors are reported in order of
+    cause: the download, a ciphertext that is not the one uploaded, a wrong key, age, the consumer, a plaintext
+    that is not the one encrypted.
     """
     cipher = _Digest()
     outcome = {}
@@ -1081,9 +1165,8 @@ def _decrypt(store, wanted, identity, consume):
                     except BrokenPipeError:
                         writing = False
                         child.child_done()
-                        # A wrong key fails at the header: stop there. Anything else: read on, for the digest.
-                        if NO_IDENTITY in child.stderr.decode(errors="replace") or child.stopping.is_set():
-                            return
+                if child.stopping.is_set():
+                    return
         except Exception as exc:  # pylint: disable=broad-exception-caught
             outcome["download"] = exc
         finally:
@@ -1109,13 +1192,17 @@ def _decrypt(store, wanted, identity, consume):
     stderr = child.stderr.decode(errors="replace")
     if "download" in outcome:
         raise OffsiteError("downloading %s failed: %s" % (url, outcome["download"]))
-    if NO_IDENTITY in stderr:
-        raise OffsiteError("the age key at %s cannot decrypt this backup (%s): wrong key?" % (identity, url))
     if cipher.hexdigest() != wanted.meta["sha256-cipher"]:
+        said = " (age: %s)" % _first_line(stderr).replace("age: error: ", "") if code != 0 else ""
         raise OffsiteError("sha256 mismatch: %s is not the object that was uploaded (ciphertext sha256 %s, recorded %s): "
-                           "it was damaged or replaced" % (url, cipher.hexdigest()[:16], wanted.meta["sha256-cipher"][:16]))
+                           "it was damaged or replaced, not a key problem%s" % (url, cipher.hexdigest()[:16],
+                                                                               wanted.meta["sha256-cipher"][:16], said))
+    if NO_IDENTITY in stderr:
+        raise OffsiteError("the age key at %s cannot decrypt this backup (%s), which is intact (its ciphertext is the one "
+                           "uploaded): wrong key? It was encrypted to other recipients" % (identity, url))
     if code != 0:
-        raise OffsiteError("age could not decrypt %s: %s" % (url, _first_line(stderr)))
+        raise OffsiteError("age could not decrypt %s although it is the object uploaded (it was damaged before the upload): %s"
+                           % (url, _first_line(stderr)))
     if "consume" in outcome:
         raise outcome["consume"]
     if plain.digest.hexdigest() != wanted.meta["sha256-plain"] or str(plain.digest.size) != wanted.meta.get("size-plain"):
@@ -1131,37 +1218,12 @@ def _copy_to(handle):
 
 
 def _fetch_bytes(store, wanted, identity):
+    if int(wanted.meta.get("size-plain") or 0) > _dumpfile.MANIFEST_MAX_BYTES:
+        raise OffsiteError("%s is larger than a manifest can be (%d MiB): refused" % (store.url(wanted.object),
+                                                                                   _dumpfile.MANIFEST_MAX_BYTES >> 20))
     buffer = io.BytesIO()
     _decrypt(store, wanted, identity, _copy_to(buffer))
     return buffer.getvalue()
-
-
-def _fetch_file(store, wanted, identity, path, data=None):
-    """Decrypt into a partial file renamed into place once verified (`data`: the plaintext, already verified)."""
-    with _fileio.atomic_writer(path) as handle:
-        if data is not None:
-            handle.write(data)
-        else:
-            _decrypt(store, wanted, identity, _copy_to(handle))
-
-
-def _fetch_tree(store, wanted, identity, path):
-    """Extract into a partial directory renamed into place once its files match the recorded tree digest."""
-    partial = _fileio.partial_name(path)
-    if os.path.lexists(partial):
-        shutil.rmtree(partial)
-    os.mkdir(partial, 0o700)
-    try:
-        _decrypt(store, wanted, identity, lambda reader: extract_tar(reader, partial))
-        found = tree_digest(partial)
-        if found != wanted.meta.get("sha256-tree"):
-            raise OffsiteError("sha256 mismatch: the files extracted from %s do not match the recorded tree digest (%s, "
-                               "recorded %s)" % (store.url(wanted.object), found[:16], str(wanted.meta.get("sha256-tree"))[:16]))
-        os.rename(partial, path)
-        _fileio.fsync_dir(os.path.dirname(path))
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
 
 
 def choose(remote, prefixes, select):
@@ -1178,14 +1240,31 @@ def choose(remote, prefixes, select):
 
 
 def check_select(select):
+    if not isinstance(select, str):
+        raise OffsiteError("select must be 'latest' or a stamp, not %s" % type(select).__name__)
     if select != "latest":
         stamp = _retention.parse_stamp(select)
         if stamp is None or stamp.text != select:
             raise OffsiteError("select %r is neither 'latest' nor a stamp YYYY-MM-DD (optionally THHMMSSZ)" % select)
 
 
+def _open_dest(dest):
+    """A descriptor of the destination directory, reached without following a symlink others could have planted."""
+    try:
+        return _fileio.open_dir(dest)
+    except FileNotFoundError:
+        raise OffsiteError("destination directory %s does not exist" % dest) from None
+    except OSError as exc:
+        raise OffsiteError("destination directory %s cannot be used: %s" % (dest, exc.strerror or exc)) from None
+
+
 def fetch(store, dest, identity, prefixes, select="latest", list_only=False, check_mode=False):
-    """Fetch, decrypt and verify the chosen complete set of each prefix into `dest`; returns a result dict."""
+    """Fetch, decrypt and verify the chosen complete set of each prefix into `dest`; returns a result dict.
+
+    Nothing is written before every chosen set is known to be complete: every member its marker lists is there with
+    verified digests, and a dump set's manifest (decrypted in memory) describes a dump that is among them. Then every
+    member is decrypted into a hidden partial entry and verified, and only when all are does each get its name.
+    """
     check_select(select)
     check_prefixes(prefixes)
     remote = remote_sets(store.list(), prefixes)
@@ -1197,58 +1276,133 @@ def fetch(store, dest, identity, prefixes, select="latest", list_only=False, che
         names = ", ".join(item["name"] for item in result["available"]) or "none"
         raise OffsiteError("no complete %s set %s off-host in %s (complete sets: %s)"
                            % ("/".join(missing), "at all" if select == "latest" else "of " + select, store.url(), names))
-    if not os.path.isdir(dest):
-        raise OffsiteError("destination directory %s does not exist" % dest)
     check_identity(identity)
     age_binary()
-
-    plans = []
-    for prefix in prefixes:
-        members, manifest = _remote_members(store, remote[prefix][result["sets"][prefix]])
-        todo = []
-        for wanted in members + ([manifest] if manifest else []):
-            path = os.path.join(dest, wanted.entry)
-            present = _local_matches(path, wanted)
-            if present is False:
-                raise OffsiteError("%s exists and differs from the off-host copy %s: move it away to fetch this set"
-                                   % (path, store.url(wanted.object)))
-            todo.append((wanted, path, present))
-            if not present:
-                result["fetched"].append(path)
-        plans.append((todo, manifest))
-    result["changed"] = bool(result["fetched"])
-    if check_mode:
-        return result
-    for todo, manifest in plans:
-        _fetch_set(store, identity, todo, manifest)
+    dest_fd = _open_dest(dest)
+    try:
+        plans = []
+        for prefix in prefixes:
+            remote_set = remote[prefix][result["sets"][prefix]]
+            try:
+                plans.append(_plan_set(store, identity, remote_set, dest_fd))
+            except IncompleteSet as exc:
+                others = [item["stamp"] for item in result["available"] if item["prefix"] == prefix and item["name"] != remote_set.name]
+                raise IncompleteSet("%s; nothing was fetched%s" % (exc, "; other %s sets off-host: %s (choose one with select)"
+                                                                   % (prefix, ", ".join(others)) if others else "")) from exc
+        for todo, _manifest, _data in plans:
+            for wanted, present in todo:
+                if not present:
+                    result["fetched"].append(os.path.join(dest, wanted.entry))
+        result["changed"] = bool(result["fetched"])
+        if not check_mode:
+            _fetch_all(store, identity, plans, dest, dest_fd)
+    finally:
+        os.close(dest_fd)
     return result
 
 
-def _fetch_set(store, identity, todo, manifest):
-    """Fetch what is not there yet; a dump set's manifest is read first, checked against the dump, written last."""
-    described = manifest_bytes = None
+def _plan_set(store, identity, remote_set, dest_fd):
+    """([(_Wanted, present)], manifest _Wanted or None, manifest bytes) of one set, checked complete; nothing written."""
+    members, manifest = _remote_members(store, remote_set)
+    data = None
+    todo = []
+    for wanted in members + ([manifest] if manifest else []):
+        present = _local_matches(dest_fd, wanted)
+        if present is False:
+            raise OffsiteError("%s exists in the destination and differs from the off-host copy %s (another file, a "
+                               "directory or a symlink): move it away to fetch this set" % (wanted.entry, store.url(wanted.object)))
+        todo.append((wanted, present))
     if manifest is not None:
-        path, present = todo[-1][1:]
-        if present:
-            with open(path, "rb") as handle:
-                manifest_bytes = handle.read()
+        if todo[-1][1]:
+            with os.fdopen(os.open(manifest.entry, os.O_RDONLY | _fileio.O_NOFOLLOW | _fileio.O_CLOEXEC, dir_fd=dest_fd), "rb") as handle:
+                data = handle.read()
         else:
-            manifest_bytes = _fetch_bytes(store, manifest, identity)
-        try:
-            described = json.loads(manifest_bytes.decode())
-        except ValueError as exc:
-            raise OffsiteError("the manifest %s is not valid JSON: %s" % (store.url(manifest.object), exc)) from exc
-    for wanted, path, present in todo:
-        if described is not None and wanted.entry == described.get("file"):
-            recorded = wanted.meta.get("sha256-tree" if wanted.kind == "tar" else "sha256-plain")
-            if recorded != described.get("sha256"):
-                raise OffsiteError("sha256 mismatch: %s (sha256 %s) is not the dump its manifest describes (%s)"
-                                   % (store.url(wanted.object), str(recorded)[:16], str(described.get("sha256"))[:16]))
-        if present:
-            continue
-        if wanted is manifest:
-            _fetch_file(store, wanted, identity, path, data=manifest_bytes)
-        elif wanted.kind == "tar":
-            _fetch_tree(store, wanted, identity, path)
-        else:
-            _fetch_file(store, wanted, identity, path)
+            data = _fetch_bytes(store, manifest, identity)
+        _check_dump(store, remote_set, manifest, data, members)
+    return todo, manifest, data
+
+
+def _check_dump(store, remote_set, manifest, data, members):
+    """The dump a set's manifest describes must be one of its members, with the digest the manifest records."""
+    try:
+        described = json.loads(data.decode())
+    except ValueError as exc:
+        raise OffsiteError("the manifest %s is not valid JSON: %s" % (store.url(manifest.object), exc)) from exc
+    if not isinstance(described, dict) or not isinstance(described.get("sha256"), str):
+        raise OffsiteError("the manifest %s is not a manifest written by pg_backup (no sha256)" % store.url(manifest.object))
+    name = described.get("file")
+    if name is None:  # as for local sets: the dump whose manifest name this is
+        name = next((item.entry for item in members if _dumpfile.manifest_path_for(item.entry) == manifest.entry), None)
+    dump = next((item for item in members if item.entry == name), None)
+    if dump is None:
+        raise IncompleteSet("the set %s off-host is incomplete: its manifest %s describes the dump %r, and no object of "
+                            "the set holds it (objects: %s)" % (remote_set.name, store.url(manifest.object), name,
+                                                              ", ".join(item.object for item in members) or "only the manifest"))
+    recorded = dump.meta.get("sha256-tree" if dump.kind == "tar" else "sha256-plain")
+    if recorded != described["sha256"]:
+        raise OffsiteError("sha256 mismatch: %s (sha256 %s) is not the dump its manifest describes (%s): it was replaced"
+                           % (store.url(dump.object), str(recorded)[:16], described["sha256"][:16]))
+
+
+def _fetch_all(store, identity, plans, dest, dest_fd):
+    """Decrypt every missing member into a hidden partial entry, verified; then rename them all into place (a dump
+    set's manifest last). On any failure, every partial entry is removed and no final name was given."""
+    staged = []
+    try:
+        for todo, manifest, data in plans:
+            for wanted, present in todo:
+                if present:
+                    continue
+                partial = os.path.basename(_fileio.partial_name(wanted.entry))
+                _fileio.remove(os.path.join(dest, partial))  # what a killed run left; a planted link is removed, not followed
+                staged.append((partial, wanted.entry))
+                if wanted is manifest:
+                    _stage_file(dest_fd, partial, lambda handle, data=data: handle.write(data))
+                elif wanted.kind == "tar":
+                    _stage_tree(store, wanted, identity, dest_fd, partial)
+                else:
+                    _stage_file(dest_fd, partial, lambda handle, wanted=wanted: _decrypt(store, wanted, identity, _copy_to(handle)))
+        while staged:
+            partial, entry = staged[0]
+            if os.path.lexists(_fd_path(dest_fd, entry)):
+                raise OffsiteError("%s appeared in the destination during the fetch: it was not replaced" % entry)
+            os.rename(partial, entry, src_dir_fd=dest_fd, dst_dir_fd=dest_fd)
+            staged.pop(0)
+        _fsync_dir(dest_fd)
+    except BaseException:
+        for partial, _entry in staged:
+            with contextlib.suppress(OSError):
+                _fileio.remove(os.path.join(dest, partial))
+        raise
+
+
+def _fsync_dir(dir_fd):
+    real = os.open(".", os.O_RDONLY | _fileio.O_DIRECTORY | _fileio.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        os.fsync(real)
+    finally:
+        os.close(real)
+
+
+def _stage_file(dest_fd, partial, write):
+    """A new 0600 file `partial` in the destination, filled by write(handle) and fsync'd."""
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _fileio.O_NOFOLLOW | _fileio.O_CLOEXEC, 0o600, dir_fd=dest_fd)
+    with os.fdopen(fd, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _stage_tree(store, wanted, identity, dest_fd, partial):
+    """Extract into a new directory `partial` of the destination; its files must match the recorded tree digest."""
+    os.mkdir(partial, 0o700, dir_fd=dest_fd)
+    root_fd = os.open(partial, os.O_RDONLY | _fileio.O_DIRECTORY | _fileio.O_NOFOLLOW | _fileio.O_CLOEXEC, dir_fd=dest_fd)
+    try:
+        root = _fd_path(root_fd)
+        _decrypt(store, wanted, identity, lambda reader: extract_tar(reader, root))
+        found = tree_digest(root)
+    finally:
+        os.close(root_fd)
+    if found != wanted.meta.get("sha256-tree"):
+        raise OffsiteError("sha256 mismatch: the files extracted from %s do not match the recorded tree digest (%s, "
+                           "recorded %s)" % (store.url(wanted.object), found[:16], str(wanted.meta.get("sha256-tree"))[:16]))

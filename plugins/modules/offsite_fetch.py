@@ -13,11 +13,21 @@ description:
     in the file I(identity) and writes it to I(dest) as it was on the backup host - files, and directories (media
     snapshots, directory-format dumps) with their hard links.
   - Sets without their marker (an upload or removal cut short) are never chosen.
-  - Each object streams from S3 through C(age -d) into a hidden partial file or directory, renamed into place only
-    after the SHA-256 of the ciphertext and of the plaintext (for a directory, of every file) matched what was
-    recorded at upload; a damaged or replaced object fails the task and leaves nothing under a final name. A dump
-    set's manifest is decrypted first, the dump checked against it, and the manifest written last.
-  - A wrong key is reported as such, before anything is written.
+  - A set is complete or it is refused before anything is written. Every member its marker lists must be there
+    with the digests of a verified upload, and a dump set's manifest (decrypted in memory first) must describe a
+    dump that is one of its members, with the same SHA-256. A set missing a member fails the task as incomplete,
+    naming what is missing and the other sets of that prefix, with nothing fetched and C(changed=false).
+  - Each object streams from S3 through C(age -d) into a hidden partial file or directory in I(dest). Only when the
+    SHA-256 of the ciphertext and of the plaintext (for a directory, of every file) of B(every) member of every
+    chosen set matched what was recorded at upload do they get their names, a dump set's manifest last. A damaged
+    or replaced object fails the task and leaves nothing under a final name, and no partial entry.
+  - A damaged object (a ciphertext that is not the one uploaded, also when only its age header is damaged) is
+    reported as damaged; a key the backup was not encrypted to is reported as a wrong key once the object is known
+    to be intact (the whole object is read to tell the two apart). Nothing is written in either case.
+  - I(dest) is reached without following a symlink someone other than root could have planted. A symlink, another
+    file or a directory where an entry goes fails the task (move it away); a symlink where a partial entry goes is
+    removed, never followed. Archive members with absolute names, C(..), a name twice, links leading out of the
+    snapshot (also by way of another link) or special files are refused.
   - Idempotent. An entry already in I(dest) with the recorded content is not fetched again; an entry there with other
     content fails the task before anything is fetched (move it away).
 requirements:

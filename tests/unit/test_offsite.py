@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tarfile
@@ -552,7 +553,7 @@ def test_credentials_never_appear_in_results(run_module, moto, bucket, keys, tmp
 
 
 @pytest.mark.parametrize("evil", ["../escaped", "/tmp/absolute", "a/../../escaped", "symlink-out", "through-symlink",
-                                  "hardlink-out"])
+                                  "hardlink-out", "symlink-out-through-symlink", "directory-over-symlink", "twice"])
 def test_unsafe_archive_members_are_refused(tmp_path, evil):
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -569,11 +570,216 @@ def test_unsafe_archive_members_are_refused(tmp_path, evil):
             add("link/file")
         elif evil == "hardlink-out":
             add("link", tarfile.LNKTYPE, "../outside")
+        elif evil.startswith("symlink-out-through") or evil == "directory-over-symlink":
+            # Each link lexically inside: d/c is the root, e is d/c/.. (lexically d), really the root's parent.
+            add("d", tarfile.DIRTYPE)
+            add("d/c", tarfile.SYMTYPE, "..")
+            add("e", tarfile.SYMTYPE, "d/c/..")
+            if evil == "directory-over-symlink":
+                add("e", tarfile.DIRTYPE)  # its mode would be set through e, on the root's parent
+        elif evil == "twice":
+            add("file")
+            add("file")
         else:
             add(evil)
     root = tmp_path / "root" / "extract"
     root.mkdir(parents=True)
+    mode = stat.S_IMODE((tmp_path / "root").stat().st_mode)
     with pytest.raises(_offsite.OffsiteError, match="refused"):
         _offsite.extract_tar(io.BytesIO(buffer.getvalue()), str(root))
     assert sorted(os.listdir(tmp_path)) == ["root"] and os.listdir(tmp_path / "root") == ["extract"]
+    assert stat.S_IMODE((tmp_path / "root").stat().st_mode) == mode
     assert not Path("/tmp/absolute").exists()
+
+
+# --- a set is complete or refused, before anything is written ------------------------------------------------------------
+
+def replace_object(moto, bucket, name, body, meta=None):
+    """Overwrite an object keeping its metadata (or with `meta`), as someone with write access to the bucket could."""
+    s3 = client(moto)
+    meta = meta if meta is not None else s3.head_object(Bucket=bucket, Key="host1/" + name)["Metadata"]
+    s3.put_object(Bucket=bucket, Key="host1/" + name, Body=body, Metadata=meta)
+
+
+@pytest.mark.parametrize("deleted,select,prefixes,message", [
+    ("db-2026-11-22.dir.tar.age", "latest", ["db-", "media-"],
+     "the set db-2026-11-22 off-host is incomplete: its manifest s3://{bucket}/host1/db-2026-11-22.manifest.json.age describes "
+     "the dump 'db-2026-11-22.dir', and no object of the set holds it (objects: only the manifest)"),
+    ("db-2026-11-21.sql.gz.age", "2026-11-21", ["db-"], "describes the dump 'db-2026-11-21.sql.gz', and no object of the set holds it"),
+    ("media-2026-11-22.tar.age", "latest", ["db-", "media-"],
+     "the set media-2026-11-22 off-host is incomplete: s3://{bucket}/host1/media-2026-11-22.tar.age is missing although its "
+     "marker media-2026-11-22.set.json is there"),
+])
+def test_a_set_missing_a_member_is_incomplete_and_nothing_is_written(run_module, moto, bucket, keys, tmp_path, deleted, select,
+                                                                       prefixes, message):
+    (identity, recipient), _other = keys
+    src = backup_dir(tmp_path, identity)
+    ship(run_module, moto, bucket, src, recipient)
+    client(moto).delete_object(Bucket=bucket, Key="host1/" + deleted)
+    dest = tmp_path / "restore"
+    dest.mkdir()
+    params = s3_params(moto, bucket, dest=str(dest), identity=str(identity), select=select, prefixes=prefixes)
+    for check_mode in (True, False):
+        result = run_module("offsite_fetch", params, check_mode=check_mode)
+        assert result.get("failed") and not result.get("changed"), result
+        assert message.format(bucket=bucket) in result["msg"] and "nothing was fetched" in result["msg"], result["msg"]
+        assert os.listdir(dest) == []
+    if select == "latest":  # the way forward: the other set of that prefix
+        assert "(choose one with select)" in result["msg"] and "2026-11-21" in result["msg"]
+
+
+def forged_object(recipient, plain):
+    """age ciphertext of `plain` to the backup's own (public) recipient, with the metadata offsite_sync would give it."""
+    cipher = subprocess.run(["age", "-r", recipient], input=plain, capture_output=True, check=True).stdout
+    return cipher, {"kind": "file", "sha256-plain": hashlib.sha256(plain).hexdigest(), "size-plain": str(len(plain)),
+                    "sha256-cipher": hashlib.sha256(cipher).hexdigest()}
+
+
+@pytest.mark.parametrize("manifest,message", [
+    (dict(file="db-2026-11-22.sql.gz", sha256="0" * 64), "describes the dump 'db-2026-11-22.sql.gz', and no object of the set holds it"),
+    (dict(file="db-2026-11-22.dir"), "is not a manifest written by pg_backup (no sha256)"),
+    (["not", "a", "manifest"], "is not a manifest written by pg_backup"),
+])
+def test_a_manifest_that_does_not_describe_a_member_of_its_set_is_refused(run_module, moto, bucket, keys, tmp_path, manifest, message):
+    (identity, recipient), _other = keys
+    src = backup_dir(tmp_path, identity)
+    ship(run_module, moto, bucket, src, recipient)
+    replace_object(moto, bucket, "db-2026-11-22.manifest.json.age", *forged_object(recipient, json.dumps(manifest).encode()))
+    dest = tmp_path / "restore"
+    dest.mkdir()
+    result = run_module("offsite_fetch", s3_params(moto, bucket, dest=str(dest), identity=str(identity)))
+    assert result.get("failed") and message in result["msg"], result
+    assert os.listdir(dest) == []
+
+
+@pytest.mark.parametrize("listed", [["db-2026-11-22.dir.tar.age"], ["media-2026-11-21.tar.age"], ["media-2026-11-22.tar.age"] * 2,
+                                    ["media-2026-11-22.set.json"]])
+def test_a_set_file_listing_what_is_not_its_member_is_refused(run_module, moto, bucket, keys, tmp_path, listed):
+    (identity, recipient), _other = keys
+    src = backup_dir(tmp_path, identity)
+    ship(run_module, moto, bucket, src, recipient)
+    body, meta = objects(moto, bucket)["media-2026-11-22.set.json"]
+    document = json.loads(body)
+    document["members"] = [dict(document["members"][0], object=name) for name in listed]
+    replace_object(moto, bucket, "media-2026-11-22.set.json", json.dumps(document).encode(), meta)
+    dest = tmp_path / "restore"
+    dest.mkdir()
+    result = run_module("offsite_fetch", s3_params(moto, bucket, dest=str(dest), identity=str(identity), prefixes=["media-"]))
+    assert result.get("failed") and "which is not a member of the set media-2026-11-22: refused" in result["msg"], result
+    assert os.listdir(dest) == []
+
+
+def test_every_set_is_verified_before_any_is_written(run_module, moto, bucket, keys, tmp_path):
+    """The db set is fine; the media set's object is damaged: nothing of either is left under a final name."""
+    (identity, recipient), _other = keys
+    src = backup_dir(tmp_path, identity)
+    ship(run_module, moto, bucket, src, recipient)
+    body, _meta = objects(moto, bucket)["media-2026-11-22.tar.age"]
+    replace_object(moto, bucket, "media-2026-11-22.tar.age", body[:-100] + bytes(100))
+    dest = tmp_path / "restore"
+    dest.mkdir()
+    result = run_module("offsite_fetch", s3_params(moto, bucket, dest=str(dest), identity=str(identity)))
+    assert result.get("failed") and "media-2026-11-22.tar.age is not the object that was uploaded" in result["msg"], result
+    assert os.listdir(dest) == []
+
+
+# --- planted links in the destination ---------------------------------------------------------------------------------
+
+def test_planted_links_in_the_destination_are_never_followed(run_module, moto, bucket, keys, tmp_path):
+    (identity, recipient), _other = keys
+    src = backup_dir(tmp_path, identity)
+    ship(run_module, moto, bucket, src, recipient)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("keep me")
+    dest = tmp_path / "restore"
+    dest.mkdir()
+    params = s3_params(moto, bucket, dest=str(dest), identity=str(identity))
+
+    # A link where an entry goes: refused, the link and what it points to left alone.
+    (dest / "media-2026-11-22").symlink_to(outside)
+    refused = run_module("offsite_fetch", params)
+    assert refused.get("failed") and "media-2026-11-22 exists in the destination and differs" in refused["msg"], refused
+    assert sorted(os.listdir(dest)) == ["media-2026-11-22"] and os.listdir(outside) == ["precious"]
+    (dest / "media-2026-11-22").unlink()
+
+    # Links where the partial entries go (the tree's partial directory, a file's partial): removed, never followed.
+    (dest / ".media-2026-11-22.partial").symlink_to(outside)
+    (dest / ".db-2026-11-22.manifest.json.partial").symlink_to(outside / "precious")
+    (dest / ".db-2026-11-22.dir.partial").symlink_to(outside)
+    fetched = run_module("offsite_fetch", params)
+    assert not fetched.get("failed"), fetched
+    assert sorted(os.listdir(dest)) == ["db-2026-11-22.dir", "db-2026-11-22.manifest.json", "media-2026-11-22"]
+    assert os.listdir(outside) == ["precious"] and (outside / "precious").read_text() == "keep me"
+    assert files_of(dest / "media-2026-11-22") == files_of(src / "media-2026-11-22")
+
+
+def test_a_destination_through_a_link_others_could_plant_is_refused(run_module, moto, bucket, keys, tmp_path):
+    (identity, recipient), _other = keys
+    src = backup_dir(tmp_path, identity)
+    ship(run_module, moto, bucket, src, recipient)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (shared / "restore").symlink_to(target)
+    result = run_module("offsite_fetch", s3_params(moto, bucket, dest=str(shared / "restore"), identity=str(identity)))
+    assert result.get("failed") and "refusing to follow the symlink restore in a directory others can write to" in result["msg"], result
+    assert os.listdir(target) == []
+
+
+# --- a damaged object is not a wrong key ------------------------------------------------------------------------------
+
+def flipped(body, where):
+    """`body` with one bit flipped in its header: in the recipient stanza's wrapped key (age then finds no identity,
+    as for a wrong key), in the header's MAC, or in its first line."""
+    header_end = body.index(b"\n---") + 1
+    stanza = body.index(b"\n", body.index(b"-> X25519")) + 1  # the stanza's body line
+    offset = {"stanza": stanza + 10, "mac": header_end + 10, "intro": 3}[where]
+    damaged = bytearray(body)
+    damaged[offset] ^= 0x01
+    return bytes(damaged)
+
+
+@pytest.mark.parametrize("name,prefixes,select", [("media-2026-11-21.tar.age", ["media-"], "2026-11-21"),
+                                                  ("db-2026-11-21.manifest.json.age", ["db-"], "2026-11-21"),
+                                                  ("db-2026-11-21.sql.gz.age", ["db-"], "2026-11-21")])
+def test_a_damaged_age_header_is_reported_as_damage_and_a_wrong_key_as_a_wrong_key(run_module, moto, bucket, keys, tmp_path,
+                                                                                    name, prefixes, select):
+    (identity, recipient), (other, _other_recipient) = keys
+    src = backup_dir(tmp_path, identity)
+    ship(run_module, moto, bucket, src, recipient)
+    body, _meta = objects(moto, bucket)[name]
+    dest = tmp_path / "restore"
+    dest.mkdir()
+    params = s3_params(moto, bucket, dest=str(dest), identity=str(identity), prefixes=prefixes, select=select)
+
+    for where in ("stanza", "mac", "intro"):
+        replace_object(moto, bucket, name, flipped(body, where))
+        damaged = run_module("offsite_fetch", params)
+        assert damaged.get("failed"), damaged
+        assert "wrong key" not in damaged["msg"], (where, damaged["msg"])
+        assert "sha256 mismatch: s3://%s/host1/%s is not the object that was uploaded" % (bucket, name) in damaged["msg"], (where, damaged)
+        assert "it was damaged or replaced, not a key problem" in damaged["msg"], (where, damaged)
+        assert os.listdir(dest) == []
+
+    replace_object(moto, bucket, name, body)
+    wrong = run_module("offsite_fetch", dict(params, identity=str(other)))
+    assert wrong.get("failed") and "the age key at %s cannot decrypt this backup" % other in wrong["msg"], wrong
+    assert "wrong key" in wrong["msg"] and "intact" in wrong["msg"] and "damaged or replaced" not in wrong["msg"]
+    assert os.listdir(dest) == []
+    assert not run_module("offsite_fetch", params).get("failed")
+
+
+@pytest.mark.parametrize("setting,value,message", [
+    ("endpoint_url", "not a url", "cannot use endpoint_url 'not a url'"),
+    ("region", "bad region!", "in region 'bad region!'"),
+])
+def test_a_malformed_endpoint_or_region_fails_clearly(run_module, tmp_path, setting, value, message):
+    dest = tmp_path / "restore"
+    dest.mkdir()
+    params = {setting: value, "bucket": "b", "prefix": "host1/", "access_key": ACCESS, "secret_key": SECRET}
+    for module, extra in (("offsite_fetch", dict(dest=str(dest))), ("offsite_sync", dict(src=str(tmp_path), recipient="age1" + "q" * 58))):
+        result = run_module(module, dict(params, **extra))
+        assert result.get("failed") and message in result["msg"], result
