@@ -16,6 +16,7 @@ import pytest
 testinfra_hosts = ["app"]
 
 COMPOSE = "docker compose --project-directory /opt/whatsapp-mcp"
+SECRETS_FILE = "/opt/whatsapp-mcp/ops/secrets/secrets.enc.yaml"
 PEPPER, TOKEN = "rotate_api_key_pepper.yml", "rotate_access_token.yml"
 PLAYBOOK_ENV = {"ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
 
@@ -152,6 +153,7 @@ def test_a_token_meta_does_not_accept_is_rolled_back(host):
     rc, out = playbook(TOKEN, f"phone_id={PHONE_ID}", "incident_id=MOLECULE-TOKEN-BAD", "access_token=EAAGnever-issued-by-meta-0000000000")
     assert rc == 2 and "did not work" in out and "previous token is back" in out
     assert decrypted(host)[f"wa_access_token_{PHONE_ID}"] == before
+    assert not host.file(SECRETS_FILE + ".pre-MOLECULE-TOKEN-BAD").exists  # the kept copy went with the rollback
     host.check_output("for i in $(seq 60); do curl -fs http://127.0.0.1/health >/dev/null && break; sleep 1; done")
     smoke = host.run(f"{COMPOSE} exec -T app wa-mcp smoke --send-phone-id {PHONE_ID}")
     assert smoke.rc == 0, smoke.stdout
@@ -159,7 +161,6 @@ def test_a_token_meta_does_not_accept_is_rolled_back(host):
 
 # ------------------------------------------------------------------------------------------------ key compromise
 KEYS = "key_compromise.yml"
-SECRETS_FILE = "/opt/whatsapp-mcp/ops/secrets/secrets.enc.yaml"
 
 
 def api(host, method, path, token=None, body=None):
@@ -235,6 +236,7 @@ def test_a_db_password_the_service_cannot_use_is_rolled_back(host):
     rc, out = playbook(KEYS, "incident_id=MOLECULE-KEYS-BAD", "steps=db_password", "confirm=true", "key_compromise_db_role=decoy")
     assert rc == 2 and "logs in with the previous password only" in out and "previous password is back" in out
     assert decrypted(host)["db_password"] == before["db_password"] and db_login(host, before["db_password"])
+    assert not host.file(SECRETS_FILE + ".pre-MOLECULE-KEYS-BAD").exists
     host.check_output("for i in $(seq 60); do curl -fs http://127.0.0.1/health >/dev/null && break; sleep 1; done")
     assert health(host)["checks"]["db_credential"] == "current"
 
@@ -295,3 +297,29 @@ def test_no_secret_in_runner_artifacts_output_journal_or_argv(host, tmp_path):
     for place, content in places.items():
         for value in values:
             assert value.encode() not in content, f"a secret appears in the {place}"
+
+
+# ------------------------------------------------------------------------------------------------ repository of record
+def test_a_redeploy_from_the_repository_keeps_every_rotated_secret(host):
+    """Every rotation above pushed the new encrypted file to the service repository (offhost). The host loses its
+    checkout and its decrypted secrets and is deployed again from the repository: the rotated secrets are in force."""
+    in_force, before = decrypted(host), health(host)
+    # Published: the checkout's secrets file is its HEAD's, which is the remote's; rolled-back rotations left no copy.
+    assert host.check_output("git -C /opt/whatsapp-mcp status --porcelain -- ops/secrets") == ""
+    assert host.check_output("git -C /opt/whatsapp-mcp rev-parse HEAD") == host.check_output("git -C /opt/whatsapp-mcp rev-parse origin/main")
+    pushed = host.check_output("git -C /opt/whatsapp-mcp log --format=%s origin/main")
+    assert "Rotate the API key pepper (rotated, hard) (MOLECULE-HARD)" in pushed
+    assert "Rotate the Meta access token of phone id %s (MOLECULE-TOKEN)" % PHONE_ID in pushed
+    assert "Key compromise: auth_secret, db_password replaced (LEAK-KEYS)" in pushed
+    assert "MOLECULE-TOKEN-BAD" not in pushed and "MOLECULE-KEYS-BAD" not in pushed  # rolled back: nothing to publish
+    backups = host.check_output("ls /var/lib/whatsapp-mcp/backups").split()
+    assert any(name.startswith("secrets-") and name.endswith(".enc.yaml") for name in backups)
+
+    host.check_output("systemctl stop whatsapp-mcp.service whatsapp-mcp-secrets.service && rm -rf /opt/whatsapp-mcp /run/secrets/*")
+    rc, out = playbook("rebootstrap.yml", "incident_id=MOLECULE-REDEPLOY")
+    assert rc == 0, out
+    assert decrypted(host) == in_force
+    after = health(host)
+    assert after["status"] == "ok" and after["checks"]["db_credential"] == "current"
+    assert after["pepper_fingerprint"] == before["pepper_fingerprint"] == fingerprint(host, in_force["api_key_pepper"])
+    assert after["jwt_secret_fingerprint"] == before["jwt_secret_fingerprint"]
