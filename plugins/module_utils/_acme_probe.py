@@ -8,6 +8,7 @@ import errno
 import http.client
 import ipaddress
 import random
+import re
 import socket
 import struct
 
@@ -18,6 +19,18 @@ QTYPES = {1: "A", 28: "AAAA"}
 
 class DnsError(Exception):
     pass
+
+
+DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def is_dns_name(name):
+    """A host name the probe can ask DNS for (internationalized names in their IDNA form)."""
+    try:
+        ascii_name = name.rstrip(".").encode("idna").decode("ascii")
+    except (UnicodeError, ValueError):
+        return False
+    return 0 < len(ascii_name) <= 253 and all(DNS_LABEL.match(label) for label in ascii_name.split("."))
 
 
 def _encode_name(name):

@@ -125,6 +125,15 @@ def main():
         module.fail_json(msg="names is empty")
     if not re.match(r"^[A-Za-z0-9_-]+$", params["probe_name"]):
         module.fail_json(msg="probe_name must be a plain file name (letters, digits, _ and -)")
+    wrong = [name for name in params["names"] if not _acme_probe.is_dns_name(name)]
+    if wrong:
+        module.fail_json(msg="not a DNS name: %s (labels of letters, digits and -, at most 63 characters, 253 in all)"
+                         % ", ".join(repr(name[:80]) for name in wrong[:5]))
+    for name in ("port", "resolver_port"):
+        if not 1 <= params[name] <= 65535:
+            module.fail_json(msg="%s must be a TCP/UDP port (1-65535), not %d" % (name, params[name]))
+    if not 1 <= params["timeout"] <= 300:
+        module.fail_json(msg="timeout must be 1 to 300 seconds, not %d" % params["timeout"])
     try:
         for address in params["expected_addresses"] + ([params["resolver"]] if params["resolver"] else []):
             ipaddress.ip_address(address)

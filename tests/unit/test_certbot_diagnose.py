@@ -298,6 +298,20 @@ def test_bad_input_fails_clearly(run_module, tmp_path):
     assert bad["failed"] and "plain file name" in bad["msg"]
 
 
+@pytest.mark.parametrize("bad, words", [
+    ({"names": ["x" * 64 + ".example.com"]}, "not a DNS name"),
+    ({"names": ["a..example.com"]}, "not a DNS name"),
+    ({"names": ["-rf.example.com"]}, "not a DNS name"),
+    ({"names": ["a.example.com; touch /tmp/x"]}, "not a DNS name"),
+    ({"names": ["a.example.com"], "port": 0}, "port must be"),
+    ({"names": ["a.example.com"], "resolver_port": 2 ** 70}, "resolver_port must be"),
+    ({"names": ["a.example.com"], "timeout": -1}, "timeout must be"),
+])
+def test_acme_probe_refuses_what_it_cannot_probe(run_module, bad, words):
+    result = run_module("acme_probe", dict({"probe_name": "p", "probe_content": "x", "resolver": "127.0.0.1"}, **bad))
+    assert result.get("failed") and words in result["msg"], result
+
+
 def test_every_cause_has_a_hint():
     causes = {rule[0] for rule in _certbot.RULES} | {"none", "unknown", "dns_points_elsewhere"}
     assert causes == set(_certbot.HINTS)
