@@ -7,13 +7,16 @@ Snapshots are the seeds' `rsync -aH --link-dest=<yesterday>`: a file unchanged s
 hard link to it and costs no space. rsync writes into a hidden partial directory that is renamed into place only
 once complete and flushed, so a name `<prefix><stamp>` always holds a whole snapshot. A partial directory left by
 a crash is removed, never reused: rsync would fix a changed mode or owner in place on a file hard-linked into the
-previous snapshot, changing that snapshot too.
+previous snapshot, changing that snapshot too. rsync is given the partial directory by name, so the backup
+directory must be one only root can write to: in any other, a symlink planted at that name would redirect root's
+copy. Partial and replaced snapshots are removed without following a link (_fileio.remove).
 
 Verification reads a sample of media_objects (storage_path, sha256, size_bytes) and checks each file under the
 media directory, refusing paths that lead out of it. Pure Python: host-side jobs import it too.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -30,7 +33,10 @@ STATS = {
     "files_transferred": re.compile(r"^Number of regular files transferred: (\d+)", re.M),
     "bytes_transferred": re.compile(r"^Total transferred file size: (\d+)", re.M),
 }
-PROBLEMS = ("missing", "size", "sha256", "unsafe_path")
+PROBLEMS = ("missing", "size", "sha256", "unsafe_path", "invalid_row")
+SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}\Z")
+# What a snapshot name's prefix may not hold: a path separator, control characters (NUL included).
+BAD_PREFIX = re.compile("[/\x00-\x1f\x7f]")
 MAX_LISTED_PROBLEMS = 100
 SEED_SCALE = 2 ** 31  # setseed() takes -1..1; seeds are integers within ±2^31
 
@@ -125,8 +131,7 @@ def regular_files(root):
 
 
 def remove_leftover(path):
-    if os.path.lexists(path):
-        _retention.remove_entry(path)
+    _fileio.remove(path)
 
 
 def _check_dirs(src, dest):
@@ -136,6 +141,17 @@ def _check_dirs(src, dest):
         raise MediaError("media directory %s is not a directory" % src)
     if not os.path.isdir(dest):
         raise MediaError("backup directory %s does not exist or is not a directory" % dest)
+    fd = _fileio.open_dir(dest)
+    try:
+        info = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if info.st_uid not in (0, os.geteuid()):
+        raise MediaError("backup directory %s belongs to uid %d, not root: its owner could plant a symlink that "
+                         "redirects the snapshot" % (dest, info.st_uid))
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise MediaError("backup directory %s is writable by others (mode %04o): a symlink planted there would redirect "
+                         "the snapshot; make it root's alone (0700)" % (dest, stat.S_IMODE(info.st_mode)))
     real_src, real_dest = os.path.realpath(src), os.path.realpath(dest)
     if os.path.commonpath([real_src, real_dest]) == real_src:
         raise MediaError("backup directory %s is inside the media directory %s: the snapshot would contain itself"
@@ -144,8 +160,9 @@ def _check_dirs(src, dest):
 
 def snapshot(src, dest, prefix="media-", stamp=None, link_dest="auto", force=False, check_mode=False):
     """Snapshot `src` into `dest/<prefix><stamp>`; returns the result dict (changed, path, link_dest, counts...)."""
-    if not prefix or "/" in prefix:
-        raise MediaError("prefix %r is not valid: it must be a non-empty file name prefix without '/'" % prefix)
+    if not prefix or BAD_PREFIX.search(prefix) or prefix.startswith("."):
+        raise MediaError("prefix %r is not valid: it must be a non-empty file name prefix without '/' or control "
+                         "characters, not starting with '.' (hidden names are partial snapshots)" % prefix)
     stamp = stamp or _pg_backup.utc_now().strftime("%Y-%m-%d")
     check_stamp(stamp)
     # Absolute paths: rsync never takes a relative path starting with "-" for an option.
@@ -182,7 +199,7 @@ def snapshot(src, dest, prefix="media-", stamp=None, link_dest="auto", force=Fal
         if synced.returncode != 0:
             raise MediaError("sync -f %s failed: %s" % (partial, synced.stderr.strip() or "no error output"))
     except (MediaError, OSError) as exc:
-        shutil.rmtree(partial, ignore_errors=True)
+        _remove_quietly(partial)
         raise MediaError("%s; the partial snapshot was removed" % exc)
     try:
         if verb == "replace":
@@ -195,13 +212,24 @@ def snapshot(src, dest, prefix="media-", stamp=None, link_dest="auto", force=Fal
         else:
             os.rename(partial, final)
     except OSError as exc:
-        shutil.rmtree(partial, ignore_errors=True)
+        _remove_quietly(partial)
         raise MediaError("cannot rename %s into place (%s); the partial snapshot was removed" % (final, exc.strerror or exc))
     _fileio.fsync_dir(dest)
     if verb == "replace":
-        shutil.rmtree(replaced)
+        try:
+            _fileio.remove(replaced)
+        except OSError as exc:
+            warnings.append("the new snapshot is in place, but the one it replaced, %s, could not be removed: %s" % (replaced, exc))
     return dict(result, changed=True, warnings=warnings, msg="%sd %s, copied %d of %d files (%d bytes)" % (
         verb, final, stats["files_transferred"], stats["files_total"], stats["bytes_transferred"]), **stats)
+
+
+def _remove_quietly(path):
+    """Remove a partial snapshot on the way out of a failure (never through a link); the failure is what counts."""
+    try:
+        _fileio.remove(path)
+    except OSError:
+        pass
 
 
 # ----------------------------------------------------------------------------------------------- verification
@@ -235,6 +263,9 @@ def check_file(root, storage_path, sha256, size):
     `root` is the real path of the media directory; a path that is absolute, has a `..` component or resolves
     (through symlinks) outside it is never opened.
     """
+    if not isinstance(storage_path, str) or not isinstance(sha256, str) or not SHA256_HEX.match(sha256) \
+            or not isinstance(size, int) or size < 0:
+        return "invalid_row"
     if not storage_path or os.path.isabs(storage_path) or ".." in storage_path.split("/"):
         return "unsafe_path"
     path = os.path.realpath(os.path.join(root, storage_path))
@@ -249,11 +280,23 @@ def check_file(root, storage_path, sha256, size):
     if info.st_size != size:
         return "size"
     try:
-        if _fileio.sha256_file(path) != sha256.lower():
-            return "sha256"
+        # The resolved path, opened without following a link: one swapped in since it was resolved is not read.
+        fd = _fileio.open_file(path)
+    except _fileio.UnsafePathError:
+        return "unsafe_path"
+    except FileNotFoundError:
+        return "missing"
     except OSError as exc:
         raise MediaError("cannot read %s: %s" % (path, exc.strerror or exc))
-    return None
+    try:
+        digest = hashlib.sha256()
+        for chunk in iter(lambda: os.read(fd, _fileio.CHUNK), b""):
+            digest.update(chunk)
+    except OSError as exc:
+        raise MediaError("cannot read %s: %s" % (path, exc.strerror or exc))
+    finally:
+        os.close(fd)
+    return "sha256" if digest.hexdigest() != sha256.lower() else None
 
 
 def verify(runtime, db, media_dir, sample=100, seed=None):
@@ -270,8 +313,8 @@ def verify(runtime, db, media_dir, sample=100, seed=None):
     root = os.path.realpath(media_dir)
     problems = []
     for path_hex, sha256, size in rows:
-        storage_path = bytes.fromhex(path_hex).decode("utf-8")
-        problem = check_file(root, storage_path, sha256, int(size))
+        storage_path = bytes.fromhex(path_hex).decode("utf-8") if path_hex is not None else None
+        problem = check_file(root, storage_path, sha256, int(size) if size is not None and size.lstrip("-").isdigit() else None)
         if problem is not None:
             problems.append(dict(storage_path=storage_path, problem=problem))
     return dict(changed=False, sample=sample, total_rows=total_rows, checked=len(rows), ok=len(rows) - len(problems),

@@ -18,6 +18,10 @@ description:
     renamed to its final name only when rsync succeeded; the backup directory is then fsync'd. A failed run
     removes the partial directory and never touches existing snapshots. A partial directory left by a crash is
     removed, not reused (rsync would fix a file's mode in place, in the previous snapshot too through the hard link).
+  - rsync is given the partial directory by name, so I(dest) must belong to root and be writable by nobody else
+    (the service layout makes it C(0700) root). A backup directory others can write to is refused, because a
+    symlink planted at the partial directory's name would redirect root's copy. Leftover and replaced snapshots
+    are removed without following a link.
   - Idempotent per stamp. When C(<prefix><stamp>) exists, nothing is done unless I(force=true), which takes a new
     snapshot and only then swaps it in for the old one.
   - Requires C(rsync) on the managed host. Prune old snapshots with M(runbooks.incident.backup_retention) and the
@@ -36,11 +40,11 @@ options:
     type: path
     default: /var/lib/whatsapp-mcp/media
   dest:
-    description: Backup directory on the managed host, holding the snapshots. Must exist and not be inside I(src).
+    description: Backup directory on the managed host, holding the snapshots. Must exist, belong to root, be writable by nobody else, and not be inside I(src).
     type: path
     default: /var/lib/whatsapp-mcp/backups
   prefix:
-    description: Name prefix of the snapshot directories.
+    description: Name prefix of the snapshot directories (no C(/), no control characters, not starting with C(.)).
     type: str
     default: media-
   stamp:
@@ -133,7 +137,7 @@ def main():
     try:
         result = _media.snapshot(params["src"], params["dest"], prefix=params["prefix"], stamp=params["stamp"],
                                  link_dest=params["link_dest"], force=params["force"], check_mode=module.check_mode)
-    except (_media.MediaError, OSError) as exc:
+    except (_media.MediaError, OSError, ValueError) as exc:
         module.fail_json(msg="media snapshot of %s into %s failed, no snapshot was changed: %s" % (params["src"], params["dest"], exc))
     for warning in result.pop("warnings"):
         module.warn(warning)

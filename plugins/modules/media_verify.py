@@ -13,7 +13,8 @@ description:
     picked at random in SQL, or every row; for each, checks that C(<media_dir>/<storage_path>) is a regular file
     of that size whose SHA-256 (streamed) matches.
   - A C(storage_path) that is absolute, has a C(..) component or leads out of I(media_dir) through a symlink is
-    never opened and is reported as C(unsafe_path).
+    never opened and is reported as C(unsafe_path). The file is opened at its resolved path without following a
+    link, so one swapped in after the check is not read either.
   - Fails listing the problems when any is found, unless I(fail_on_mismatch=false).
   - Read-only.
 extends_documentation_fragment:
@@ -90,7 +91,8 @@ ok:
 problems:
   description:
     - Rows with a problem (at most 100 are listed), with the problem found, one of C(missing) (no regular file there),
-      C(size), C(sha256) or C(unsafe_path).
+      C(size), C(sha256), C(unsafe_path) or C(invalid_row) (a NULL, a C(sha256) that is not 64 hex digits or a
+      negative size, so the row cannot be checked).
   returned: success
   type: list
   elements: dict
@@ -122,7 +124,7 @@ def main():
     try:
         result = _media.verify(_pg.Runtime.from_params(params), params["db"], params["media_dir"],
                                sample=params["sample"], seed=params["seed"])
-    except (_media.MediaError, OSError) as exc:
+    except (_media.MediaError, OSError, ValueError) as exc:
         module.fail_json(msg="cannot verify the media files of %s: %s" % (params["db"], exc))
     if result["problems"] and params["fail_on_mismatch"]:
         listed = ", ".join("%s (%s)" % (item["storage_path"], item["problem"]) for item in result["problems"][:10])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pwd
 import shutil
 import stat
 import subprocess
@@ -245,6 +246,35 @@ def test_refusals_change_nothing(run_module, media, tmp_path):
     assert (dest / ("media-" + DAY3)).read_bytes() == b"a file"
 
 
+@pytest.mark.parametrize("mode", [0o1777, 0o775, 0o757], ids=["1777", "775", "757"])
+def test_a_backup_directory_others_can_write_to_is_refused(run_module, media, mode):
+    """Root's rsync writes into <dest>/.<prefix><stamp>.partial by name: in a directory others can write to, a
+    symlink planted there would redirect the whole snapshot."""
+    src, dest = media
+    dest.chmod(mode)
+    for check_mode in (True, False):
+        res = run_module("media_snapshot", params(src, dest, DAY1), check_mode=check_mode)
+        assert res.get("failed") and "writable by others" in res["msg"] and "no snapshot was changed" in res["msg"], res
+    assert entries(dest) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a directory another user's needs root")
+def test_a_backup_directory_owned_by_another_user_is_refused(run_module, media):
+    src, dest = media
+    os.chown(dest, pwd.getpwnam("nobody").pw_uid, -1)
+    res = run_module("media_snapshot", params(src, dest, DAY1))
+    assert res.get("failed") and "belongs to" in res["msg"] and "no snapshot was changed" in res["msg"], res
+    assert entries(dest) == []
+
+
+@pytest.mark.parametrize("prefix", ["nul\x00", ".hidden-", "line\nbreak-", "tab\t"], ids=["nul", "hidden", "newline", "tab"])
+def test_a_prefix_that_cannot_name_a_snapshot_is_refused(run_module, media, prefix):
+    src, dest = media
+    res = run_module("media_snapshot", params(src, dest, DAY1, prefix=prefix))
+    assert res.get("failed") and "prefix" in res["msg"] and "no snapshot was changed" in res["msg"], res
+    assert entries(dest) == []
+
+
 def test_a_failed_rsync_removes_the_partial_and_keeps_the_snapshots(run_module, media, tmp_path, monkeypatch):
     src, dest = media
     run_module("media_snapshot", params(src, dest, DAY1))
@@ -412,3 +442,24 @@ def test_verify_lists_at_most_100_problems(run_module, conn, media_db, pg_server
     res = run_module("media_verify", verify_params(conn, empty, sample="all"))
     assert res["failed"] and res["problems_total"] == 120 + len(paths) and len(res["problems"]) == 100
     assert res["msg"].endswith("and %d more" % (120 + len(paths) - 10))
+
+
+def test_verify_reports_rows_it_cannot_check_never_a_traceback(run_module, conn, media_db, pg_server):
+    """A restored database need not have the service's constraints: rows with NULLs or values that are no digest."""
+    media_dir, paths, _unused = media_db
+    conn_db = pg_server.connect("media_verify_test")
+    try:
+        with conn_db, conn_db.cursor() as cur:
+            cur.execute("ALTER TABLE media_objects DROP CONSTRAINT IF EXISTS media_objects_sha256_check, "
+                        "DROP CONSTRAINT IF EXISTS media_objects_size_bytes_check, ALTER COLUMN sha256 DROP NOT NULL, "
+                        "ALTER COLUMN size_bytes DROP NOT NULL, ALTER COLUMN storage_path DROP NOT NULL")
+            for storage_path, sha256, size in (("bad/1", None, 1000), ("bad/2", "a" * 64, None), ("bad/3", "not hex", 5),
+                                               (None, "a" * 64, 1), ("bad/4", "a" * 64, -1)):
+                cur.execute("INSERT INTO media_objects (client_id, storage_path, sha256, size_bytes, content_type) "
+                            "VALUES (1, %s, %s, %s, 'image/jpeg')", (storage_path, sha256, size))
+    finally:
+        conn_db.close()
+    res = run_module("media_verify", verify_params(conn, media_dir, sample="all", fail_on_mismatch=False))
+    assert not res.get("failed"), res
+    assert res["checked"] == len(paths) + 5 and res["ok"] == len(paths) and res["problems_total"] == 5
+    assert [problem["problem"] for problem in res["problems"]] == ["invalid_row"] * 5
