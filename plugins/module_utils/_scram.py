@@ -4,8 +4,8 @@
 
 `ALTER ROLE ... PASSWORD '<verifier>'` stores the verifier as given, so the clear password never reaches the server,
 its statement log or pg_stat_activity (what psql's \\password does). A verifier also tells, without a login attempt,
-whether a role already has a given password. Passwords are taken as given: this collection generates URL-safe
-ASCII ones, which SASLprep leaves unchanged.
+whether a role already has a given password. Passwords are taken as given, so they must be ASCII without NUL: a
+client normalises a non-ASCII password (SASLprep) before SCRAM, and this collection generates URL-safe ASCII ones.
 """
 from __future__ import annotations
 
@@ -17,6 +17,18 @@ import re
 
 ITERATIONS = 4096
 VERIFIER = re.compile(r"^SCRAM-SHA-256\$(\d+):([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+):([A-Za-z0-9+/=]+)$")
+
+
+class ScramError(Exception):
+    pass
+
+
+def check_password(password):
+    """Refuse what a verifier of the password as given would not match at login (the value is never shown)."""
+    if not password.isascii() or "\0" in password:
+        raise ScramError("the password holds %s, which a PostgreSQL client would %s before SCRAM, so the role could not log "
+                         "in with it: use an ASCII password (as secret_rotate generates)"
+                         % (("a NUL character", "cut off") if "\0" in password else ("non-ASCII characters", "normalise (SASLprep)")))
 
 
 def _keys(password, salt, iterations):

@@ -155,6 +155,7 @@ def main():
     if params["state"] == "revoked" and not _run_lock.INCIDENT_ID.match(params["change_id"]):
         module.fail_json(msg="change_id %r is not valid (letters, digits and ._:-, at most 64); nothing was changed" % params["change_id"])
     try:
+        _pg.check_name(params["db"])
         runtime.ping()
         before = report(runtime, params["db"])
         if params["state"] == "report":
@@ -173,7 +174,7 @@ def main():
             runtime.execute(revoke_sql(keep, params["change_id"], params["reason"], params["actor"]), params["db"])
         after = report(runtime, params["db"])
         done = _pg.recorded_change(runtime, params["db"], ACTION, params["change_id"]) or {}
-    except _pg.PgError as exc:
+    except (_pg.PgError, OSError) as exc:
         verb = "report" if params["state"] == "report" else "revoke"
         module.fail_json(msg="cannot %s the API keys of %s: %s" % (verb, params["db"], exc))
     module.exit_json(changed=bool(to_revoke), revoked=int(done.get("revoked", 0)), notify=done.get("notify", []),

@@ -11,6 +11,9 @@ description:
   - Reads the password from top-level key I(password_key) of I(sops_file) on the managed host and makes it the
     password of I(role) with C(ALTER ROLE ... PASSWORD '<SCRAM-SHA-256 verifier>'). The verifier is computed here,
     so the clear password never reaches the server, its logs, a process argument or a result.
+  - The password is the value as the service reads its password file, only a trailing line end removed (spaces
+    are part of it). A password with non-ASCII characters or a NUL is refused with nothing changed, because a PostgreSQL
+    client normalises such a password (SASLprep) or cuts it before SCRAM, and the role could not log in with it.
   - Compares first. When the role's stored verifier already matches the password, nothing is done. After the
     change, the stored verifier is read back and checked.
   - Used by role C(runbooks.incident.key_compromise) after M(runbooks.incident.secret_rotate) put the new password
@@ -97,14 +100,15 @@ def main():
         password = _sops.Sops(params["sops_file"], params["age_key_file"], params["sops_binary"]).decrypt().get(key)
         if not isinstance(password, str) or not password.strip():
             raise _sops.SopsError("%s has no %s" % (params["sops_file"], key))
-        password = password.rstrip()  # as the service reads it from its secrets file
+        password = password.rstrip("\r\n")  # as the service reads it from its secrets file (spaces are part of it)
+        _scram.check_password(password)
         runtime.ping()
         changed = not _scram.matches(stored_verifier(runtime, role), password)
         if changed and not module.check_mode:
             runtime.execute("ALTER ROLE %s PASSWORD %s" % (_pg.quote_ident(role), _pg.quote_literal(_scram.verifier(password))))
             if not _scram.matches(stored_verifier(runtime, role), password):
                 raise _pg.PgError("the password of role %s does not verify after ALTER ROLE" % role)
-    except (_pg.PgError, _sops.SopsError) as exc:
+    except (_pg.PgError, _sops.SopsError, _scram.ScramError, OSError) as exc:
         module.fail_json(msg="password of role %s not set from %s: %s" % (role, key, exc))
     fp = _secret.fingerprint(password)
     msg = ("role %s %s the password %s (fingerprint %s)" % (role, "now has" if changed else "already has", key, fp))

@@ -142,6 +142,7 @@ def main():
         module.fail_json(msg="change_id %r is not valid (letters, digits and ._:-, at most 64); nothing was changed" % params["change_id"])
     runtime, db, tables, column = _pg.Runtime.from_params(params), params["db"], params["tables"], params["revoked_column"]
     try:
+        _pg.check_name(db)
         if not tables:
             raise _pg.PgError("tables is empty")
         for table in tables + ([params["audit_table"]] if params["audit_table"] else []):
@@ -159,7 +160,7 @@ def main():
             module.exit_json(changed=changed, msg="%d rows to revoke" % sum(before.values()), revoked=before, active=before)
         revoked = module.from_json(runtime.scalar(revoke_sql(params), db))
         after = active(runtime, db, tables, column)
-    except _pg.PgError as exc:
+    except (_pg.PgError, OSError) as exc:
         module.fail_json(msg="sessions not revoked in %s: %s" % (db, exc))
     module.exit_json(changed=True, msg="revoked %s" % ", ".join("%d in %s" % (revoked[t], t) for t in tables), revoked=revoked, active=after)
 

@@ -4,6 +4,8 @@
 rotation, the notification list, idempotence per change id and check mode."""
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from conftest import PG_BINDIR  # pylint: disable=import-error
@@ -20,7 +22,8 @@ def conn_fixture(pg_server):
 @pytest.fixture(name="keys_db")
 def keys_db_fixture(pg_server, request):
     """A fresh service database: its seeded keys are re-labelled with the old pepper, plus two keys on the new one."""
-    name = pg_server.create_database("api_keys_%s" % request.node.name.split("[")[0][-40:])
+    name = pg_server.create_database("api_keys_%s_%s" % (request.node.name.split("[")[0][-30:],
+                                                         hashlib.sha256(request.node.name.encode()).hexdigest()[:8]))
     with pg_server.connect(name) as connection, connection.cursor() as cur:
         cur.execute(populate_sql(clients=4, messages=10, audit_rows=5, media=1))
         cur.execute("UPDATE api_keys SET pepper_fingerprint = %s, revoked_at = NULL", (OLD,))
@@ -72,3 +75,17 @@ def test_revocation_keeps_the_new_pepper_records_the_audit_row_and_returns_who_t
 def test_revocation_needs_the_pepper_to_keep(run_module, conn, keys_db):
     result = run_module("api_keys", dict(db=keys_db, state="revoked", change_id="INC-1", **conn))
     assert result["failed"] and "keep_pepper_fingerprint" in result["msg"]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (dict(db="host=127.0.0.1 dbname=postgres"), "database name 'host=127.0.0.1 dbname=postgres' is not accepted"),
+    (dict(db="wa_mcp' OR '1'='1"), "is not accepted"),
+    (dict(pg_bin_dir="/nonexistent/bin"), "No such file or directory"),
+])
+def test_hostile_connection_settings_fail_clearly_and_change_nothing(run_module, conn, keys_db, pg_server, extra, message):
+    """A db that is a connection string would point psql at another server or database with the module's login."""
+    before = state(pg_server, keys_db)
+    params = dict(dict(db=keys_db, state="revoked", keep_pepper_fingerprint=NEW, change_id="INC-9", **conn), **extra)
+    result = run_module("api_keys", params)
+    assert result.get("failed") and message in result["msg"], result
+    assert state(pg_server, keys_db) == before

@@ -185,6 +185,43 @@ def test_pg_role_password_sets_a_verifier_from_the_sops_file_compares_first_and_
     assert run_module("pg_role_password", params)["changed"] is True and service_logs_in(app_db, secrets)  # a role with none
 
 
+@pytest.mark.parametrize("value,logs_in", [("pw-with-a-trailing-space-" + "t" * 20 + " ", True),
+                                            ("non-ascii-p\u00e4ssword-" + "a" * 20, False),
+                                            ("nbsp\u00a0inside-" + "b" * 20, False)])
+def test_pg_role_password_takes_the_password_as_the_service_reads_it(run_module, secrets, app_db, value, logs_in):
+    """The service strips only the line end from its password file; a password a client would change (SASLprep)
+    before SCRAM is refused, as the role could never log in with its verifier."""
+    set_role_password(app_db, OLD_PASSWORD)
+    assert not run_module("sops_set", secrets.params(key="db_password", value=value)).get("failed")
+    secrets.reboot()
+    result = run_module("pg_role_password", dict(secrets.params(), **pg_params(app_db)))
+    if logs_in:
+        assert not result.get("failed") and result["changed"] is True, result
+        assert service_logs_in(app_db, secrets)
+        assert run_module("pg_role_password", dict(secrets.params(), **pg_params(app_db)))["changed"] is False
+    else:
+        assert result.get("failed") and "non-ASCII characters" in result["msg"] and "use an ASCII password" in result["msg"], result
+        with app_db.connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (APP_ROLE,))
+            assert _scram.matches(cur.fetchone()[0], OLD_PASSWORD)  # nothing was changed
+    assert_no_secret_in(result, value)
+
+
+@pytest.mark.parametrize("module,extra,message", [
+    ("pg_role_password", dict(pg_bin_dir="/nonexistent/bin"), "No such file or directory"),
+    ("sessions_revoke", dict(pg_bin_dir="/nonexistent/bin"), "No such file or directory"),
+    ("sessions_revoke", dict(db="host=127.0.0.1 dbname=postgres"), "database name 'host=127.0.0.1 dbname=postgres' is not accepted"),
+])
+def test_hostile_connection_settings_fail_clearly(run_module, secrets, pg_server, sessions_db, module, extra, message):
+    """A db that is a connection string would point psql at another server or database with the module's login."""
+    params = dict(pg_params(pg_server), **secrets.params()) if module == "pg_role_password" else dict(
+        db=sessions_db, change_id="INC-H", login_unix_socket=pg_server.host, login_port=pg_server.port, login_user="postgres",
+        pg_bin_dir=str(PG_BINDIR))
+    result = run_module(module, dict(params, **extra))
+    assert result.get("failed") and message in result["msg"], result
+    assert active_counts(pg_server, sessions_db) == (3, 4, 0)
+
+
 # ------------------------------------------------------------------------------------------------ crash safety
 # The role's db_password step, as module calls and unit restarts ("reboot" re-materializes the secrets directory).
 DB_STEPS = ["rotate", "materialize", "alter_role", "retire", "materialize_again"]
