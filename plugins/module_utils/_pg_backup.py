@@ -21,7 +21,7 @@ import subprocess
 import threading
 import time
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _dumpfile, _fileio, _pg
+from ansible_collections.runbooks.incident.plugins.module_utils import _dumpfile, _fileio, _pg, _retention
 
 
 # The seeds' daily stamp, or a timed one for an extra backup the same day (what backup_retention parses).
@@ -30,6 +30,14 @@ STAMP = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(T[0-9]{4}([0-9]{2})?Z)?$")
 
 class BackupError(Exception):
     pass
+
+
+def check_stamp(stamp):
+    """A stamp retention can read back: a real date (and time), not just digits in place (2026-13-45)."""
+    parsed = _retention.parse_stamp(stamp) if isinstance(stamp, str) and STAMP.match(stamp) else None
+    if parsed is None or parsed.text != stamp:
+        raise BackupError("stamp %r is not YYYY-MM-DD or YYYY-MM-DDTHHMMSSZ (a real date and time)" % (stamp,))
+    return stamp
 
 
 def check_prefix(prefix):
@@ -177,8 +185,8 @@ def backup(runtime, db, dest, fmt="plain", stamp=None, compress_level=1, jobs=2,
     check_prefix(prefix)
     if fmt not in _dumpfile.SUFFIXES:
         raise BackupError("format %r is not one of %s" % (fmt, ", ".join(sorted(_dumpfile.SUFFIXES))))
-    if stamp is not None and not STAMP.match(stamp):
-        raise BackupError("stamp %r is not YYYY-MM-DD or YYYY-MM-DDTHHMMSSZ" % (stamp,))
+    if stamp is not None:
+        check_stamp(stamp)
     if not os.path.isdir(dest):
         raise BackupError("backup directory %s does not exist" % dest)
     started = utc_now()

@@ -143,11 +143,11 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
     params = module.params
-    if params["stamp"] is not None and not _pg_backup.STAMP.match(params["stamp"]):
-        module.fail_json(msg="stamp %r is not YYYY-MM-DD or YYYY-MM-DDTHHMMSSZ; nothing was dumped" % params["stamp"])
     if not 1 <= params["compress_level"] <= 9 or not 1 <= params["jobs"] <= 64:
         module.fail_json(msg="compress_level must be 1..9 and jobs 1..64; nothing was dumped")
     try:
+        if params["stamp"] is not None:
+            _pg_backup.check_stamp(params["stamp"])
         _pg_backup.check_prefix(params["prefix"])
     except _pg_backup.BackupError as exc:
         module.fail_json(msg="%s; nothing was dumped" % exc)

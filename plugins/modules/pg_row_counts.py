@@ -79,8 +79,8 @@ def main():
     params = module.params
     expected = {}
     for table, count in (params["expected"] or {}).items():
-        if isinstance(count, bool) or not (isinstance(count, int) or (isinstance(count, str) and count.strip().isdigit())):
-            module.fail_json(msg="expected count of %s is %r, not a whole number" % (table, count))
+        if isinstance(count, bool) or not ((isinstance(count, int) and count >= 0) or (isinstance(count, str) and count.strip().isdigit())):
+            module.fail_json(msg="expected count of %s is %r, not a row count (a whole number, 0 or more)" % (table, count))
         expected[_pg.normalize_key(table)] = int(count)
     try:
         runtime = _pg.Runtime.from_params(params)

@@ -102,6 +102,14 @@ def test_a_symlink_at_the_final_name_is_refused_then_replaced_never_followed(run
     assert (target / "keep" if fmt == "directory" else target).read_text() == "mine"
 
 
+@pytest.mark.parametrize("stamp", ["2026-13-45", "2026-02-30", "2026-11-22T2561Z"])
+def test_a_stamp_that_is_not_a_real_date_is_refused(run_module, source, conn, tmp_path, stamp):
+    """Retention reads the date back from the name: a backup named db-2026-13-45 would be neither kept nor pruned."""
+    result = run_module("pg_backup", dict(db=source, dest=str(tmp_path), stamp=stamp, **conn))
+    assert result.get("failed") and "real date" in result["msg"] and "nothing was dumped" in result["msg"], result
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("mode", ["4755", "7777", "01777", "-1"])
 def test_a_file_mode_beyond_0777_is_refused(run_module, source, conn, tmp_path, mode):
     result = run_module("pg_backup", dict(db=source, dest=str(tmp_path), mode=mode, **conn))

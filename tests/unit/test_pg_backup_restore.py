@@ -372,6 +372,22 @@ def test_in_place_needs_force(db, run_module, dumps, conn):
     assert done["verified"] and db.counts("inplace") == db.counts("small_template")
 
 
+def test_a_manifest_written_before_table_names_were_quoted_still_verifies(db, run_module, conn, tmp_path):
+    """Older manifests name `"Mixed"` as `Mixed` and `"Audit"."Log Book"` as `Audit.Log Book`: still read right."""
+    db.psql("postgres", "DROP DATABASE IF EXISTS legacy_keys; CREATE DATABASE legacy_keys")
+    db.psql("legacy_keys", 'CREATE TABLE "Mixed" (id int); INSERT INTO "Mixed" VALUES (1), (2); CREATE SCHEMA "Audit"; '
+                           'CREATE TABLE "Audit"."Log Book" (id int); INSERT INTO "Audit"."Log Book" VALUES (1); '
+                           'CREATE TABLE clients (id int); INSERT INTO clients VALUES (1), (2), (3)')
+    backup = run_module("pg_backup", dict(db="legacy_keys", dest=str(tmp_path), **conn))
+    manifest = Path(backup["manifest_path"])
+    rewrite_manifest(manifest, tables=["Audit.Log Book", "Mixed", "clients"], row_counts={"Audit.Log Book": 1, "Mixed": 2, "clients": 3})
+    assert run_module("dump_verify", dict(src=backup["path"], expect_tables=["Mixed"]))["verified"]
+    restored = run_module("pg_restore", restore_params(backup["path"], "legacy_keys", conn, expect_tables=["Mixed", "clients"]))
+    assert restored["verified"] and restored["row_counts"] == {'"Audit"."Log Book"': 1, '"Mixed"': 2, "clients": 3}, restored
+    counted = run_module("pg_row_counts", dict(db="legacy_keys", expected=json.loads(manifest.read_text())["row_counts"], **conn))
+    assert counted["mismatches"] == {} and not counted.get("failed")
+
+
 # ------------------------------------------------------------------------------------------------ kill -9
 def start_restore(tmp_path, params, fault_dir):
     """pg_restore through ansible-playbook, as an operator runs it."""
