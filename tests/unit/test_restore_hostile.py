@@ -146,6 +146,9 @@ PAYLOADS = {
     "unrestrict with the dump's own key": (lambda m, k, tmp: b"\\unrestrict %s\n\\! touch %s\n" % (k, m), "`\\unrestrict "),
     "unrestrict with a wrong key": (lambda m, k, tmp: b"\\unrestrict wrongkey123\n\\! touch %s\n" % m, "`\\unrestrict wrongkey123`"),
     "connect to another database": (lambda m, k, tmp: b"\\connect postgres\n\\! touch %s\n" % m, "`\\connect postgres`"),
+    "after COPY data ended by a CR LF marker": (
+        lambda m, k, tmp: b"COPY public.items (id, body) FROM stdin;\n5000\tx\n\\.\r\n\\! touch %s\n" % m, "`\\! touch"),
+    "after a string whose backslash escapes nothing": (lambda m, k, tmp: b"SELECT 'x\\'; \\! touch %s\n" % m, "`\\! touch"),
 }
 # Every payload in another position, file form, job count and strategy (the full cross of one payload is below).
 VARIANTS = {
@@ -158,6 +161,8 @@ VARIANTS = {
     "unrestrict with the dump's own key": ("pre-data", True, 2, "in_place"),
     "unrestrict with a wrong key": ("post-data", True, 1, "swap"),
     "connect to another database": ("pre-data", False, 2, "swap"),
+    "after COPY data ended by a CR LF marker": ("post-data", True, 1, "swap"),
+    "after a string whose backslash escapes nothing": ("pre-data", True, 2, "in_place"),
 }
 
 
@@ -174,7 +179,10 @@ def hostile_dump(tmp_path, backup, payload_name, where, compressed, live):
     keep_restrict = payload_name.startswith("unrestrict")
     payload = make(str(marker).encode(), restrict_key(sql).encode(), tmp_path)
     sql = inject(sql if keep_restrict else without_restrict(sql), payload, where)
-    return write_dump(tmp_path, sql, backup[1], live, compressed), marker, line_of(sql, payload), shown
+    # The line the refusal must name: the payload's line holding the command shown.
+    command = next(line for line in payload.splitlines(keepends=True) if shown.strip("`").encode() in line)
+    line = line_of(sql, payload) + payload[:payload.index(command)].count(b"\n")
+    return write_dump(tmp_path, sql, backup[1], live, compressed), marker, line, shown
 
 
 @pytest.mark.parametrize("payload_name", sorted(PAYLOADS))
