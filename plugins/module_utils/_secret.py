@@ -18,6 +18,8 @@ import json
 import secrets
 
 MIN_LENGTH = 32
+# Far more than any key or password needs; the bound keeps a typo from generating megabytes into the sops file.
+MAX_LENGTH = 1024
 
 
 class SecretError(Exception):
@@ -31,7 +33,7 @@ def fingerprint(value):
 
 def generate(length):
     """A URL-safe random value of exactly `length` characters (6 bits each): safe in files, URLs and SCRAM.
-    secret_rotate refuses a length under MIN_LENGTH before anything is read."""
+    secret_rotate refuses a length outside MIN_LENGTH..MAX_LENGTH before anything is read."""
     return secrets.token_urlsafe(length)[:length]
 
 

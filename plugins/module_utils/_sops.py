@@ -48,6 +48,10 @@ class Sops:
             self.env["SOPS_AGE_KEY_FILE"] = age_key_file
 
     def _run(self, argv, stdin=None, pass_fds=()):
+        key_file = self.env.get("SOPS_AGE_KEY_FILE")
+        with contextlib.suppress(FileNotFoundError):  # sops says so itself
+            if key_file and not stat.S_ISREG(os.stat(key_file).st_mode):  # a FIFO there would hold sops for ever
+                raise SopsError("the age key file %s is not a regular file" % key_file)
         try:
             res = subprocess.run([self.binary] + argv, input=stdin, capture_output=True, env=self.env, check=False, pass_fds=pass_fds)
         except FileNotFoundError:

@@ -42,7 +42,7 @@ options:
     type: str
     required: true
   length:
-    description: Length in characters of the new value (URL-safe alphabet, 6 random bits per character). At least 32.
+    description: Length in characters of the new value (URL-safe alphabet, 6 random bits per character). At least 32, at most 1024.
     type: int
     default: 48
   keep_previous:
@@ -150,8 +150,9 @@ def main():
         module.fail_json(msg="key %r is not a plain top-level name (letters, digits and _-); nothing was changed" % params["key"])
     if not _run_lock.INCIDENT_ID.match(params["change_id"]):
         module.fail_json(msg="change_id %r is not valid (letters, digits and ._:-, at most 64); nothing was changed" % params["change_id"])
-    if params["length"] < _secret.MIN_LENGTH:
-        module.fail_json(msg="length must be at least %d characters, not %d; nothing was changed" % (_secret.MIN_LENGTH, params["length"]))
+    if not _secret.MIN_LENGTH <= params["length"] <= _secret.MAX_LENGTH:
+        module.fail_json(msg="length must be at least %d characters and at most %d, not %d; nothing was changed"
+                         % (_secret.MIN_LENGTH, _secret.MAX_LENGTH, params["length"]))
     store = _sops.Sops(params["sops_file"], params["age_key_file"], params["sops_binary"])
     try:
         document = store.decrypt()

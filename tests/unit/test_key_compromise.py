@@ -93,6 +93,7 @@ def test_keep_previous_until_retired_and_no_second_rotation_over_a_kept_value(ru
 
 @pytest.mark.parametrize("extra,message", [
     (dict(length=31), "length must be at least 32"),
+    (dict(length=10 ** 7), "and at most 1024, not 10000000"),
     (dict(change_id="bad id!"), "change_id 'bad id!' is not valid"),
     (dict(key="../etc"), "is not a plain top-level name"),
 ])

@@ -9,6 +9,7 @@ change makes is removed.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import stat
 import sys
@@ -128,3 +129,19 @@ def test_the_sops_file_is_never_changed_through_a_symlink(run_module, secrets, t
         assert real.read_bytes() == before
     if where == "the file":
         assert secrets.sops_file.is_symlink()
+
+
+@pytest.mark.parametrize("module,params", [("sops_set", dict(key="db_password", value="y" * 40)),
+                                           ("secret_rotate", dict(key="auth_jwt_secret", change_id="INC-FIFO")),
+                                           ("pg_role_password", dict(login_unix_socket="/nonexistent", role="wa")),
+                                           ("pepper_rotate", dict(change_id="CHG-FIFO"))])
+def test_an_age_key_or_sops_file_that_is_a_fifo_fails_at_once(run_module, secrets, tmp_path, module, params):
+    """sops would wait for ever for a writer to a FIFO planted where the key or the sops file should be."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    before = secrets.sops_file.read_bytes()
+    for setting, message in (("age_key_file", "the age key file %s is not a regular file" % fifo), ("sops_file", "is not a regular file")):
+        extra = dict(params, path=str(secrets.secrets / "api_key_pepper")) if module == "pepper_rotate" else params
+        result = run_module(module, dict(secrets.sops_params(), **dict(extra, **{setting: str(fifo)})))
+        assert result.get("failed") and message in result["msg"], result
+    assert secrets.sops_file.read_bytes() == before
