@@ -465,7 +465,7 @@ class Member:
     def produce(self, out, stats):
         """Write the plaintext (file content or tar stream) to `out`; a tar's tree digest goes to stats['tree']."""
         if self.kind == "file":
-            with open(self.path, "rb") as handle:
+            with os.fdopen(_fileio.open_file(self.path), "rb") as handle:  # a link swapped in since is not followed
                 for chunk in iter(lambda: handle.read(_fileio.CHUNK), b""):
                     out.write(chunk)
         else:
@@ -553,8 +553,12 @@ def _split_name(name, prefixes):
 
 def local_sets(src, prefixes):
     """{prefix: {stamp text: LocalSet}} of the backup directory (partial entries are not sets)."""
-    if not os.path.isdir(src):
-        raise OffsiteError("backup directory %s does not exist" % src)
+    try:
+        os.close(_fileio.open_dir(src))  # not through a link someone other than root could have planted
+    except FileNotFoundError:
+        raise OffsiteError("backup directory %s does not exist" % src) from None
+    except OSError as exc:
+        raise OffsiteError("backup directory %s cannot be used: %s" % (src, exc.strerror or exc)) from None
     grouped = {}
     for entry in sorted(os.listdir(src)):
         if entry.startswith(".") or entry.endswith(_retention.PARTIAL_SUFFIX):
@@ -624,7 +628,7 @@ def write_tar(root, out):
             if info is None or not (info.isdir() or info.isfile() or info.issym() or info.islnk()):
                 raise OffsiteError("%s is not a regular file, directory or symbolic link: cannot ship it" % path)
             if info.isfile():
-                with open(path, "rb") as handle:
+                with os.fdopen(_fileio.open_file(path), "rb") as handle:
                     hashing = _HashingFile(handle)
                     tar.addfile(info, hashing)
                 per_file[rel] = hashing.sha256.hexdigest()

@@ -783,3 +783,15 @@ def test_a_malformed_endpoint_or_region_fails_clearly(run_module, tmp_path, sett
     for module, extra in (("offsite_fetch", dict(dest=str(dest))), ("offsite_sync", dict(src=str(tmp_path), recipient="age1" + "q" * 58))):
         result = run_module(module, dict(params, **extra))
         assert result.get("failed") and message in result["msg"], result
+
+
+def test_a_backup_directory_through_a_link_others_could_plant_is_refused(run_module, moto, bucket, keys, tmp_path):
+    (identity, recipient), _other = keys
+    src = backup_dir(tmp_path, identity)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (shared / "backups").symlink_to(src)
+    result = run_module("offsite_sync", s3_params(moto, bucket, src=str(shared / "backups"), recipient=recipient))
+    assert result.get("failed") and "refusing to follow the symlink backups in a directory others can write to" in result["msg"], result
+    assert "nothing was uploaded or removed" in result["msg"] and objects(moto, bucket) == {}
