@@ -1372,20 +1372,12 @@ def _fetch_all(store, identity, plans, dest, dest_fd):
                 raise OffsiteError("%s appeared in the destination during the fetch: it was not replaced" % entry)
             os.rename(partial, entry, src_dir_fd=dest_fd, dst_dir_fd=dest_fd)
             staged.pop(0)
-        _fsync_dir(dest_fd)
+        _fileio.fsync_dir(dest)
     except BaseException:
         for partial, _entry in staged:
             with contextlib.suppress(OSError):
                 _fileio.remove(os.path.join(dest, partial))
         raise
-
-
-def _fsync_dir(dir_fd):
-    real = os.open(".", os.O_RDONLY | _fileio.O_DIRECTORY | _fileio.O_CLOEXEC, dir_fd=dir_fd)
-    try:
-        os.fsync(real)
-    finally:
-        os.close(real)
 
 
 def _stage_file(dest_fd, partial, write):
