@@ -12,6 +12,8 @@ options:
       - The sops-encrypted secrets file (the service's C(ops/secrets/secrets.enc.yaml) in its project directory).
       - Changed with C(sops set --value-stdin) and C(sops unset) on an encrypted copy, which is decrypted and compared before it replaces the file.
         Every other key is kept.
+      - The copy is made in a private work directory beside the file (C(.<name>.<8 hex>.sops-partial), 0700, the copy 0600); if a run is
+        killed, the next change of the file removes it. A symlink or a non-regular file at I(sops_file) is refused.
     type: path
   age_key_file:
     description: The age identity sops decrypts with (passed as C(SOPS_AGE_KEY_FILE) in the environment).
