@@ -325,13 +325,12 @@ class SqlLexer:
                 elif token == b")":
                     self.parens = max(0, self.parens - 1)
                     self._add(token)
-                elif self.parens:
+                else:  # a semicolon: the end of the statement, unless inside parentheses
                     self._add(token)
-                else:
-                    self._add(token)
-                    ends.append((bytes(self.head), bytes(self.shape)))
-                    self._ended(self.head)
-                    self.head, self.shape = bytearray(), bytearray()
+                    if not self.parens:
+                        ends.append((bytes(self.head), bytes(self.shape)))
+                        self._ended(self.head)
+                        self.head, self.shape = bytearray(), bytearray()
             elif self.state in ("'", '"'):
                 quote = self.state.encode()
                 found = line.find(quote, pos)
@@ -716,6 +715,14 @@ class DumpReader:
         return self.sha256.hexdigest()
 
 
+def drain(chunks):
+    """Read what is left of a dump whose text was refused: if the file is corrupt or truncated further on, that
+    DumpError is raised instead, since corruption explains text that makes no sense (a flipped byte of a gzip stream
+    can decompress to anything before zlib notices)."""
+    for _chunk in chunks:
+        pass
+
+
 class ArchiveTool:
     """pg_restore used offline (no server) to read a custom or directory dump: on the host, or in a container."""
 
@@ -804,8 +811,13 @@ def check(src, fmt, compression, manifest, expect_tables=(), archive_tool=None, 
     if fmt == "plain":
         reader = DumpReader(src, compression)
         scanner = SqlScanner(lambda _data: None)
-        for chunk in reader.chunks():
-            scanner.feed(chunk)
+        chunks = reader.chunks()
+        try:
+            for chunk in chunks:
+                scanner.feed(chunk)
+        except DumpError:
+            drain(chunks)
+            raise
         scanner.finish()
         sha = reader.hexdigest
     else:

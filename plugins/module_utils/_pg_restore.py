@@ -39,6 +39,7 @@ MARK = "runbooks.incident"
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 # <db>_failed_restore_20261122T030000Z must fit PostgreSQL's 63-byte identifiers.
 MAX_DB_NAME = 63 - len("_failed_restore_20261122T030000Z")
+# psql sessions (or pg_restore -j workers) one restore may open.
 MAX_JOBS = 64
 
 
@@ -387,8 +388,9 @@ class Restorer:
         if copier:
             copier.scanner = scanner
         in_copy_reported = False
+        chunks = reader.chunks()
         try:
-            for chunk in reader.chunks():
+            for chunk in chunks:
                 scanner.feed(chunk)
                 if not in_copy_reported and scanner.in_copy:
                     _faults.checkpoint("restore_copy")
@@ -397,9 +399,11 @@ class Restorer:
             if copier:
                 copier.close()
             main.session.close("loading the dump")
-        except BaseException:
+        except BaseException as exc:
             for session in [main.session] + (copier.sessions if copier else []):
                 session.kill()
+            if isinstance(exc, _dumpfile.DumpError):
+                _dumpfile.drain(chunks)
             raise
         _faults.checkpoint("restore_post_data")
         if scanner.post_data:
@@ -657,15 +661,18 @@ class Restorer:
                     msg="rolled back: %s is the database from before the restore again; the restored one is kept as %s"
                     % (self.db, failed))
 
+    def check_in_place(self, force):
+        if not force:
+            raise RestoreError("strategy=in_place drops the live database %s before the dump is loaded and verified "
+                               "(no way back); pass force=true to accept that, or use strategy=swap" % self.db)
+
     def in_place(self, src, fmt, compression, manifest, expect_tables, force, checked):
         """The seeds' way: drop the live database and load the dump into a new one (no way back)."""
         live = self.mark_of(self.db)
         if live and live.get("change_id") == self.change_id and live.get("state") == "live":
             return dict(changed=False, row_counts=live.get("row_counts"), verified=True,
                         msg="%s already is the restore of change %s" % (self.db, self.change_id))
-        if not force:
-            raise RestoreError("strategy=in_place drops the live database %s before the dump is loaded and verified "
-                               "(no way back); pass force=true to accept that, or use strategy=swap" % self.db)
+        self.check_in_place(force)
         if self.check_mode:
             return dict(changed=True, verified=False, plan=["drop %s" % self.db, "create %s and load %s" % (self.db, src)])
         self.create_database(self.staging)  # proves the live database's encoding, locale and owner can be copied
@@ -725,6 +732,8 @@ def _restore(restorer, src, state, strategy, manifest, require_manifest, expect_
         fmt, compression = _dumpfile.detect_format(src)
         _manifest_path, manifest_data = _dumpfile.find_manifest(src, manifest, require_manifest)
         restorer.check_source(manifest_data, allow_other_db)
+        if strategy == "in_place":
+            restorer.check_in_place(force)
         if fmt == "plain":
             restorer.check_psql_restricts()
         checked = None

@@ -228,6 +228,24 @@ def test_a_shell_escape_is_refused_in_every_form_job_count_and_strategy(db, run_
     assert_untouched(db, live, before, databases, marker)
 
 
+def test_a_dump_that_also_turns_out_corrupt_is_reported_corrupt(db, run_module, backup, conn, tmp_path):
+    """A flipped byte of a gzip stream can decompress to any text, a backslash included, before zlib notices: the
+    corruption, found by reading on, is what is reported (and nothing of the text is run)."""
+    live = "hostile_corrupt"
+    db.create(live, "other_src")
+    before, databases = db.state(live), db.databases()
+    marker = tmp_path / "pwned"
+    sql = inject(without_restrict(clean_sql(backup)), b"\\! touch %s\n" % str(marker).encode())
+    dump = write_dump(tmp_path, sql, backup[1], live)
+    dump.write_bytes(dump.read_bytes() + gzip.compress(b"-- more\n")[:-8] + b"\xff" * 8)  # a second member, its CRC wrong
+    manifest = tmp_path / "db-2026-11-21.manifest.json"
+    manifest.write_text(json.dumps(dict(json.loads(manifest.read_text()), sha256=hashlib.sha256(dump.read_bytes()).hexdigest())))
+    for name, params in (("pg_restore", restore_params(dump, live, conn)), ("dump_verify", dict(src=str(dump)))):
+        result = run_module(name, params)
+        assert result.get("failed") and "corrupt" in result["msg"] and "meta-command" not in result["msg"], result["msg"]
+    assert_untouched(db, live, before, databases, marker)
+
+
 def test_check_mode_reports_a_meta_command_instead_of_passing_the_dump(db, run_module, backup, conn, tmp_path):
     db.create("hostile_check", "other_src")
     before, databases = db.state("hostile_check"), db.databases()
