@@ -173,7 +173,7 @@ class Runtime:
         if self.kind != "compose":
             return []
         argv = ["docker", "compose", "--project-directory", self.compose_project_dir, "exec", "-T"]
-        for name, value in (("PGPASSWORD", self.login_password), ("PGOPTIONS", self.pgoptions)):
+        for name, value in (("PGPASSWORD", self.login_password), ("PGOPTIONS", self.pgoptions), ("PGCLIENTENCODING", "UTF8")):
             if value:
                 argv += ["-e", name]
         return argv + [self.compose_service]

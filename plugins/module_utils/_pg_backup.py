@@ -208,8 +208,11 @@ def backup(runtime, db, dest, fmt="plain", stamp=None, compress_level=1, jobs=2,
         snapshot = session.query("SELECT pg_export_snapshot()")[0][0]
         catalog = _pg.Tables.from_rows(session.query(_pg.TABLES_SQL))
         tables = catalog.keys
-        db_size = int(session.query("SELECT pg_database_size(current_database())")[0][0])
-        dump_args = ["--snapshot", snapshot, "-d", db]
+        db_size, encoding = session.query("SELECT pg_database_size(current_database()), pg_encoding_to_char(encoding) "
+                                          "FROM pg_database WHERE datname = current_database()")[0]
+        db_size = int(db_size)
+        # The dump in the database's own encoding, as pg_dump writes it by default (PGCLIENTENCODING would change it).
+        dump_args = ["--snapshot", snapshot, "-E", encoding, "-d", db]
         counts, count_errors = {}, []
 
         def count_rows():
