@@ -271,3 +271,19 @@ def test_non_ascii_table_names_work_whatever_the_locale(db, conn, tmp_path):
     assert verified.get("verified"), verified
     counted = run_in_ascii_locale("pg_row_counts", dict(db="unicode_src", **conn), tmp_path)
     assert counted["row_counts"] == {'"ünï"."naïve"': 2, '"表"': 1}, counted
+
+
+def test_a_latin1_database_with_non_ascii_names_is_backed_up_and_restored(db, run_module, conn, tmp_path):
+    """Its dump is written in LATIN1 (the database's encoding), its names read back from the dump in that encoding."""
+    for name in ("latin_src", "latin_live"):
+        db.psql("postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE); "
+                            f"CREATE DATABASE {name} ENCODING 'LATIN1' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'")
+    db.psql("latin_src", 'CREATE TABLE "café" (v text PRIMARY KEY); INSERT INTO "café" VALUES (\'crème\'), (\'brûlée\');')
+    backup = run_module("pg_backup", dict(db="latin_src", dest=str(tmp_path), **conn))
+    assert backup.get("changed") and backup["manifest"]["row_counts"] == {'"café"': 2}, backup
+    manifest = tmp_path / "restore.manifest.json"
+    manifest.write_text(json.dumps(dict(backup["manifest"], db="latin_live")))
+    restored = run_module("pg_restore", dict(src=backup["path"], manifest=str(manifest), db="latin_live", incident_id="INC-L",
+                                             expect_tables=['"café"'], **conn))
+    assert restored.get("verified") and restored["row_counts"] == {'"café"': 2}, restored.get("msg")
+    assert db.psql("latin_live", 'SELECT string_agg(v, \',\' ORDER BY v) FROM "café"') == "brûlée,crème"
