@@ -199,8 +199,11 @@ class Runtime:
     def run(self, argv, stdin_text=None):
         if stdin_text and "\0" in stdin_text:
             raise PgError("the SQL holds a NUL character, which PostgreSQL text cannot hold; nothing was run")
-        res = subprocess.run(argv, input=stdin_text, capture_output=True, encoding="utf-8", errors="replace",
-                             env=self.env(), check=False)
+        try:
+            res = subprocess.run(argv, input=stdin_text, capture_output=True, encoding="utf-8", errors="replace",
+                                 env=self.env(), check=False)
+        except OSError as exc:
+            raise PgError("cannot run %s: %s" % (argv[0], exc.strerror or exc))
         if res.returncode != 0:
             raise PgError(first_line(res.stderr))
         return res.stdout
@@ -371,10 +374,12 @@ class Session:
 
     def __init__(self, runtime, db):
         self._marker = 0
-        self._proc = subprocess.Popen(
-            runtime.psql_command(db, "-A", "-t", "-F", FIELD_SEP, "-P", "null=" + NULL_MARK),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", errors="replace",
-            env=runtime.env())
+        argv = runtime.psql_command(db, "-A", "-t", "-F", FIELD_SEP, "-P", "null=" + NULL_MARK)
+        try:
+            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          encoding="utf-8", errors="replace", env=runtime.env())
+        except OSError as exc:
+            raise PgError("cannot run %s: %s" % (argv[0], exc.strerror or exc))
 
     def query(self, sql):
         if "\0" in sql:

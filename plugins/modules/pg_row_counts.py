@@ -91,7 +91,7 @@ def main():
         if missing:
             module.fail_json(msg="%s has no table %s" % (params["db"], ", ".join(missing)))
         counts = catalog.count(lambda sql: runtime.query(sql, params["db"]), tables)
-    except _pg.PgError as exc:
+    except (_pg.PgError, OSError) as exc:
         module.fail_json(msg="cannot count the rows of %s: %s" % (params["db"], exc))
     result = dict(changed=False, row_counts=counts)
     if params["expected"] is not None:

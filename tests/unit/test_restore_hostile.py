@@ -498,6 +498,11 @@ def test_an_app_start_command_that_cannot_run_rolls_the_swap_back(db, run_module
     assert db.state("hostile_nostart")[1:] == before[1:]  # the previous data is live again (renamed back)
 
 
+def test_row_counts_without_the_client_tools_fails_clearly(run_module, conn):
+    result = run_module("pg_row_counts", dict(conn, pg_bin_dir="/nonexistent/bin", db="hostile_src"))
+    assert result.get("failed") and "cannot run /nonexistent/bin/psql" in result["msg"], result
+
+
 @pytest.mark.parametrize("expected", [{"items": "many"}, {"items": [300]}, {"items": True}, {"items": -300}])
 def test_row_counts_with_an_expected_count_that_is_not_a_row_count_fails_clearly(db, run_module, conn, expected):
     result = run_module("pg_row_counts", dict(db="hostile_src", expected=expected, **conn))
