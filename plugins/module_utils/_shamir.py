@@ -19,8 +19,13 @@ printable line:
 
 Reading is forgiving of what copying from paper does: whitespace anywhere is ignored (a line may be typed in
 groups or over several lines), lines starting with # are comments, base32 is read in any case, and 0/1/8 (not
-in the base32 alphabet) are read as O/I/B. The set id shown to holders (first 8 hex of the SHA-256 of <sealed>)
-tells which shares belong together; it is derived, never typed.
+in the base32 alphabet) are read as O/I/B. Anything else outside printable ASCII (an accented letter, a Unicode
+digit) is no part of a share and is refused naming the share. The set id shown to holders (first 8 hex of the
+SHA-256 of <sealed>) tells which shares belong together; it is derived, never typed.
+
+Files are read and written without following a symlink at their name (a share or secret file that is a link,
+a FIFO or a device is refused, never read), and the share directory is created without following a link someone
+else could have planted (_fileio).
 """
 from __future__ import annotations
 
@@ -54,7 +59,10 @@ MAX_SHARES = 255
 KEY_BYTES = 16
 NONCE_BYTES = 12
 TAG_BYTES = 16
-SET_RE = re.compile(r"^([0-9]+)of([0-9]+)$")
+SET_RE = re.compile(r"^([0-9]+)of([0-9]+)\Z")
+INDEX_RE = re.compile(r"^[0-9]+\Z")
+# A share line, a share file or a secret split onto paper is small; more than this is not one (and is not read whole).
+MAX_FILE_BYTES = 1 << 20
 # Characters a reader of a paper copy may type for the base32 letters they look like.
 B32_LOOKALIKES = str.maketrans("018", "OIB")
 
@@ -131,9 +139,11 @@ def parse(text, label):
     fields = compact.split(":")
     if len(fields) != 6 or fields[0].lower() != PREFIX:
         raise ShareError("%s is not a share line (%s:<k>of<n>:<index>:<share>:<sealed>:<checksum>)" % (label, PREFIX))
-    named = "%s (index %s)" % (label, fields[2]) if fields[2].isdigit() else label
+    named = "%s (index %s)" % (label, fields[2]) if INDEX_RE.match(fields[2]) else label
+    if not all(" " < char < "\x7f" for char in compact):
+        raise ShareError("%s holds a character that no share has (not printable ASCII); it was mistyped or damaged" % named)
     counts = SET_RE.match(fields[1].lower())
-    if not counts or not fields[2].isdigit():
+    if not counts or not INDEX_RE.match(fields[2]):
         raise ShareError("%s: the <k>of<n> or index field is malformed; it was mistyped or damaged" % named)
     threshold, count, index = int(counts.group(1)), int(counts.group(2)), int(fields[2])
     value_text, sealed_text = (field.upper().translate(B32_LOOKALIKES) for field in fields[3:5])
@@ -206,14 +216,36 @@ def _readme_line(share, secret_fingerprint):
             % (share.index, share.count, set_id(share.sealed), secret_fingerprint, share.threshold))
 
 
+def read_file(path, label):
+    """The bytes of the regular file at `path`, never through a symlink at its name (a FIFO or device is refused)."""
+    try:
+        fd = _fileio.open_file(path)
+    except OSError as exc:
+        raise ShareError("could not read %s %s (%s)" % (label, path, exc.strerror or exc)) from None
+    try:
+        data = os.read(fd, MAX_FILE_BYTES + 1)
+        while len(data) <= MAX_FILE_BYTES:
+            more = os.read(fd, MAX_FILE_BYTES + 1 - len(data))
+            if not more:
+                break
+            data += more
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:
+        raise ShareError("%s %s is larger than %d bytes: not a share or a key file" % (label, path, MAX_FILE_BYTES))
+    return data
+
+
+def read_share_files(paths):
+    """[(label, text)] of share files, for parse_all."""
+    return [("share file %s" % path, read_file(path, "share file").decode("ascii", errors="replace")) for path in paths]
+
+
 def _existing_set_problem(paths, secret, threshold, count):
     """Why the share files at `paths` are not a complete set of `secret` with `threshold`, or None if they are."""
-    texts = []
     try:
-        for path in paths:
-            with open(path, encoding="ascii", errors="replace") as handle:
-                texts.append(("share file %s" % path, handle.read()))
-    except OSError as exc:
+        texts = read_share_files(paths)
+    except ShareError as exc:
         return "unreadable: %s" % exc
     try:
         shares = parse_all(texts)
@@ -229,12 +261,24 @@ def _existing_set_problem(paths, secret, threshold, count):
     return None
 
 
+def _exists(path):
+    """Whether something (a symlink too) is at `path`, its directory reached safely."""
+    try:
+        _fileio.lstat(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def split_to_dir(secret, threshold, count, dest_dir, force=False, check_mode=False):
     """Write share-<i>-of-<n>.txt (0600) to `dest_dir` (created 0700); a complete set of this secret is kept."""
     check_split(secret, threshold, count)
     paths = [os.path.join(dest_dir, file_name(index, count)) for index in range(1, count + 1)]
     result = dict(fingerprint=fingerprint(secret), files=paths, threshold=threshold, shares=count)
-    existing = [path for path in paths if os.path.lexists(path)]
+    try:
+        existing = [path for path in paths if _exists(path)]
+    except OSError as exc:
+        raise ShareError("cannot look into %s (%s); nothing was written" % (dest_dir, exc)) from None
     if existing and not force:
         if len(existing) == count:
             problem = _existing_set_problem(paths, secret, threshold, count)
@@ -249,8 +293,8 @@ def split_to_dir(secret, threshold, count, dest_dir, force=False, check_mode=Fal
     shares = split(secret, threshold, count)
     try:
         if not os.path.isdir(dest_dir):
-            os.makedirs(dest_dir, mode=0o700)
-            os.chmod(dest_dir, 0o700)  # makedirs' mode is filtered by the umask
+            _fileio.makedirs(dest_dir, mode=0o700)
+            _fileio.set_owner_mode(dest_dir, 0o700)  # makedirs' mode is filtered by the umask
     except OSError as exc:
         raise ShareError("could not create %s (%s); nothing was written" % (dest_dir, exc)) from None
     for share, path in zip(shares, paths):
@@ -263,8 +307,14 @@ def split_to_dir(secret, threshold, count, dest_dir, force=False, check_mode=Fal
     return dict(result, changed=True)
 
 
-def _attributes_differ(path, mode, owner, group):
-    status = os.stat(path)
+def check_mode_bits(mode):
+    """`mode` as file permission bits (an int from 0 to 0o7777), else ShareError."""
+    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+        raise ShareError("mode %r is not a file mode (0000 to 7777 octal)" % (mode,))
+    return mode
+
+
+def _attributes_differ(status, mode, owner, group):
     if owner is not None:
         import pwd  # pylint: disable=import-outside-toplevel
         if pwd.getpwnam(owner).pw_uid != status.st_uid:
@@ -277,9 +327,12 @@ def _attributes_differ(path, mode, owner, group):
 
 
 def write_secret(secret, dest, mode=0o400, owner=None, group=None, check_mode=False):
-    """Put `secret` at `dest` atomically; True when something changed (or would, in check mode)."""
-    if os.path.isfile(dest) and _fileio.sha256_file(dest) == hashlib.sha256(secret).hexdigest():
-        if not _attributes_differ(dest, mode, owner, group):
+    """Put `secret` at `dest` atomically; True when something changed (or would, in check mode). A symlink or
+    anything else than a regular file at `dest` is replaced, never followed."""
+    check_mode_bits(mode)
+    status = _held(dest, secret)
+    if status is not None:
+        if not _attributes_differ(status, mode, owner, group):
             return False
         if not check_mode:
             _fileio.set_owner_mode(dest, mode, owner, group)
@@ -291,3 +344,19 @@ def write_secret(secret, dest, mode=0o400, owner=None, group=None, check_mode=Fa
         with _fileio.atomic_writer(dest, mode, owner, group) as handle:
             handle.write(secret)
     return True
+
+
+def _held(dest, secret):
+    """The stat of `dest` when it is a regular file holding exactly `secret` (read without following a link)."""
+    try:
+        fd = _fileio.open_file(dest)
+    except (FileNotFoundError, _fileio.UnsafePathError):
+        return None
+    try:
+        status = os.fstat(fd)
+        digest = hashlib.sha256()
+        for chunk in iter(lambda: os.read(fd, _fileio.CHUNK), b""):
+            digest.update(chunk)
+    finally:
+        os.close(fd)
+    return status if digest.hexdigest() == hashlib.sha256(secret).hexdigest() else None

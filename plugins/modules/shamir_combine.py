@@ -36,15 +36,17 @@ options:
     type: list
     elements: str
   share_files:
-    description: Files on the managed host holding one share each, as written by M(runbooks.incident.shamir_split).
+    description:
+      - Files on the managed host holding one share each, as written by M(runbooks.incident.shamir_split).
+      - Each must be a regular file (not read through a symlink at its name; a FIFO or device is refused).
     type: list
     elements: path
   dest:
-    description: Where to write the secret.
+    description: Where to write the secret. A symlink or other file at that name is replaced, never written through.
     type: path
     required: true
   mode:
-    description: Mode of I(dest).
+    description: Mode of I(dest), octal (C(0000) to C(7777)).
     type: raw
     default: "0400"
   owner:
@@ -120,19 +122,16 @@ def main():
     params = module.params
     try:
         # An unquoted YAML 0400 arrives as the integer 256: already the mode.
-        mode = params["mode"] if isinstance(params["mode"], int) else int(str(params["mode"]), 8)
-    except ValueError:
-        module.fail_json(msg="mode %r is not an octal file mode; nothing was written" % params["mode"])
-    if params["shares"] is not None:
-        texts = [("share #%d given" % position, text) for position, text in enumerate(params["shares"], 1)]
-    else:
-        texts = []
-        for path in params["share_files"]:
-            try:
-                with open(path, encoding="ascii", errors="replace") as handle:
-                    texts.append(("share file %s" % path, handle.read()))
-            except OSError as exc:
-                module.fail_json(msg="could not read share file %s (%s); nothing was written" % (path, exc))
+        mode = _shamir.check_mode_bits(params["mode"] if isinstance(params["mode"], int) else int(str(params["mode"]), 8))
+    except (ValueError, _shamir.ShareError):
+        module.fail_json(msg="mode %r is not an octal file mode (0000 to 7777); nothing was written" % (params["mode"],))
+    try:
+        if params["shares"] is not None:
+            texts = [("share #%d given" % position, text) for position, text in enumerate(params["shares"], 1)]
+        else:
+            texts = _shamir.read_share_files(params["share_files"])
+    except (_shamir.ShareError, ValueError) as exc:
+        module.fail_json(msg="%s; nothing was written" % exc)
     try:
         shares = _shamir.one_set(_shamir.parse_all(texts))
         secret = _shamir.reopen(shares)
@@ -141,7 +140,7 @@ def main():
         module.fail_json(msg="could not reopen the secret: %s; nothing was written" % exc)
     except KeyError as exc:
         module.fail_json(msg="unknown owner or group (%s); nothing was written" % exc)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         module.fail_json(msg="could not write %s (%s); it was left as it was" % (params["dest"], exc))
     module.exit_json(changed=changed, fingerprint=_shamir.fingerprint(secret), threshold=shares[0].threshold,
                      indices=[share.index for share in shares[:shares[0].threshold]])

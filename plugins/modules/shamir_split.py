@@ -46,7 +46,9 @@ options:
       - Templating may drop a trailing newline (C(lookup('file')) does); use I(secret_file) to share a file's exact bytes.
     type: str
   secret_file:
-    description: File on the managed host whose exact bytes are the secret (for example the age key file).
+    description:
+      - File on the managed host whose exact bytes are the secret (for example the age key file).
+      - It must be a regular file of at most 1 MiB, and it is not read through a symlink at its name.
     type: path
   threshold:
     description: Number of shares needed to reopen the secret (at least 2).
@@ -128,18 +130,19 @@ def main():
     if _shamir.CRYPTO_IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib("pycryptodome"), exception=_shamir.CRYPTO_IMPORT_ERROR)
     params = module.params
-    if params["secret_file"] is None:
-        secret = params["secret"].encode("utf-8")
-    else:
-        try:
-            with open(params["secret_file"], "rb") as handle:
-                secret = handle.read()
-        except OSError as exc:
-            module.fail_json(msg="could not read secret_file, no share file was written: %s" % exc)
+    try:
+        if params["secret_file"] is None:
+            secret = params["secret"].encode("utf-8")
+        else:
+            secret = _shamir.read_file(params["secret_file"], "secret_file")
+    except UnicodeEncodeError:
+        module.fail_json(msg="the secret is not valid Unicode text; no share file was written")
+    except (_shamir.ShareError, ValueError) as exc:
+        module.fail_json(msg="%s; no share file was written" % exc)
     try:
         result = _shamir.split_to_dir(secret, params["threshold"], params["shares"], params["dest_dir"],
                                       force=params["force"], check_mode=module.check_mode)
-    except _shamir.ShareError as exc:
+    except (_shamir.ShareError, OSError, ValueError) as exc:
         module.fail_json(msg="could not split the secret: %s" % exc)
     module.exit_json(**result)
 

@@ -3,12 +3,14 @@
 """runbooks.incident.shamir_split and shamir_combine: a real age key on paper shares and back, typos, mixed sets, leaks."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import shutil
 import stat
 import subprocess
+import threading
 
 import pytest
 
@@ -269,3 +271,82 @@ def test_nothing_leaks_through_ansible_playbook(ansible_play, tmp_path, age_key)
         assert secret_line not in output and secret_line[15:35] not in output
         assert not any(line.split(":")[3] in output or line.split(":")[4][:40] in output for line in lines)
     assert key.read_bytes() == data
+
+
+# ------------------------------------------------------------------------------------------------ hostile input
+@pytest.mark.parametrize("mangle", [
+    lambda line: line.replace(line.split(":")[3], "ÄÖÜ" + line.split(":")[3][3:]),  # in the share itself
+    lambda line: line.replace(line.split(":")[4], line.split(":")[4][:-1] + "ẞ"),  # in the sealed secret
+    lambda line: ":".join(line.split(":")[:2] + ["²"] + line.split(":")[3:]),  # a Unicode digit as the index
+], ids=["umlauts", "sharp-s", "superscript"])
+def test_a_share_with_characters_no_share_has_is_named_not_a_traceback(run_module, tmp_path, age_key, mangle):
+    split(run_module, age_key[0], tmp_path / "shares", threshold=2, shares=2)
+    lines = [share_line(tmp_path / "shares" / f"share-{i}-of-2.txt") for i in (1, 2)]
+    result = run_module("shamir_combine", dict(shares=[mangle(lines[0]), lines[1]], dest=str(tmp_path / "key.txt")))
+    assert result["failed"] and "share #1 given" in result["msg"] and "nothing was written" in result["msg"], result
+    assert not (tmp_path / "key.txt").exists()
+
+
+@pytest.mark.parametrize("mode", ["-1", "17777", "77777", True], ids=["negative", "too-large", "way-too-large", "bool"])
+def test_combine_refuses_a_mode_that_is_not_a_file_mode(run_module, tmp_path, age_key, mode):
+    split(run_module, age_key[0], tmp_path / "shares", threshold=2, shares=2)
+    share_files = [str(tmp_path / "shares" / f"share-{i}-of-2.txt") for i in (1, 2)]
+    result = run_module("shamir_combine", dict(share_files=share_files, dest=str(tmp_path / "key.txt"), mode=mode))
+    assert result["failed"] and "file mode" in result["msg"] and not (tmp_path / "key.txt").exists(), result
+
+
+def test_split_never_creates_its_directory_through_a_planted_symlink(run_module, tmp_path, age_key):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (shared / "link").symlink_to(elsewhere)
+    result = split(run_module, age_key[0], shared / "link" / "shares")
+    assert result["failed"] and "refusing to follow the symlink link" in result["msg"]
+    assert list(elsewhere.iterdir()) == []
+
+
+def fed_fifo(path):
+    """A FIFO at `path`, and a function that runs a module call while something writes an empty file into the
+    FIFO for a module that opens it (so that the old behaviour, waiting on it, ends)."""
+    os.mkfifo(path)
+
+    def call(run):
+        def feed():
+            with contextlib.suppress(BrokenPipeError), open(path, "w", encoding="ascii") as writer:
+                writer.write("")
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        result = run()
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))  # lets the feeder finish when nothing opened the FIFO
+        feeder.join()
+        return result
+    return call
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_a_secret_file_that_is_not_a_regular_file_is_refused(run_module, tmp_path, age_key, kind):
+    odd = tmp_path / "odd"
+    if kind == "fifo":
+        result = fed_fifo(odd)(lambda: split(run_module, odd, tmp_path / "shares"))
+    else:
+        odd.symlink_to(age_key[0])  # root would read, and split, whatever the link points to
+        result = split(run_module, odd, tmp_path / "shares")
+    assert result["failed"] and ("not a regular file" in result["msg"] or "symlink" in result["msg"]), result
+    assert not (tmp_path / "shares").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_a_share_file_that_is_not_a_regular_file_is_refused(run_module, tmp_path, age_key, kind):
+    split(run_module, age_key[0], tmp_path / "shares", threshold=2, shares=2)
+    odd = tmp_path / "odd"
+    params = dict(share_files=[str(odd), str(tmp_path / "shares" / "share-2-of-2.txt")], dest=str(tmp_path / "key.txt"))
+    if kind == "fifo":
+        result = fed_fifo(odd)(lambda: run_module("shamir_combine", params))
+    else:
+        odd.symlink_to(tmp_path / "shares" / "share-1-of-2.txt")
+        result = run_module("shamir_combine", params)
+    assert result["failed"] and ("not a regular file" in result["msg"] or "symlink" in result["msg"]), result
+    assert not (tmp_path / "key.txt").exists()
