@@ -229,7 +229,9 @@ def _entries_digest(entries):
 
 
 def load_cache(cache_path, root):
-    """(entries, status): status is missing, ok, corrupt (unreadable or its digest disagrees) or other_root."""
+    """(entries, status): status is missing, ok, corrupt (a cache whose digest or entries disagree, or a symlink or
+    FIFO at its name: rewritten by the next save), other_root, or foreign (a file that is no cache at all, which a
+    mistyped path may name: never rewritten)."""
     try:
         fd = _fileio.open_file(cache_path)
         try:
@@ -238,9 +240,13 @@ def load_cache(cache_path, root):
             os.close(fd)
     except FileNotFoundError:
         return {}, "missing"
-    except (OSError, ValueError):  # a symlink, a FIFO, not JSON...: rewritten by the next save
+    except OSError:  # a symlink, a FIFO...: replaced, never followed, by the next save
         return {}, "corrupt"
-    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or not isinstance(data.get("entries"), dict):
+    except ValueError:
+        return {}, "foreign"
+    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
+        return {}, "foreign"
+    if not isinstance(data.get("entries"), dict):
         return {}, "corrupt"
     if data.get("path") != os.path.abspath(root):
         return {}, "other_root"
@@ -307,7 +313,7 @@ def build(root, cache_path=None, full=False, workers=None, write_cache=True):
         entries[rel] = stat_key(info) + [digest]
         files[rel] = dict(size=info.st_size, sha256=digest, mtime=int(info.st_mtime))
 
-    if cache_path and write_cache and (cached != entries or cache_status != "ok"):
+    if cache_path and write_cache and cache_status != "foreign" and (cached != entries or cache_status != "ok"):
         save_cache(cache_path, root, entries)
     return dict(
         format=FORMAT, path=os.path.abspath(root), generated_at=int(started), finished_at=int(time.time()) + 1, full=bool(full),
@@ -492,6 +498,7 @@ def preserve(root, rels, dest, check_mode=False):
     archive: a symlink on its way, a directory, a device)."""
     for rel in rels:
         rel_parts(rel)
+    _check_evidence_dir(dest)
     preserved, skipped, changed = [], [], False
     try:
         root_fd = _fileio.open_dir(root)
@@ -519,6 +526,25 @@ def preserve(root, rels, dest, check_mode=False):
         with _fileio.atomic_writer(os.path.join(dest, "SHA256SUMS"), mode=0o400) as handle:
             handle.write("".join(sums_line(item["sha256"], item["path"]) for item in preserved).encode("utf-8", "surrogateescape"))
     return preserved, changed, skipped
+
+
+def _check_evidence_dir(dest):
+    """Refuse a `dest` that holds files but no SHA256SUMS: it is no evidence directory (a mistyped path such as /etc),
+    and copies named after archive files must not replace what is there."""
+    try:
+        fd = _fileio.open_dir(dest)
+    except FileNotFoundError:
+        return
+    try:
+        real = os.open(".", READ_DIR_FLAGS, dir_fd=fd)
+        try:
+            names = set(os.listdir(real))
+        finally:
+            os.close(real)
+    finally:
+        os.close(fd)
+    if names and "SHA256SUMS" not in names:
+        raise ManifestError("%s holds files but no SHA256SUMS: it is not an evidence directory, refusing to write into it" % dest)
 
 
 def _preserve_one(fd, rel, dest, check_mode):

@@ -121,6 +121,8 @@ def parse(log_path, data):
         if len(cells) != len(columns):
             raise EvidenceError("%s: line %d, a row has %d cells, the header %d: %s" % (log_path, number, len(cells), len(columns), line.strip()[:200]))
         rows.append(dict(zip(columns, cells)))
+    if not columns and text.strip():
+        raise EvidenceError("%s is not an evidence log: it holds text but no table header" % log_path)
     return columns, rows
 
 

@@ -126,13 +126,21 @@ def _read_at(dir_fd, name, now):
     return data if problem is None else unreadable(problem)
 
 
+def _split(path):
+    """(directory, name) of a lock path. The name must end in .lock: a lock that is not a record is replaced, so a
+    mistyped path must never name another file (/etc/passwd is "not JSON" too)."""
+    directory, name = os.path.split(path.rstrip("/"))
+    if not name.endswith(".lock") or name == ".lock":
+        raise LockError("the lock file name %r does not end in .lock: refusing to use it, so that a mistyped path "
+                        "never replaces another file" % name)
+    return directory, name
+
+
 @contextlib.contextmanager
 def _lock_dir(path, create):
     """(directory descriptor, lock file name) with flock held on the guard; (None, name) when the directory is
     missing and `create` is false."""
-    directory, name = os.path.split(path.rstrip("/"))
-    if not name or name in (".", ".."):
-        raise LockError("%r is not a lock file path" % path)
+    directory, name = _split(path)
     try:
         dir_fd = _fileio.open_dir(directory or ".", DIRECTORY_MODE if create else None)
     except FileNotFoundError:
@@ -196,7 +204,7 @@ def _write_at(dir_fd, name, holder):
 def read_holder(path, now=None):
     """The lock's holder, a dict with `problem` for a file that is not a lock record, or None."""
     now = time.time() if now is None else now
-    directory, name = os.path.split(path.rstrip("/"))
+    directory, name = _split(path)
     try:
         dir_fd = _fileio.open_dir(directory or ".")
     except FileNotFoundError:

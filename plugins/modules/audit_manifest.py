@@ -142,7 +142,11 @@ cache:
       description: The cache file.
       type: str
     status:
-      description: C(ok), C(missing) (first run), C(corrupt) (unreadable or its own digest disagrees, so it was ignored) or C(other_root).
+      description:
+        - C(ok), C(missing) (first run), C(corrupt) (its own digest disagrees, or a symlink or FIFO is at its name, so it was
+          ignored and is rewritten) or C(other_root).
+        - C(foreign) is a file that is no cache at all (not JSON, or not this format), as a mistyped I(cache) path would name.
+          It is ignored and never rewritten.
       type: str
     mismatches:
       description: Files whose cached digest disagreed with the file under an unchanged stat key (the cache was edited).
@@ -180,6 +184,8 @@ def main():
                                          workers=params["workers"], write_cache=not module.check_mode)
     except (_audit_manifest.ManifestError, OSError, ValueError) as exc:
         module.fail_json(msg="cannot build the manifest of %s: %s" % (params["path"], exc))
+    if manifest["cache"]["status"] == "foreign":
+        module.warn("%s is not a manifest cache: it was neither used nor rewritten; give another cache path" % cache)
     module.exit_json(changed=False, **manifest)
 
 

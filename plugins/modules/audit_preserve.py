@@ -38,7 +38,9 @@ options:
     elements: str
     required: true
   dest:
-    description: Evidence directory. Default C(/var/lib/runbooks-incident/evidence/<incident_id>/audit).
+    description:
+      - Evidence directory. Default C(/var/lib/runbooks-incident/evidence/<incident_id>/audit).
+      - It must be missing, empty or an earlier evidence directory (holding C(SHA256SUMS)); any other directory is refused.
     type: path
 author:
   - runbooks.incident contributors (@runbooks)

@@ -38,7 +38,10 @@ attributes:
     support: none
 options:
   path:
-    description: Lock file, in a directory only root can write to (created C(0755) when missing).
+    description:
+      - Lock file, in a directory only root can write to (created C(0755) when missing).
+      - Its name must end in C(.lock), because a file there that is not a lock record can be taken over, and a
+        mistyped path must never name another file.
     type: path
     default: /run/runbooks-incident/run.lock
   state:

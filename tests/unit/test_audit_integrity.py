@@ -427,3 +427,26 @@ def test_preserve_sums_cannot_be_forged_by_a_file_name(run_module, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("\\")
     check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=dest, capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_cache_path_that_names_another_file_never_rewrites_it(run_module, pair, tmp_path):
+    local, _remote, _cache = pair
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    result = run_module("audit_manifest", dict(path=str(local), cache=str(passwd)))
+    assert not result.get("failed") and result["cache"]["status"] == "foreign" and result["count"] == 12
+    assert any("not a manifest cache" in warning for warning in result["warnings"])
+    assert passwd.read_text() == "root:x:0:0:root:/root:/bin/bash\n"
+
+
+def test_preserve_never_writes_into_a_directory_that_is_not_an_evidence_directory(run_module, tmp_path):
+    archive, etc = tmp_path / "archive", tmp_path / "etc"
+    write_old(archive / "passwd", "forged\n")
+    write_old(etc / "passwd", "root:x:0:0:root:/root:/bin/bash\n")
+    result = run_module("audit_preserve", dict(incident_id="INC-1", path=str(archive), files=["passwd"], dest=str(etc)))
+    assert result["failed"] and "not an evidence directory" in result["msg"]
+    assert (etc / "passwd").read_text() == "root:x:0:0:root:/root:/bin/bash\n" and sorted(p.name for p in etc.iterdir()) == ["passwd"]
+    again = tmp_path / "evidence"
+    assert run_module("audit_preserve", dict(incident_id="INC-1", path=str(archive), files=["passwd"], dest=str(again)))["changed"]
+    write_old(archive / "passwd", "forged again\n")
+    assert run_module("audit_preserve", dict(incident_id="INC-1", path=str(archive), files=["passwd"], dest=str(again)))["changed"]

@@ -328,3 +328,13 @@ def test_concurrent_appends_never_fork_the_chain(tmp_path):
         racer.join(30)
     _columns, rows = _evidence.verify(log)
     assert sorted(row["id"] for row in rows) == ["DRILL-%d" % n for n in range(9)]
+
+
+def test_a_path_that_names_another_file_is_never_appended_to(run_module, tmp_path):
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    appended = drill(run_module, passwd, "DRILL-1")
+    assert appended["failed"] and "not an evidence log" in appended["msg"]
+    verified = run_module("evidence_log", dict(path=str(passwd), state="verified"))
+    assert verified["failed"] and "not an evidence log" in verified["msg"]
+    assert passwd.read_text() == "root:x:0:0:root:/root:/bin/bash\n"

@@ -18,7 +18,7 @@ def guarded(body, lock):
 
 
 def test_a_run_without_incident_id_stops_before_acting(ansible_play, tmp_path):
-    lock = tmp_path / "lock"
+    lock = tmp_path / "run.lock"
     result = ansible_play(guarded([{"name": "act", "ansible.builtin.debug": {"msg": "acting"}}], lock),
                           extra_vars={"incident_run_lock_path": str(lock)})
     assert result.rc != 0
@@ -27,7 +27,7 @@ def test_a_run_without_incident_id_stops_before_acting(ansible_play, tmp_path):
 
 
 def test_an_incident_id_with_a_trailing_newline_stops_before_acting(ansible_play, tmp_path):
-    lock = tmp_path / "lock"
+    lock = tmp_path / "run.lock"
     result = ansible_play(guarded([{"name": "act", "ansible.builtin.debug": {"msg": "acting"}}], lock),
                           extra_vars={"incident_id": "INC-1\n", "incident_run_lock_path": str(lock)})
     assert result.rc != 0 and "Give the incident or change id" in result.stdout
@@ -35,7 +35,7 @@ def test_an_incident_id_with_a_trailing_newline_stops_before_acting(ansible_play
 
 
 def test_lock_is_held_during_the_run_and_released_after(ansible_play, tmp_path):
-    lock = tmp_path / "lock"
+    lock = tmp_path / "run.lock"
     body = [{"name": "read lock", "ansible.builtin.slurp": {"src": str(lock)}, "register": "held"}]
     result = ansible_play(guarded(body, lock), extra_vars={"incident_id": "INC-7", "incident_run_lock_path": str(lock)})
     assert result.rc == 0, result.stdout
@@ -45,7 +45,7 @@ def test_lock_is_held_during_the_run_and_released_after(ansible_play, tmp_path):
 
 
 def test_second_concurrent_run_is_refused_and_leaves_the_lock(ansible_play, tmp_path):
-    lock = tmp_path / "lock"
+    lock = tmp_path / "run.lock"
     lock.write_text(json.dumps({"run_id": "other-run", "incident_id": "INC-1", "playbook": "restore_database",
                                 "started": "now", "started_epoch": time.time()}))
     result = ansible_play(guarded([{"name": "act", "ansible.builtin.debug": {"msg": "acting"}}], lock),
@@ -56,7 +56,7 @@ def test_second_concurrent_run_is_refused_and_leaves_the_lock(ansible_play, tmp_
 
 
 def test_a_failing_step_still_releases_the_lock_and_fails_the_run(ansible_play, tmp_path):
-    lock = tmp_path / "lock"
+    lock = tmp_path / "run.lock"
     body = [{"name": "broken step", "ansible.builtin.fail": {"msg": "disk on fire"}}]
     result = ansible_play(guarded(body, lock), extra_vars={"incident_id": "INC-3", "incident_run_lock_path": str(lock)})
     assert result.rc != 0

@@ -25,7 +25,7 @@ def lock_params(path, run_id="run-1", **extra):
 
 
 def test_acquire_records_the_holder_and_never_reports_changed(run_module, tmp_path):
-    path = tmp_path / "lock"
+    path = tmp_path / "run.lock"
     result = run_module("run_lock", lock_params(path))
     assert not result.get("failed") and result["changed"] is False
     holder = json.loads(path.read_text())
@@ -35,7 +35,7 @@ def test_acquire_records_the_holder_and_never_reports_changed(run_module, tmp_pa
 
 
 def test_second_run_is_refused_with_the_holder_named(run_module, tmp_path):
-    path = tmp_path / "lock"
+    path = tmp_path / "run.lock"
     run_module("run_lock", lock_params(path))
     refused = run_module("run_lock", lock_params(path, run_id="run-2"))
     assert refused["failed"]
@@ -45,13 +45,13 @@ def test_second_run_is_refused_with_the_holder_named(run_module, tmp_path):
 
 
 def test_lock_is_taken_in_check_mode_too(run_module, tmp_path):
-    path = tmp_path / "lock"
+    path = tmp_path / "run.lock"
     result = run_module("run_lock", lock_params(path), check_mode=True)
     assert result["changed"] is False and path.exists()
 
 
 def test_stale_lock_is_taken_over_with_a_warning(run_module, tmp_path):
-    path = tmp_path / "lock"
+    path = tmp_path / "run.lock"
     path.write_text(json.dumps({"run_id": "dead", "incident_id": "INC-0", "playbook": "x", "started_epoch": time.time() - 7200}))
     result = run_module("run_lock", lock_params(path, stale_after=3600))
     assert not result.get("failed")
@@ -61,7 +61,7 @@ def test_stale_lock_is_taken_over_with_a_warning(run_module, tmp_path):
 
 
 def test_an_unreadable_lock_is_taken_over_once_the_file_is_stale(tmp_path):
-    path = tmp_path / "lock"
+    path = tmp_path / "run.lock"
     path.write_text("{half written")
     with pytest.raises(_run_lock.LockHeld) as held:
         _run_lock.acquire(str(path), {"run_id": "run-1"}, stale_after=60)
@@ -72,14 +72,14 @@ def test_an_unreadable_lock_is_taken_over_once_the_file_is_stale(tmp_path):
 
 
 def test_break_lock_takes_a_live_lock(run_module, tmp_path):
-    path = tmp_path / "lock"
+    path = tmp_path / "run.lock"
     run_module("run_lock", lock_params(path, run_id="other"))
     result = run_module("run_lock", lock_params(path, break_lock=True))
     assert not result.get("failed") and result["displaced"]["run_id"] == "other"
 
 
 def test_release_only_removes_our_own_lock(run_module, tmp_path):
-    path = tmp_path / "lock"
+    path = tmp_path / "run.lock"
     run_module("run_lock", lock_params(path, run_id="other"))
     foreign = run_module("run_lock", lock_params(path, state="absent"))
     assert foreign["released"] is False and path.exists()
@@ -91,7 +91,7 @@ def test_release_only_removes_our_own_lock(run_module, tmp_path):
 
 
 def test_invalid_incident_id_fails_and_creates_nothing(run_module, tmp_path):
-    path = tmp_path / "lock"
+    path = tmp_path / "run.lock"
     result = run_module("run_lock", dict(lock_params(path), incident_id="INC-1; rm -rf /"))
     assert result["failed"] and "not valid" in result["msg"] and not path.exists()
 
@@ -106,7 +106,7 @@ def _race(path, run_id, start, results):
 
 
 def test_concurrent_runs_exactly_one_wins(tmp_path):
-    path = str(tmp_path / "lock")
+    path = str(tmp_path / "run.lock")
     start, results = multiprocessing.Event(), multiprocessing.Queue()
     racers = [multiprocessing.Process(target=_race, args=(path, f"run-{n}", start, results)) for n in range(8)]
     for racer in racers:
@@ -120,7 +120,7 @@ def test_concurrent_runs_exactly_one_wins(tmp_path):
 
 
 def test_concurrent_takeover_of_a_stale_lock_has_one_winner(tmp_path):
-    path = tmp_path / "lock"
+    path = tmp_path / "run.lock"
     path.write_text(json.dumps({"run_id": "dead", "started_epoch": 0}))
     start, results = multiprocessing.Event(), multiprocessing.Queue()
     racers = [multiprocessing.Process(target=_race, args=(str(path), f"run-{n}", start, results)) for n in range(8)]
@@ -159,7 +159,7 @@ BAD_LOCKS = {
 def bad_lock_fixture(request, tmp_path):
     """(lock path, what the refusal must say) of a lock file that is not a lock record, written 2 hours ago."""
     content, problem = BAD_LOCKS[request.param]
-    path = tmp_path / "lock"
+    path = tmp_path / "run.lock"
     path.write_bytes(content)
     os.utime(path, (hours_ago(2), hours_ago(2)))
     return path, problem
@@ -196,7 +196,7 @@ def test_releasing_never_removes_an_unreadable_lock_and_never_fails(run_module, 
 
 def test_a_future_epoch_in_a_file_dated_in_the_future_is_stale_at_once(run_module, tmp_path):
     """Nothing on this host can have written the file in the future: its dates cannot hold a run off."""
-    path = tmp_path / "lock"
+    path = tmp_path / "run.lock"
     future = time.time() + 30 * 86400
     path.write_text(json.dumps({"run_id": "x", "started_epoch": future}))
     os.utime(path, (future, future))
@@ -260,11 +260,22 @@ def test_a_symlink_planted_at_the_guard_is_never_followed(run_module, tmp_path):
 
 
 def test_a_directory_at_the_lock_path_fails_clearly(run_module, tmp_path):
-    (tmp_path / "lock").mkdir()
-    result = run_module("run_lock", lock_params(tmp_path / "lock", break_lock=True))
+    (tmp_path / "run.lock").mkdir()
+    result = run_module("run_lock", lock_params(tmp_path / "run.lock", break_lock=True))
     assert result["failed"] and "is a directory" in result["msg"] and "nothing was changed" in result["msg"]
 
 
 def test_a_newline_in_the_incident_id_is_refused(run_module, tmp_path):
-    result = run_module("run_lock", dict(lock_params(tmp_path / "lock"), incident_id="INC-1\n"))
-    assert result["failed"] and "not valid" in result["msg"] and not (tmp_path / "lock").exists()
+    result = run_module("run_lock", dict(lock_params(tmp_path / "run.lock"), incident_id="INC-1\n"))
+    assert result["failed"] and "not valid" in result["msg"] and not (tmp_path / "run.lock").exists()
+
+
+@pytest.mark.parametrize("state", ["present", "absent"])
+def test_a_path_that_names_another_file_never_replaces_it(run_module, tmp_path, state):
+    """A lock that is not a record is taken over: a mistyped path must never make that /etc/passwd."""
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    os.utime(passwd, (hours_ago(24), hours_ago(24)))
+    result = run_module("run_lock", lock_params(passwd, state=state, break_lock=True))
+    assert result["failed"] and "does not end in .lock" in result["msg"] and "nothing was changed" in result["msg"]
+    assert passwd.read_text() == "root:x:0:0:root:/root:/bin/bash\n" and sorted(tmp_path.iterdir()) == [passwd]
