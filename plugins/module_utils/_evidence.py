@@ -50,6 +50,10 @@ class EvidenceError(Exception):
     pass
 
 
+class AnchorError(EvidenceError):
+    """The row is in the log, but its head could not be anchored (the next append or re-run anchors it)."""
+
+
 def cell(value):
     """`value` as one table cell."""
     text = str(value).encode("utf-8", "replace").decode("utf-8")  # a lone surrogate cannot be written
@@ -337,7 +341,11 @@ def append(log_path, entry_id, fields, evidence, title="Evidence log", now=None,
             changed = True
         head = head_record(log_path, rows) if anchor_dir else None
         if anchor_dir and covered < len(rows):
-            changed = write_head(anchor_dir, head) or changed
+            try:
+                changed = write_head(anchor_dir, head) or changed
+            except (EvidenceError, OSError) as exc:
+                raise AnchorError("%s the log holds %d rows, but its head could not be anchored in %s: %s; re-run to "
+                                  "anchor it" % ("row %s was appended;" % entry_id if changed else "", len(rows), anchor_dir, exc)) from None
         return changed, row, head
     finally:
         os.close(fd)

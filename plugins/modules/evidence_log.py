@@ -174,6 +174,8 @@ def main():
             result.update(changed=changed, row=row)
             if anchor_dir:
                 result.update(head=head, anchored_rows=head["rows"])
+    except _evidence.AnchorError as exc:
+        module.fail_json(msg="evidence log %s: %s" % (params["path"], exc), changed=True)
     except (_evidence.EvidenceError, OSError, ValueError) as exc:
         module.fail_json(msg="evidence log %s: %s; nothing was written" % (params["path"], exc))
     result["rows"] = count
