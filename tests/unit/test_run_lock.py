@@ -220,9 +220,13 @@ def test_the_default_lock_lives_in_a_root_owned_directory_of_its_own():
     assert {specs[entry]["options"]["incident_run_lock_path"]["default"] for entry in ("begin", "end")} == {default}
 
 
-def test_a_missing_lock_directory_is_created_for_root_alone(run_module, tmp_path):
+def test_a_missing_lock_directory_is_created_for_root_alone_whatever_the_umask(run_module, tmp_path):
     path = tmp_path / "runbooks-incident" / "run.lock"
-    result = run_module("run_lock", lock_params(path))
+    previous = os.umask(0)
+    try:
+        result = run_module("run_lock", lock_params(path))
+    finally:
+        os.umask(previous)
     assert not result.get("failed"), result
     info = path.parent.stat()
     assert info.st_uid == os.geteuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
