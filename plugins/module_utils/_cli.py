@@ -16,7 +16,7 @@ import sys
 import tempfile
 
 from ansible_collections.runbooks.incident.plugins.module_utils import (
-    _audit_manifest, _audit_ship, _dumpfile, _evidence, _media, _offsite, _page, _pg, _pg_backup, _retention,
+    _audit_manifest, _audit_ship, _dumpfile, _evidence, _media, _offsite, _page, _pg, _pg_backup, _retention, _signature,
 )
 from ansible_collections.runbooks.incident.plugins.module_utils._pg_restore import archive_tool_for
 
@@ -27,14 +27,17 @@ RUNTIME_KEYS = ("login_user", "login_password", "login_host", "login_port", "log
 def backup_db(config):
     """The nightly database backup: dump with manifest, verify it, prune by grandfather-father-son."""
     runtime = _pg.Runtime.from_params({key: config.get(key) for key in RUNTIME_KEYS})
+    signing_key = config.get("signing_key") or None
     result = _pg_backup.backup(runtime, config["db"], config["dest"], fmt=config.get("format", "plain"),
                                compress_level=config.get("compress_level", 1), jobs=config.get("jobs", 2),
-                               prefix=config.get("prefix", "db-"))
-    summary = dict(job="backup-db", path=result["path"], changed=result["changed"],
+                               prefix=config.get("prefix", "db-"), signing_key=signing_key)
+    summary = dict(job="backup-db", path=result["path"], changed=result["changed"], signed=result["signed"],
                    row_counts=result["manifest"]["row_counts"], size=result["manifest"]["size"])
     if config.get("verify", True):
-        # Raises unless the file on disk decompresses whole and its rows equal the manifest's.
-        _dumpfile.verify(result["path"], expect_tables=config.get("expect_tables", []), archive_tool=archive_tool_for(runtime))
+        # Raises unless the file on disk decompresses whole, its rows equal the manifest's and this host signed it.
+        signed = result["signed"] and signing_key  # a dump from before this host signed is verified as unsigned
+        trust = _signature.Trust([_signature.public_key_of(signing_key)] if signed else [], accept_unsigned=not signed)
+        _dumpfile.verify(result["path"], trust, expect_tables=config.get("expect_tables", []), archive_tool=archive_tool_for(runtime))
         summary["verified"] = True
     summary["pruned"] = prune(config["dest"], config.get("prefix", "db-"), config.get("keep_daily", 30),
                               config.get("keep_monthly", 12), config.get("keep_yearly", 0))
@@ -116,12 +119,23 @@ def offsite_check(config):
     temporary directory, decrypt it, verify it whole (tables, row counts against its manifest), remove it."""
     with tempfile.TemporaryDirectory(prefix="runbooks-offsite-check-") as work:
         fetched = _offsite.fetch(_offsite.store_from(config), work, config["identity"], ["db-"])
-        dumps = [path for path in fetched["fetched"] if not path.endswith(_dumpfile.MANIFEST_SUFFIX)]
+        dumps = [path for path in fetched["fetched"] if path.rstrip("/").endswith(_dumpfile.KNOWN_SUFFIXES)]
         if not dumps:
             raise _offsite.OffsiteError("no complete database backup off-host")
-        verified = _dumpfile.verify(dumps[0], expect_tables=config.get("expect_tables", []))
+        verified = _dumpfile.verify(dumps[0], trust_of(config), expect_tables=config.get("expect_tables", []))
     return dict(job="offsite-check", backup=fetched["sets"].get("db-"), tables=len(verified["tables"]),
-                row_counts=verified["row_counts"])
+                row_counts=verified["row_counts"], signer=verified["signature"]["signer"])
+
+
+def trust_of(config):
+    """The backups a job believes: signed by `trusted_keys`, or by this host's own backup key (`local_signing_key`,
+    read when the job runs: the key may be made after the job was installed)."""
+    keys = list(config.get("trusted_keys", []))
+    local = config.get("local_signing_key")
+    if local and os.path.isfile(local):
+        with open(local, encoding="utf-8") as handle:
+            keys.append(handle.read().strip())
+    return _signature.Trust(keys, config.get("accept_unsigned", False))
 
 
 def evidence_check(config):
@@ -157,7 +171,7 @@ def main(argv=None):
         summary = JOBS[args.job](config)
     except (OSError, ValueError, KeyError, _pg.PgError, _pg_backup.BackupError, _dumpfile.DumpError, _audit_ship.ShipError, _audit_manifest.ManifestError,
             _media.MediaError, _page.PageError, _evidence.EvidenceError,
-            _offsite.OffsiteError) as exc:
+            _offsite.OffsiteError, _signature.SignatureError) as exc:
         sys.stderr.write("runbooks-incident %s failed: %s\n" % (args.job, exc))
         return 1
     if summary is not None:  # the receiver answers on stdout itself

@@ -23,7 +23,7 @@ import stat
 import subprocess
 import zlib
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _fileio, _pg
+from ansible_collections.runbooks.incident.plugins.module_utils import _fileio, _pg, _signature
 
 GZIP_MAGIC = b"\x1f\x8b"
 CUSTOM_MAGIC = b"PGDMP"
@@ -171,6 +171,11 @@ def load_manifest(path):
             raw = handle.read(MANIFEST_MAX_BYTES + 1)
     except FileNotFoundError:
         raise DumpError("manifest %s does not exist" % path)
+    return parse_manifest(path, raw)
+
+
+def parse_manifest(path, raw):
+    """The manifest in `raw` (the bytes of `path`), checked to be one pg_backup writes."""
     if len(raw) > MANIFEST_MAX_BYTES:
         raise DumpError("manifest %s is larger than %d MiB: not written by pg_backup" % (path, MANIFEST_MAX_BYTES >> 20))
     try:
@@ -757,15 +762,29 @@ class ArchiveTool:
                 stdin.close()
 
 
-def find_manifest(src, manifest, require_manifest):
-    """The manifest (path, dict) of a dump, or (None, None) when it may be absent."""
+def find_manifest(src, manifest, require_manifest, trust):
+    """(path, manifest dict, signature verdict) of a dump; (None, None, verdict) when it may have none.
+
+    The manifest's signature is checked against `trust` (a _signature.Trust) over the very bytes that are parsed.
+    """
     path = manifest or manifest_path_for(src)
     if not os.path.lexists(path):
         if require_manifest:
             raise DumpError("no manifest for %s (looked for %s): without it the dump's integrity and row counts cannot "
                             "be checked; pass require_manifest=false to go on without it" % (src, path))
-        return None, None
-    return path, load_manifest(path)
+        return None, None, _unsigned(trust, src)
+    try:
+        raw, verdict = trust.manifest(path)
+    except _signature.SignatureError as exc:
+        raise DumpError(str(exc)) from None
+    return path, parse_manifest(path, raw), verdict
+
+
+def _unsigned(trust, src):
+    try:
+        return trust.without_manifest(src)
+    except _signature.SignatureError as exc:
+        raise DumpError(str(exc)) from None
 
 
 def compare_counts(counts, manifest, what, loose=()):
@@ -829,10 +848,11 @@ def check(src, fmt, compression, manifest, expect_tables=(), archive_tool=None, 
                 loose=scanner.loose, sha256=sha)
 
 
-def verify(src, manifest=None, require_manifest=True, expect_tables=(), archive_tool=None, allow_foreign_script=False):
-    """check() of a dump found by its path, with its manifest (`manifest`, default the sibling one)."""
+def verify(src, trust, manifest=None, require_manifest=True, expect_tables=(), archive_tool=None, allow_foreign_script=False):
+    """check() of a dump found by its path, with its manifest (`manifest`, default the sibling one), whose signature
+    `trust` (a _signature.Trust) must accept."""
     fmt, compression = detect_format(src)
-    manifest_path, data = find_manifest(src, manifest, require_manifest)
+    manifest_path, data, verdict = find_manifest(src, manifest, require_manifest, trust)
     result = check(src, fmt, compression, data, expect_tables, archive_tool, allow_foreign_script)
-    result.update(manifest_path=manifest_path, manifest=data)
+    result.update(manifest_path=manifest_path, manifest=data, signature=verdict)
     return result

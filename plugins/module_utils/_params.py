@@ -45,3 +45,11 @@ def sops_argument_spec():
         age_key_file=dict(type="path", default="/etc/whatsapp-mcp/age.key"),
         sops_binary=dict(type="path", default="sops"),
     )
+
+
+def backup_trust_argument_spec():
+    """Options of doc fragment runbooks.incident.backup_trust."""
+    return dict(
+        trusted_keys=dict(type="list", elements="str", default=[], no_log=False),
+        accept_unsigned=dict(type="bool", default=False),
+    )

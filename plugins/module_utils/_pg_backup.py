@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ import subprocess
 import threading
 import time
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _dumpfile, _fileio, _pg, _retention
+from ansible_collections.runbooks.incident.plugins.module_utils import _dumpfile, _fileio, _pg, _retention, _signature
 
 
 # The seeds' daily stamp, or a timed one for an extra backup the same day (what backup_retention parses).
@@ -179,8 +180,11 @@ def _dump_directory(runtime, dump_args, final_path, jobs, mode, owner, group):
 
 
 def backup(runtime, db, dest, fmt="plain", stamp=None, compress_level=1, jobs=2, prefix="db-", force=False,
-           check_mode=False, mode=0o600, owner=None, group=None):
-    """Dump `db` into `dest`; returns a result dict (changed, path, manifest_path, manifest, ...)."""
+           check_mode=False, mode=0o600, owner=None, group=None, signing_key=None):
+    """Dump `db` into `dest`; returns a result dict (changed, path, manifest_path, manifest, signed, ...).
+
+    With `signing_key` (an OpenSSH private key) the manifest is signed into <manifest>.sig (_signature), so a restore
+    can tell this backup from one planted beside it."""
     _pg.check_name(db)
     check_prefix(prefix)
     if fmt not in _dumpfile.SUFFIXES:
@@ -197,7 +201,13 @@ def backup(runtime, db, dest, fmt="plain", stamp=None, compress_level=1, jobs=2,
         manifest = existing_backup(path, manifest_path, fmt)
         if manifest is not None:
             return dict(changed=False, path=path, manifest_path=manifest_path, manifest=manifest,
+                        signed=os.path.lexists(_signature.signature_path(manifest_path)),
                         msg="%s already exists and matches its manifest" % path)
+    if signing_key:
+        try:
+            _signature.public_key_of(signing_key)  # an unusable key fails now, not after the dump
+        except _signature.SignatureError as exc:
+            raise BackupError(str(exc)) from None
     server_version = runtime.ping()
     if check_mode:
         return dict(changed=True, path=path, manifest_path=manifest_path, msg="would dump %s to %s" % (db, path))
@@ -248,6 +258,13 @@ def backup(runtime, db, dest, fmt="plain", stamp=None, compress_level=1, jobs=2,
         compression=compression, sha256=sha, size=size, tables=tables, row_counts=counts,
         server_version=server_version, db_size_bytes=db_size, snapshot=snapshot,
         started_at=iso(started), finished_at=iso(finished), duration_s=round(time.monotonic() - clock, 3))
-    _fileio.write_json(manifest_path, manifest, mode, owner, group)
-    return dict(changed=True, path=path, manifest_path=manifest_path, manifest=manifest,
-                msg="dumped %s (%d tables, %d bytes) to %s" % (db, len(tables), size, path))
+    data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    if signing_key:
+        try:
+            _signature.write_signed(manifest_path, data, signing_key, mode, owner, group)
+        except _signature.SignatureError as exc:
+            raise BackupError("%s; the dump has no manifest, so nothing will ship or restore it" % exc) from None
+    else:
+        _fileio.write_bytes(manifest_path, data, mode, owner, group)
+    return dict(changed=True, path=path, manifest_path=manifest_path, manifest=manifest, signed=bool(signing_key),
+                msg="dumped %s (%d tables, %d bytes) to %s%s" % (db, len(tables), size, path, ", signed" if signing_key else ""))

@@ -696,7 +696,7 @@ def archive_tool_for(runtime):
     return None
 
 
-def restore(runtime, src, db, change_id, state="restored", strategy="swap", manifest=None, require_manifest=True,
+def restore(runtime, src, db, change_id, trust, state="restored", strategy="swap", manifest=None, require_manifest=True,
             expect_tables=(), force=False, keep_previous=1, jobs=2, owner=None, disk_headroom=0.1, analyze=True,
             check_mode=False, warn=None, app=None, allow_other_db=False, allow_foreign_script=False):
     """Restore `src` into `db` (see the module docstring). A failure after a database that existed was dropped
@@ -706,7 +706,7 @@ def restore(runtime, src, db, change_id, state="restored", strategy="swap", mani
                         disk_headroom=disk_headroom, analyze=analyze, check_mode=check_mode, warn=warn,
                         allow_foreign_script=allow_foreign_script)
     try:
-        result = _restore(restorer, src, state, strategy, manifest, require_manifest, expect_tables, force, app, allow_other_db)
+        result = _restore(restorer, src, state, strategy, manifest, require_manifest, expect_tables, force, app, allow_other_db, trust)
     except (_pg.PgError, _dumpfile.DumpError, RestoreError, OSError) as exc:
         if restorer.dropped and not isinstance(exc, RestoreFailed):
             raise RestoreFailed(exc, list(restorer.dropped), restorer.live_dropped, restorer.notes) from exc
@@ -715,7 +715,7 @@ def restore(runtime, src, db, change_id, state="restored", strategy="swap", mani
     return result
 
 
-def _restore(restorer, src, state, strategy, manifest, require_manifest, expect_tables, force, app, allow_other_db):
+def _restore(restorer, src, state, strategy, manifest, require_manifest, expect_tables, force, app, allow_other_db, trust):
     runtime, db, change_id, check_mode = restorer.runtime, restorer.db, restorer.change_id, restorer.check_mode
     runtime.ping()
     result = dict(db=db, staging_db=restorer.staging, previous_db=None, verified=False, downtime_s=0.0, dropped=[])
@@ -730,7 +730,10 @@ def _restore(restorer, src, state, strategy, manifest, require_manifest, expect_
                       verified=True, msg="%s already is the restore of change %s" % (db, change_id))
     else:
         fmt, compression = _dumpfile.detect_format(src)
-        _manifest_path, manifest_data = _dumpfile.find_manifest(src, manifest, require_manifest)
+        _manifest_path, manifest_data, signature = _dumpfile.find_manifest(src, manifest, require_manifest, trust)
+        result.update(signature=signature)
+        if signature["warning"]:
+            restorer.warn(signature["warning"])
         restorer.check_source(manifest_data, allow_other_db)
         if strategy == "in_place":
             restorer.check_in_place(force)

@@ -137,6 +137,36 @@ def verify(data, signature, trusted_keys, what):
                          "host whose key is not listed" % (what, signer, ", ".join(fingerprint(line) for line in trusted_keys)))
 
 
+def public_key_of(key_file):
+    """The public key line of a private signing key (what a restore on the same host trusts)."""
+    res = subprocess.run([_ssh_keygen(), "-y", "-f", key_file], capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise SignatureError("cannot read the backup signing key %s: %s" % (key_file, res.stderr.strip()[:200]))
+    return res.stdout.strip()
+
+
+class Trust:
+    """What a restore accepts: backups signed by one of `keys`; unsigned ones only with `accept_unsigned`."""
+
+    def __init__(self, keys=(), accept_unsigned=False):
+        self.keys = [line for line in keys if str(line).strip()]
+        for line in self.keys:
+            parse_public_key(line)
+        self.accept_unsigned = bool(accept_unsigned)
+
+    def manifest(self, manifest_path):
+        """(manifest bytes, verdict): see check()."""
+        return check(manifest_path, self.keys, self.accept_unsigned)
+
+    def without_manifest(self, src):
+        """The verdict for a dump that has no manifest: nothing is signed, so only `accept_unsigned` lets it through."""
+        if not self.accept_unsigned:
+            raise SignatureError("%s has no manifest, so nothing signed says where it comes from: it is not restored; pass "
+                                 "accept_unsigned=true to restore it anyway (a seeds-style dump)" % src)
+        return dict(signed=False, verified=False, signer=None,
+                    warning="restoring %s, which has no manifest and no signature: its origin is not proven" % os.path.basename(src))
+
+
 def check(manifest_path, trusted_keys, accept_unsigned):
     """(manifest bytes, verdict) of a backup's manifest: verdict is {signed, verified, signer, warning}.
 

@@ -25,6 +25,7 @@ description:
   - Changes nothing.
 extends_documentation_fragment:
   - runbooks.incident.attributes
+  - runbooks.incident.backup_trust
 attributes:
   check_mode:
     support: full
@@ -99,35 +100,45 @@ manifest_path:
   description: The manifest used (null without one).
   returned: success
   type: str
+signature:
+  description:
+    - The backup's signature as checked. C(signed) (a C(.sig) beside the manifest), C(verified) (by one of I(trusted_keys)),
+      C(signer) (the SHA256 fingerprint of the key that signed it), C(warning) (why its origin is not proven, when
+      I(accept_unsigned) let it through; null otherwise).
+  returned: when a dump was read
+  type: dict
+  sample: {signed: true, verified: true, signer: "SHA256:fSbPxxhN9dKVKQh0i7YnZews6HPu3jXmDo6T4Tjrxx4", warning: null}
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _dumpfile, _pg, _pg_restore
+from ansible_collections.runbooks.incident.plugins.module_utils import _dumpfile, _params, _pg, _pg_restore, _signature
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            src=dict(type="path", required=True),
-            manifest=dict(type="path"),
-            require_manifest=dict(type="bool", default=True),
-            allow_foreign_script=dict(type="bool", default=False),
-            expect_tables=dict(type="list", elements="str", default=["clients", "api_keys", "messages", "audit_log", "media_objects"]),
-            compose_project_dir=dict(type="path"),
-            compose_service=dict(type="str", default="postgres"),
-        ),
-        supports_check_mode=True,
+    argument_spec = _params.backup_trust_argument_spec()
+    argument_spec.update(
+        src=dict(type="path", required=True),
+        manifest=dict(type="path"),
+        require_manifest=dict(type="bool", default=True),
+        allow_foreign_script=dict(type="bool", default=False),
+        expect_tables=dict(type="list", elements="str", default=["clients", "api_keys", "messages", "audit_log", "media_objects"]),
+        compose_project_dir=dict(type="path"),
+        compose_service=dict(type="str", default="postgres"),
     )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
     runtime = _pg.Runtime(compose_project_dir=params["compose_project_dir"], compose_service=params["compose_service"])
     try:
-        result = _dumpfile.verify(params["src"], params["manifest"], params["require_manifest"], params["expect_tables"],
+        trust = _signature.Trust(params["trusted_keys"], params["accept_unsigned"])
+        result = _dumpfile.verify(params["src"], trust, params["manifest"], params["require_manifest"], params["expect_tables"],
                                   _pg_restore.archive_tool_for(runtime), params["allow_foreign_script"])
-    except (_dumpfile.DumpError, OSError, ValueError) as exc:
+    except (_dumpfile.DumpError, _signature.SignatureError, OSError, ValueError) as exc:
         module.fail_json(msg="dump %s failed verification: %s" % (params["src"], exc), verified=False)
+    if result["signature"]["warning"]:
+        module.warn(result["signature"]["warning"])
     module.exit_json(changed=False, verified=True, **{key: result[key] for key in (
-        "format", "compression", "tables", "row_counts", "manifest_path")})
+        "format", "compression", "tables", "row_counts", "manifest_path", "signature")})
 
 
 if __name__ == "__main__":

@@ -78,6 +78,14 @@ options:
   group:
     description: Group of the files.
     type: str
+  signing_key:
+    description:
+      - Private key (OpenSSH format, Ed25519; root-only on the backup host) the manifest is signed with, into
+        C(<name>.manifest.json.sig), written before the manifest. M(runbooks.incident.pg_restore) and
+        M(runbooks.incident.dump_verify) check it against their I(trusted_keys), so a backup planted in the bucket or the
+        backup directory is refused. Role C(runbooks.incident.db_backup) generates it on first use.
+      - Without it the backup is unsigned, and restores refuse it unless told to I(accept_unsigned).
+    type: path
 author:
   - runbooks.incident contributors (@runbooks)
 """
@@ -112,6 +120,10 @@ manifest_path:
   returned: always
   type: str
   sample: /var/lib/whatsapp-mcp/backups/db-2026-11-22.manifest.json
+signed:
+  description: Whether the manifest has a signature beside it.
+  returned: success
+  type: bool
 manifest:
   description: The manifest (sha256, size, tables, row_counts, server_version, snapshot, timestamps).
   returned: when a dump exists after the call (not in check mode before the first dump)
@@ -139,6 +151,7 @@ def main():
         mode=dict(type="raw", default="0600"),
         owner=dict(type="str"),
         group=dict(type="str"),
+        signing_key=dict(type="path", no_log=False),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
@@ -158,7 +171,8 @@ def main():
         result = _pg_backup.backup(
             _pg.Runtime.from_params(params), params["db"], params["dest"], fmt=params["format"], stamp=params["stamp"],
             compress_level=params["compress_level"], jobs=params["jobs"], prefix=params["prefix"], force=params["force"],
-            check_mode=module.check_mode, mode=mode, owner=params["owner"], group=params["group"])
+            check_mode=module.check_mode, mode=mode, owner=params["owner"], group=params["group"],
+            signing_key=params["signing_key"])
     except ValueError:
         module.fail_json(msg="mode %r is not an octal file mode from 0 to 0777; nothing was dumped" % params["mode"])
     except (_pg.PgError, _pg_backup.BackupError, _dumpfile.DumpError, OSError) as exc:

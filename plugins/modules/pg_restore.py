@@ -42,6 +42,7 @@ extends_documentation_fragment:
   - runbooks.incident.attributes
   - runbooks.incident.incident
   - runbooks.incident.postgres
+  - runbooks.incident.backup_trust
 attributes:
   check_mode:
     support: full
@@ -176,6 +177,14 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+signature:
+  description:
+    - The backup's signature as checked. C(signed) (a C(.sig) beside the manifest), C(verified) (by one of I(trusted_keys)),
+      C(signer) (the SHA256 fingerprint of the key that signed it), C(warning) (why its origin is not proven, when
+      I(accept_unsigned) let it through; null otherwise).
+  returned: when a dump was read
+  type: dict
+  sample: {signed: true, verified: true, signer: "SHA256:fSbPxxhN9dKVKQh0i7YnZews6HPu3jXmDo6T4Tjrxx4", warning: null}
 db:
   description: The live database.
   returned: always
@@ -229,7 +238,7 @@ plan:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _appcycle, _dumpfile, _params, _pg, _pg_restore, _run_lock
+from ansible_collections.runbooks.incident.plugins.module_utils import _appcycle, _dumpfile, _params, _pg, _pg_restore, _run_lock, _signature
 
 
 def main():
@@ -258,6 +267,7 @@ def main():
         health_url=dict(type="str"),
         health_timeout=dict(type="int", default=120),
     )
+    argument_spec.update(_params.backup_trust_argument_spec())
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
     params = module.params
@@ -266,6 +276,10 @@ def main():
                          % params["incident_id"])
     if params["health_timeout"] < 1:
         module.fail_json(msg="health_timeout must be at least 1 second; nothing was changed")
+    try:
+        trust = _signature.Trust(params["trusted_keys"], params["accept_unsigned"])
+    except _signature.SignatureError as exc:
+        module.fail_json(msg="trusted_keys: %s; nothing was changed" % exc)
     runtime = _pg.Runtime.from_params(params)
     try:
         _pg.memory_kb(params["maintenance_work_mem"])
@@ -282,7 +296,7 @@ def main():
             module.fail_json(msg="%s; nothing was changed" % exc)
     try:
         result = _pg_restore.restore(
-            runtime, params["src"], params["db"], params["incident_id"], state=params["state"], strategy=params["strategy"],
+            runtime, params["src"], params["db"], params["incident_id"], trust, state=params["state"], strategy=params["strategy"],
             manifest=params["manifest"], require_manifest=params["require_manifest"], expect_tables=params["expect_tables"],
             force=params["force"], keep_previous=params["keep_previous"], jobs=params["jobs"], owner=params["owner"],
             disk_headroom=params["disk_headroom"], analyze=params["analyze"], check_mode=module.check_mode, warn=module.warn,

@@ -66,18 +66,18 @@ def test_the_backup_function_refuses_such_a_prefix_too(pg_server, source, tmp_pa
     assert tree(tmp_path) == {"backups"}
 
 
-def test_a_directory_dump_never_follows_a_planted_partial_symlink(run_module, source, conn, tmp_path):
+def test_a_directory_dump_never_follows_a_planted_partial_symlink(run_module, source, conn, backup_key, tmp_path):
     dest, elsewhere = tmp_path / "backups", tmp_path / "elsewhere"
     dest.mkdir()
     elsewhere.mkdir()
     (dest / ".db-2026-11-22.dir.partial").symlink_to(elsewhere)
-    result = run_module("pg_backup", dict(db=source, dest=str(dest), format="directory", stamp="2026-11-22", **conn))
+    result = run_module("pg_backup", dict(db=source, dest=str(dest), format="directory", stamp="2026-11-22", **conn, **backup_key.signing()))
     assert result.get("changed") and not result.get("failed"), result.get("msg")
     final = dest / "db-2026-11-22.dir"
     assert stat.S_ISDIR(os.lstat(final).st_mode) and (final / "toc.dat").is_file()
     assert not list(elsewhere.iterdir())
     assert not os.path.lexists(dest / ".db-2026-11-22.dir.partial")
-    assert run_module("dump_verify", dict(src=str(final), expect_tables=["items"]))["verified"]
+    assert run_module("dump_verify", dict(src=str(final), expect_tables=["items"], **backup_key.trust()))["verified"]
 
 
 @pytest.mark.parametrize("fmt", ["plain", "directory"])

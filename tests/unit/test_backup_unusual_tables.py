@@ -133,41 +133,41 @@ def conn_fixture(pg_server):
     return dict(login_unix_socket=pg_server.host, login_port=pg_server.port, login_user="postgres", pg_bin_dir=str(PG_BINDIR))
 
 
-def backup_each_format(source, pg_server, tmp_path_factory):
+def backup_each_format(source, pg_server, backup_key, tmp_path_factory):
+    """Signed backups, as db_backup makes them."""
     from conftest import run_module  # pylint: disable=import-error,import-outside-toplevel
     conn = dict(login_unix_socket=pg_server.host, login_port=pg_server.port, login_user="postgres", pg_bin_dir=str(PG_BINDIR))
     made = {}
     for fmt in ("plain", "custom", "directory"):
         dest = tmp_path_factory.mktemp("%s-%s" % (source, fmt))
-        result = run_module("pg_backup", dict(db=source, dest=str(dest), format=fmt, stamp="2026-11-21", **conn), tmpdir=str(dest.parent))
+        result = run_module("pg_backup", dict(db=source, dest=str(dest), format=fmt, stamp="2026-11-21", **conn, **backup_key.signing()),
+                            tmpdir=str(dest.parent))
         assert not result.get("failed"), result.get("msg")
         made[source, fmt] = result
     return made
 
 
 @pytest.fixture(scope="module", name="parted")
-def parted_fixture(db, pg_server, tmp_path_factory):  # pylint: disable=unused-argument
+def parted_fixture(db, pg_server, backup_key, tmp_path_factory):  # pylint: disable=unused-argument
     """A backup of parted_src in each format (pg_backup results by (source, format))."""
-    return backup_each_format("parted_src", pg_server, tmp_path_factory)
+    return backup_each_format("parted_src", pg_server, backup_key, tmp_path_factory)
 
 
 @pytest.fixture(scope="module", name="named")
-def named_fixture(db, pg_server, tmp_path_factory):  # pylint: disable=unused-argument
+def named_fixture(db, pg_server, backup_key, tmp_path_factory):  # pylint: disable=unused-argument
     """A backup of names_src in each format."""
-    return backup_each_format("names_src", pg_server, tmp_path_factory)
+    return backup_each_format("names_src", pg_server, backup_key, tmp_path_factory)
 
 
 RESTORES = [("plain", 1, "swap"), ("plain", 2, "swap"), ("plain", 2, "in_place"), ("custom", 2, "swap"), ("directory", 2, "swap")]
 
 
-def restore(run_module, db, backups, conn, source, fmt, jobs, strategy, tmp_path):
-    """Restore a backup into a database of its own (its manifest copied, naming that database)."""
+def restore(run_module, db, backups, conn, source, fmt, jobs, strategy, trust):
+    """Restore a backup into a database of its own (allow_other_db: the manifest names the source)."""
     live = "%s_%s_%d_%s" % (source.split("_")[0], fmt, jobs, strategy)
     db.create(live, "SELECT 1")
-    manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps(dict(backups[source, fmt]["manifest"], db=live)))
-    result = run_module("pg_restore", dict(src=backups[source, fmt]["path"], manifest=str(manifest), db=live, incident_id="INC-P",
-                                           jobs=jobs, strategy=strategy, force=True, expect_tables=[], **conn))
+    result = run_module("pg_restore", dict(src=backups[source, fmt]["path"], db=live, incident_id="INC-P", allow_other_db=True,
+                                           jobs=jobs, strategy=strategy, force=True, expect_tables=[], **conn, **trust))
     assert result.get("verified"), result.get("msg")
     return live, result
 
@@ -183,8 +183,9 @@ def test_the_manifest_of_a_partitioned_database_counts_each_partition_and_each_t
 
 
 @pytest.mark.parametrize("fmt", ["plain", "custom", "directory"])
-def test_dump_verify_accepts_a_partitioned_database_with_exact_partition_counts(db, run_module, parted, fmt):
-    result = run_module("dump_verify", dict(src=parted["parted_src", fmt]["path"], expect_tables=["messages", "messages_default"]))
+def test_dump_verify_accepts_a_partitioned_database_with_exact_partition_counts(db, run_module, parted, backup_key, fmt):
+    result = run_module("dump_verify", dict(src=parted["parted_src", fmt]["path"], expect_tables=["messages", "messages_default"],
+                                            **backup_key.trust()))
     assert result.get("verified"), result.get("msg")
     for leaf in LEAVES:
         assert result["row_counts"][leaf] == db.count("parted_src", "public", leaf)
@@ -193,9 +194,9 @@ def test_dump_verify_accepts_a_partitioned_database_with_exact_partition_counts(
 
 
 @pytest.mark.parametrize("fmt, jobs, strategy", RESTORES)
-def test_a_partitioned_database_is_restored_with_every_partition_and_its_rows(db, run_module, parted, conn, tmp_path, fmt, jobs,
+def test_a_partitioned_database_is_restored_with_every_partition_and_its_rows(db, run_module, parted, conn, backup_key, fmt, jobs,
                                                                               strategy):
-    live, result = restore(run_module, db, parted, conn, "parted_src", fmt, jobs, strategy, tmp_path)
+    live, result = restore(run_module, db, parted, conn, "parted_src", fmt, jobs, strategy, backup_key.trust())
     for leaf in LEAVES:
         assert db.count(live, "public", leaf) == db.count("parted_src", "public", leaf), leaf
         assert result["row_counts"][leaf] == db.count("parted_src", "public", leaf)
@@ -208,12 +209,10 @@ def test_a_partitioned_database_is_restored_with_every_partition_and_its_rows(db
     assert counted["row_counts"]["messages"] == 4000 and counted["row_counts"]["messages_2026_11"] > 0
 
 
-def test_check_mode_predicts_a_partitioned_restore(db, run_module, parted, conn, tmp_path):
+def test_check_mode_predicts_a_partitioned_restore(db, run_module, parted, conn, backup_key):
     db.create("parted_src_check", "SELECT 1")
-    manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps(dict(parted["parted_src", "plain"]["manifest"], db="parted_src_check")))
-    result = run_module("pg_restore", dict(src=parted["parted_src", "plain"]["path"], manifest=str(manifest), db="parted_src_check",
-                                           incident_id="INC-P", expect_tables=["messages"], **conn), check_mode=True)
+    result = run_module("pg_restore", dict(src=parted["parted_src", "plain"]["path"], db="parted_src_check", allow_other_db=True,
+                                           incident_id="INC-P", expect_tables=["messages"], **conn, **backup_key.trust()), check_mode=True)
     assert result["changed"] and not result.get("failed"), result.get("msg")
     assert result["dump_row_counts"]["messages_default"] == db.count("parted_src", "public", "messages_default")
 
@@ -228,12 +227,12 @@ def test_the_manifest_names_every_table_unambiguously(db, named):
 
 
 @pytest.mark.parametrize("fmt, jobs, strategy", RESTORES)
-def test_tables_with_unusual_names_are_restored_and_verified(db, run_module, named, conn, tmp_path, fmt, jobs, strategy):
-    live, result = restore(run_module, db, named, conn, "names_src", fmt, jobs, strategy, tmp_path)
+def test_tables_with_unusual_names_are_restored_and_verified(db, run_module, named, conn, backup_key, fmt, jobs, strategy):
+    live, result = restore(run_module, db, named, conn, "names_src", fmt, jobs, strategy, backup_key.trust())
     for (schema, name), key in NAMES.items():
         assert result["row_counts"][key] == db.count(live, schema, name, only=name != "Part.Root") > 0, key
     assert db.structure(live) == db.structure("names_src")
-    verified = run_module("dump_verify", dict(src=named["names_src", fmt]["path"], expect_tables=['"a.b"', "select.from"]))
+    verified = run_module("dump_verify", dict(src=named["names_src", fmt]["path"], expect_tables=['"a.b"', "select.from"], **backup_key.trust()))
     assert verified.get("verified") and verified["row_counts"] == named["names_src", fmt]["manifest"]["row_counts"], verified
 
 
@@ -262,28 +261,26 @@ def run_in_ascii_locale(name, params, tmp_path):
     return json.loads(res.stdout)
 
 
-def test_non_ascii_table_names_work_whatever_the_locale(db, conn, tmp_path):
+def test_non_ascii_table_names_work_whatever_the_locale(db, conn, backup_key, tmp_path):
     db.create("unicode_src", 'CREATE SCHEMA "ünï"; CREATE TABLE "ünï"."naïve" (id int); INSERT INTO "ünï"."naïve" VALUES (1), (2);'
                              'CREATE TABLE "表" (id int PRIMARY KEY); INSERT INTO "表" VALUES (1);')
-    backup = run_in_ascii_locale("pg_backup", dict(db="unicode_src", dest=str(tmp_path), **conn), tmp_path)
+    backup = run_in_ascii_locale("pg_backup", dict(db="unicode_src", dest=str(tmp_path), **conn, **backup_key.signing()), tmp_path)
     assert backup.get("changed") and backup["manifest"]["row_counts"] == {'"ünï"."naïve"': 2, '"表"': 1}, backup
-    verified = run_in_ascii_locale("dump_verify", dict(src=backup["path"], expect_tables=['"表"']), tmp_path)
+    verified = run_in_ascii_locale("dump_verify", dict(src=backup["path"], expect_tables=['"表"'], **backup_key.trust()), tmp_path)
     assert verified.get("verified"), verified
     counted = run_in_ascii_locale("pg_row_counts", dict(db="unicode_src", **conn), tmp_path)
     assert counted["row_counts"] == {'"ünï"."naïve"': 2, '"表"': 1}, counted
 
 
-def test_a_latin1_database_with_non_ascii_names_is_backed_up_and_restored(db, run_module, conn, tmp_path):
+def test_a_latin1_database_with_non_ascii_names_is_backed_up_and_restored(db, run_module, conn, backup_key, tmp_path):
     """Its dump is written in LATIN1 (the database's encoding), its names read back from the dump in that encoding."""
     for name in ("latin_src", "latin_live"):
         db.psql("postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE); "
                             f"CREATE DATABASE {name} ENCODING 'LATIN1' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'")
     db.psql("latin_src", 'CREATE TABLE "café" (v text PRIMARY KEY); INSERT INTO "café" VALUES (\'crème\'), (\'brûlée\');')
-    backup = run_module("pg_backup", dict(db="latin_src", dest=str(tmp_path), **conn))
+    backup = run_module("pg_backup", dict(db="latin_src", dest=str(tmp_path), **conn, **backup_key.signing()))
     assert backup.get("changed") and backup["manifest"]["row_counts"] == {'"café"': 2}, backup
-    manifest = tmp_path / "restore.manifest.json"
-    manifest.write_text(json.dumps(dict(backup["manifest"], db="latin_live")))
-    restored = run_module("pg_restore", dict(src=backup["path"], manifest=str(manifest), db="latin_live", incident_id="INC-L",
-                                             expect_tables=['"café"'], **conn))
+    restored = run_module("pg_restore", dict(src=backup["path"], db="latin_live", incident_id="INC-L", allow_other_db=True,
+                                             expect_tables=['"café"'], **conn, **backup_key.trust()))
     assert restored.get("verified") and restored["row_counts"] == {'"café"': 2}, restored.get("msg")
     assert db.psql("latin_live", 'SELECT string_agg(v, \',\' ORDER BY v) FROM "café"') == "brûlée,crème"

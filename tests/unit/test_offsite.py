@@ -19,7 +19,6 @@ import shutil
 import socket
 import stat
 import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -30,34 +29,10 @@ import pytest
 from ansible_collections.runbooks.incident.plugins.module_utils import _fileio, _offsite
 
 boto3 = pytest.importorskip("boto3")
-MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 SECRET = "s3cr3t-Off-Host-Key-0f9a7c"
 ACCESS = "AKIAOFFSITETESTS"
 pytestmark = pytest.mark.skipif(shutil.which("age") is None or shutil.which("age-keygen") is None,
                                 reason="age and age-keygen are needed")
-
-
-@pytest.fixture(scope="module")
-def moto(free_port):
-    """moto's S3 server on a free loopback port: its endpoint URL."""
-    if not MOTO_SERVER.exists():
-        pytest.skip("moto_server is not installed in the venv (pip install 'moto[server]')")
-    port = free_port()
-    proc = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("moto_server did not start")
-            time.sleep(0.1)
-    yield "http://127.0.0.1:%d" % port
-    proc.terminate()
-    proc.wait(10)
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,9 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """pg_backup, dump_verify and pg_restore against a real PostgreSQL 15 (libpq runtime).
 
-Every bad input and fault must give a clear error and leave the live database exactly as it was.
+Every bad input and fault must give a clear error and leave the live database exactly as it was. Backups made here
+are signed with the test backup key and restores trust it, as the roles do; a test that damages a private copy of a
+dump (unsigned: the copy leaves the signature behind) restores it with accept_unsigned, to reach the check it is about.
 """
 from __future__ import annotations
 
@@ -66,21 +68,30 @@ def db_fixture(pg_server):
     return db
 
 
+class Conn(dict):
+    """The connection options, with `signing` (pg_backup's options that sign) and `trust` (a restore's that trust it)."""
+
+    def __init__(self, pg_server, backup_key):
+        super().__init__(login_unix_socket=pg_server.host, login_port=pg_server.port, login_user="postgres", pg_bin_dir=str(PG_BINDIR))
+        self.signing = backup_key.signing()
+        self.trust = backup_key.trust()
+
+
 @pytest.fixture(name="conn")
-def conn_fixture(pg_server):
-    return dict(login_unix_socket=pg_server.host, login_port=pg_server.port, login_user="postgres", pg_bin_dir=str(PG_BINDIR))
+def conn_fixture(pg_server, backup_key):
+    return Conn(pg_server, backup_key)
 
 
 @pytest.fixture(scope="module", name="dumps")
-def dumps_fixture(db, pg_server, tmp_path_factory):
-    """One backup per format of the small database, and a plain one of the large database."""
+def dumps_fixture(db, pg_server, backup_key, tmp_path_factory):
+    """One signed backup per format of the small database, and a plain one of the large database."""
     from conftest import run_module  # pylint: disable=import-error,import-outside-toplevel
-    conn = dict(login_unix_socket=pg_server.host, login_port=pg_server.port, login_user="postgres", pg_bin_dir=str(PG_BINDIR))
+    conn = Conn(pg_server, backup_key)
     made = {}
     for name, template, fmt in (("plain", "small_template", "plain"), ("custom", "small_template", "custom"),
                                 ("directory", "small_template", "directory"), ("large", "large_template", "plain")):
         dest = tmp_path_factory.mktemp("backups-" + name)
-        result = run_module("pg_backup", dict(db=template, dest=str(dest), format=fmt, stamp="2026-11-21", **conn),
+        result = run_module("pg_backup", dict(db=template, dest=str(dest), format=fmt, stamp="2026-11-21", **conn, **conn.signing),
                             tmpdir=str(dest.parent))
         assert not result.get("failed"), result
         made[name] = Path(result["path"])
@@ -121,13 +132,15 @@ def test_backup_is_seeds_compatible_with_an_exact_manifest(db, dumps):
 
 
 def test_backup_check_mode_then_idempotent(run_module, conn, tmp_path):
-    predicted = run_module("pg_backup", dict(db="small_template", dest=str(tmp_path), **conn), check_mode=True)
+    predicted = run_module("pg_backup", dict(db="small_template", dest=str(tmp_path), **conn, **conn.signing), check_mode=True)
     assert predicted["changed"] and not list(tmp_path.iterdir())
-    first = run_module("pg_backup", dict(db="small_template", dest=str(tmp_path), **conn))
+    first = run_module("pg_backup", dict(db="small_template", dest=str(tmp_path), **conn, **conn.signing))
     assert first["changed"]
-    again = run_module("pg_backup", dict(db="small_template", dest=str(tmp_path), **conn))
+    again = run_module("pg_backup", dict(db="small_template", dest=str(tmp_path), **conn, **conn.signing))
     assert not again["changed"] and again["manifest"]["sha256"] == first["manifest"]["sha256"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([Path(first["path"]).name, Path(first["manifest_path"]).name])
+    assert first["signed"] and again["signed"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([Path(first["path"]).name, Path(first["manifest_path"]).name,
+                                                                 Path(first["manifest_path"]).name + ".sig"])
 
 
 def test_backup_refuses_to_overwrite_what_it_cannot_verify(run_module, conn, tmp_path):
@@ -157,12 +170,12 @@ def test_manifest_counts_come_from_the_dumps_own_snapshot(db, run_module, conn, 
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        result = run_module("pg_backup", dict(db="busy", dest=str(tmp_path), **conn))
+        result = run_module("pg_backup", dict(db="busy", dest=str(tmp_path), **conn, **conn.signing))
     finally:
         stop.set()
         thread.join()
     assert result["changed"]
-    verified = run_module("dump_verify", dict(src=result["path"], expect_tables=["audit_log"]))
+    verified = run_module("dump_verify", dict(src=result["path"], expect_tables=["audit_log"], **conn.trust))
     assert verified["verified"], verified
     assert verified["row_counts"]["audit_log"] == result["manifest"]["row_counts"]["audit_log"]
     assert int(db.counts("busy")["audit_log"]) > result["manifest"]["row_counts"]["audit_log"]
@@ -170,9 +183,10 @@ def test_manifest_counts_come_from_the_dumps_own_snapshot(db, run_module, conn, 
 
 # ------------------------------------------------------------------------------------------------ verify
 @pytest.mark.parametrize("fmt", ["plain", "custom", "directory"])
-def test_dump_verify_accepts_each_format(run_module, dumps, fmt):
-    result = run_module("dump_verify", dict(src=str(dumps[fmt])), check_mode=True)
+def test_dump_verify_accepts_each_format(run_module, dumps, backup_key, fmt):
+    result = run_module("dump_verify", dict(src=str(dumps[fmt]), **backup_key.trust()), check_mode=True)
     assert result["verified"] and result["format"] == fmt and not result["changed"]
+    assert result["signature"]["verified"] and result["signature"]["signer"].startswith("SHA256:")
     assert result["row_counts"]["messages"] == 3000
 
 
@@ -210,26 +224,27 @@ def test_dump_verify_rejects(run_module, dumps, tmp_path, fault):
     dump, manifest = copy_dump(dumps["plain"], tmp_path)
     damage, message = FAULTS[fault]
     damage(dump, manifest)
-    result = run_module("dump_verify", dict(src=str(dump)))
+    result = run_module("dump_verify", dict(src=str(dump), accept_unsigned=True))
     assert result["failed"] and message in result["msg"], result["msg"]
 
 
-def test_dump_verify_requires_expected_tables(run_module, dumps):
-    result = run_module("dump_verify", dict(src=str(dumps["plain"]), expect_tables=["clients", "contacts"]))
+def test_dump_verify_requires_expected_tables(run_module, dumps, backup_key):
+    result = run_module("dump_verify", dict(src=str(dumps["plain"]), expect_tables=["clients", "contacts"], **backup_key.trust()))
     assert result["failed"] and "no CREATE TABLE for contacts" in result["msg"]
 
 
 def test_dump_verify_without_manifest_when_allowed(run_module, dumps, tmp_path):
     dump, manifest = copy_dump(dumps["plain"], tmp_path)
     manifest.unlink()
-    result = run_module("dump_verify", dict(src=str(dump), require_manifest=False))
-    assert result["verified"] and result["manifest_path"] is None
+    assert "no manifest, so nothing signed" in run_module("dump_verify", dict(src=str(dump), require_manifest=False))["msg"]
+    result = run_module("dump_verify", dict(src=str(dump), require_manifest=False, accept_unsigned=True))
+    assert result["verified"] and result["manifest_path"] is None and "not proven" in result["signature"]["warning"]
 
 
 # ------------------------------------------------------------------------------------------------ restore
 def restore_params(dump, live, conn, **extra):
     """The dumps here are of small_template and large_template, restored into other databases."""
-    return dict(dict(src=str(dump), db=live, incident_id="INC-1", allow_other_db=True, **conn), **extra)
+    return dict(dict(src=str(dump), db=live, incident_id="INC-1", allow_other_db=True, **conn, **conn.trust), **extra)
 
 
 def test_restore_four_runs(db, run_module, dumps, conn):
@@ -287,7 +302,7 @@ def test_restore_fault_leaves_live_untouched(db, run_module, dumps, conn, tmp_pa
     damage, message = RESTORE_FAULTS[fault]
     damage(dump, manifest)
     expect = ["clients", "contacts"] if fault == "missing expected table" else ["clients", "messages"]
-    result = run_module("pg_restore", restore_params(dump, "victim", conn, expect_tables=expect))
+    result = run_module("pg_restore", restore_params(dump, "victim", conn, expect_tables=expect, accept_unsigned=True))
     assert result["failed"] and message in result["msg"] and "untouched" in result["msg"], result["msg"]
     assert db.state("victim") == before and db.databases() == databases
 
@@ -299,7 +314,7 @@ def test_restore_without_manifest_still_catches_a_damaged_stream(db, run_module,
     dump, manifest = copy_dump(dumps["large"], tmp_path)
     manifest.unlink()
     (truncate if damage == "truncated" else flip_middle_byte)(dump)
-    result = run_module("pg_restore", restore_params(dump, "victim2", conn, require_manifest=False))
+    result = run_module("pg_restore", restore_params(dump, "victim2", conn, require_manifest=False, accept_unsigned=True))
     assert result["failed"] and ("truncated" in result["msg"] or "corrupt" in result["msg"] or "failed" in result["msg"])
     assert db.state("victim2") == before and "victim2_restore_staging" not in db.databases()
 
@@ -321,7 +336,7 @@ def test_restore_checks_free_disk_before_starting(db, run_module, dumps, conn):
 
 
 def test_restore_reports_a_server_that_is_down(run_module, dumps, conn, free_port):
-    params = restore_params(dumps["plain"], "wa_mcp", dict(conn, login_port=free_port(), login_unix_socket=None, login_host="127.0.0.1"))
+    params = dict(restore_params(dumps["plain"], "wa_mcp", conn), login_port=free_port(), login_unix_socket=None, login_host="127.0.0.1")
     result = run_module("pg_restore", params)
     assert result["failed"] and "cannot reach PostgreSQL" in result["msg"]
 
@@ -378,11 +393,12 @@ def test_a_manifest_written_before_table_names_were_quoted_still_verifies(db, ru
     db.psql("legacy_keys", 'CREATE TABLE "Mixed" (id int); INSERT INTO "Mixed" VALUES (1), (2); CREATE SCHEMA "Audit"; '
                            'CREATE TABLE "Audit"."Log Book" (id int); INSERT INTO "Audit"."Log Book" VALUES (1); '
                            'CREATE TABLE clients (id int); INSERT INTO clients VALUES (1), (2), (3)')
-    backup = run_module("pg_backup", dict(db="legacy_keys", dest=str(tmp_path), **conn))
+    backup = run_module("pg_backup", dict(db="legacy_keys", dest=str(tmp_path), **conn))  # unsigned, as backups then were
     manifest = Path(backup["manifest_path"])
     rewrite_manifest(manifest, tables=["Audit.Log Book", "Mixed", "clients"], row_counts={"Audit.Log Book": 1, "Mixed": 2, "clients": 3})
-    assert run_module("dump_verify", dict(src=backup["path"], expect_tables=["Mixed"]))["verified"]
-    restored = run_module("pg_restore", restore_params(backup["path"], "legacy_keys", conn, expect_tables=["Mixed", "clients"]))
+    assert run_module("dump_verify", dict(src=backup["path"], expect_tables=["Mixed"], accept_unsigned=True))["verified"]
+    restored = run_module("pg_restore", restore_params(backup["path"], "legacy_keys", conn, expect_tables=["Mixed", "clients"],
+                                                       accept_unsigned=True))
     assert restored["verified"] and restored["row_counts"] == {'"Audit"."Log Book"': 1, '"Mixed"': 2, "clients": 3}, restored
     counted = run_module("pg_row_counts", dict(db="legacy_keys", expected=json.loads(manifest.read_text())["row_counts"], **conn))
     assert counted["mismatches"] == {} and not counted.get("failed")
@@ -486,7 +502,7 @@ def test_restores_a_dump_made_by_another_tool(db, run_module, conn, tmp_path):
     shutil.copy(SHARED_DATA / "northwind.sql", src)
     for jobs in (1, 2):
         result = run_module("pg_restore", dict(src=str(src), db="northwind", incident_id=f"INC-NW-{jobs}", require_manifest=False,
-                                               allow_foreign_script=True, expect_tables=["customers", "orders", "products"],
+                                               allow_foreign_script=True, accept_unsigned=True, expect_tables=["customers", "orders", "products"],
                                                jobs=jobs, **conn))
         assert result.get("verified"), result.get("msg")
         assert result["row_counts"]["orders"] == 830 and result["row_counts"]["order_details"] == 2155
@@ -497,12 +513,12 @@ def test_a_dump_the_server_cannot_load_fails_clearly(db, run_module, conn, tmp_p
     """pagila-schema.sql (pg_dump 15beta2) calls uuidv7(), which PostgreSQL 15 lacks: verified, then refused."""
     src = tmp_path / "pagila-schema.sql"
     shutil.copy(SHARED_DATA / "pagila-schema.sql", src)
-    verified = run_module("dump_verify", dict(src=str(src), require_manifest=False, expect_tables=["actor", "film", "payment"]))
+    verified = run_module("dump_verify", dict(src=str(src), require_manifest=False, accept_unsigned=True, expect_tables=["actor", "film", "payment"]))
     assert verified["verified"] and {"rental", "payment_p2022_01"} <= set(verified["tables"])
     db.create("pagila", "small_template")
     before, databases = db.state("pagila"), db.databases()
     result = run_module("pg_restore", dict(src=str(src), db="pagila", incident_id="INC-PG", require_manifest=False,
-                                           expect_tables=["actor"], **conn))
+                                           accept_unsigned=True, expect_tables=["actor"], **conn))
     assert result["failed"] and "uuidv7() does not exist" in result["msg"]
     assert db.state("pagila") == before and db.databases() == databases
 

@@ -3,7 +3,8 @@
 """Hostile dumps and options against pg_restore, dump_verify and pg_row_counts (real PostgreSQL 15, real psql 15.18).
 
 Whoever can write a dump can write its manifest too (plain JSON), so every hostile dump here comes with a manifest
-resealed to match it. The restore runs as root: a psql meta-command in a dump (`\\! cmd`) would run as root on the
+resealed to match it, and no signature: the restores accept unsigned backups (accept_unsigned, the seeds-style path),
+where these guards are what stands between the dump and the host. The restore runs as root: a psql meta-command in a dump (`\\! cmd`) would run as root on the
 host. Each test asserts that what the dump asks for never happened (a marker file never created) and that the live
 database is exactly as it was.
 """
@@ -127,7 +128,7 @@ def line_of(sql, payload):
 
 
 def restore_params(dump, live, conn, **extra):
-    return dict(dict(src=str(dump), db=live, incident_id="INC-H", expect_tables=["items"], **conn), **extra)
+    return dict(dict(src=str(dump), db=live, incident_id="INC-H", expect_tables=["items"], accept_unsigned=True, **conn), **extra)
 
 
 def assert_untouched(db, live, before, databases, marker):
@@ -240,7 +241,7 @@ def test_a_dump_that_also_turns_out_corrupt_is_reported_corrupt(db, run_module, 
     dump.write_bytes(dump.read_bytes() + gzip.compress(b"-- more\n")[:-8] + b"\xff" * 8)  # a second member, its CRC wrong
     manifest = tmp_path / "db-2026-11-21.manifest.json"
     manifest.write_text(json.dumps(dict(json.loads(manifest.read_text()), sha256=hashlib.sha256(dump.read_bytes()).hexdigest())))
-    for name, params in (("pg_restore", restore_params(dump, live, conn)), ("dump_verify", dict(src=str(dump)))):
+    for name, params in (("pg_restore", restore_params(dump, live, conn)), ("dump_verify", dict(src=str(dump), accept_unsigned=True))):
         result = run_module(name, params)
         assert result.get("failed") and "corrupt" in result["msg"] and "meta-command" not in result["msg"], result["msg"]
     assert_untouched(db, live, before, databases, marker)
@@ -257,7 +258,7 @@ def test_check_mode_reports_a_meta_command_instead_of_passing_the_dump(db, run_m
 
 def test_dump_verify_reports_a_meta_command_instead_of_passing_the_dump(run_module, backup, tmp_path):
     dump, marker, line, shown = hostile_dump(tmp_path, backup, "bang mid-line after a statement", "post-data", False, "hostile_src")
-    verified = run_module("dump_verify", dict(src=str(dump), expect_tables=["items"]))
+    verified = run_module("dump_verify", dict(src=str(dump), expect_tables=["items"], accept_unsigned=True))
     assert verified.get("failed") and not verified["verified"], verified
     assert "line %d " % line in verified["msg"] and shown in verified["msg"]
     assert not marker.exists()
@@ -361,7 +362,7 @@ def test_a_truncated_plain_dump_is_refused_manifest_or_not(db, run_module, backu
     result = run_module("pg_restore", params)
     assert result.get("failed") and "truncated" in result["msg"] and "dump complete" in result["msg"], result.get("msg")
     assert db.state("hostile_trunc") == before and db.databases() == databases
-    verified = run_module("dump_verify", dict(src=str(dump), require_manifest=with_manifest))
+    verified = run_module("dump_verify", dict(src=str(dump), require_manifest=with_manifest, accept_unsigned=True))
     assert verified.get("failed") and "truncated" in verified["msg"]
 
 
@@ -374,7 +375,7 @@ def test_a_script_pg_dump_did_not_write_needs_a_manifest_or_allow_foreign_script
     refused = run_module("pg_restore", params)
     assert refused.get("failed") and "allow_foreign_script=true" in refused["msg"], refused.get("msg")
     assert db.state("hostile_foreign") == before and db.databases() == databases
-    assert run_module("dump_verify", dict(src=str(script), require_manifest=False, expect_tables=["items"])).get("failed")
+    assert run_module("dump_verify", dict(src=str(script), require_manifest=False, expect_tables=["items"], accept_unsigned=True)).get("failed")
     accepted = run_module("pg_restore", dict(params, allow_foreign_script=True))
     assert accepted["verified"], accepted.get("msg")
 
@@ -435,7 +436,7 @@ def test_a_malformed_manifest_fails_clearly(db, run_module, backup, conn, tmp_pa
     result = run_module("pg_restore", restore_params(dump, "hostile_manifest", conn))
     assert result.get("failed") and "malformed" in result["msg"] and "not written by pg_backup" in result["msg"], result
     assert db.state("hostile_manifest") == before and db.databases() == databases
-    assert "malformed" in run_module("dump_verify", dict(src=str(dump)))["msg"]
+    assert "malformed" in run_module("dump_verify", dict(src=str(dump), accept_unsigned=True))["msg"]
 
 
 def run_isolated(name, params, tmp_path, timeout=60):
@@ -460,7 +461,7 @@ def test_a_fifo_instead_of_a_dump_or_manifest_fails_instead_of_hanging(db, backu
     target = dump if what == "dump" else dump.with_name("db-2026-11-21.manifest.json")
     target.unlink()
     os.mkfifo(target)
-    for name, params in (("dump_verify", dict(src=str(dump))), ("pg_restore", restore_params(dump, "hostile_fifo", conn))):
+    for name, params in (("dump_verify", dict(src=str(dump), accept_unsigned=True)), ("pg_restore", restore_params(dump, "hostile_fifo", conn))):
         result = run_isolated(name, params, tmp_path)
         assert result.get("failed") and "not a regular file" in result["msg"], result
 
