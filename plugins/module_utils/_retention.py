@@ -173,11 +173,6 @@ def diff(retention_plan):
     return {"before": "\n".join(before), "after": "\n".join(text for text in before if text in kept)}
 
 
-def remove_entry(path):
-    """Remove one entry of the backup directory: a symlink is unlinked, a directory removed without following links."""
-    _fileio.remove(path)
-
-
 def apply(retention_plan):
     """Remove what the plan says, oldest set first, going on past failures.
 
@@ -189,7 +184,7 @@ def apply(retention_plan):
     for paths, done in ((entries, removed), (partials, removed_partials)):
         for path in paths:
             try:
-                remove_entry(path)
+                _fileio.remove(path)  # a symlink is unlinked, a directory removed without following links
             except FileNotFoundError:
                 continue
             except OSError as exc:

@@ -6,10 +6,14 @@ from __future__ import annotations
 import datetime
 import json
 import multiprocessing
+import os
+import subprocess
+import sys
 
 import pytest
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _evidence
+from conftest import COLLECTIONS  # pylint: disable=import-error
 
 
 def drill(run_module, log, drill_id, result="pass", check_mode=False):
@@ -338,3 +342,20 @@ def test_a_path_that_names_another_file_is_never_appended_to(run_module, tmp_pat
     verified = run_module("evidence_log", dict(path=str(passwd), state="verified"))
     assert verified["failed"] and "not an evidence log" in verified["msg"]
     assert passwd.read_text() == "root:x:0:0:root:/root:/bin/bash\n"
+
+
+def test_the_daily_check_on_the_log_server_catches_a_truncated_log(anchored):
+    """The host-side evidence-check job (runbooks-evidence-check.service) checks the anchors too, not only the chain."""
+    log, anchors = anchored
+    config = log.parent / "evidence-check.json"
+    config.write_text(json.dumps(dict(path=str(log), anchor_dir=str(anchors), where={"result": "pass"})))
+
+    def check():
+        return subprocess.run([sys.executable, "-m", "ansible_collections.runbooks.incident.plugins.module_utils._cli", "evidence-check",
+                               "--config", str(config)], capture_output=True, text=True, check=False,
+                              env=dict(os.environ, PYTHONPATH=str(COLLECTIONS)))
+    assert check().returncode == 0
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(lines[:-1]))  # the newest row removed: the chain alone still holds
+    failed = check()
+    assert failed.returncode == 1 and "truncated" in failed.stderr, failed.stderr
