@@ -56,7 +56,7 @@ def test_journal_holds_the_run_markers(host):
     markers = host.check_output("journalctl -t runbooks-incident --no-pager -o cat")
     assert "BEGIN incident=MOLECULE-REBOOTSTRAP playbook=Re-bootstrap a whatsapp-mcp host" in markers
     assert "outcome=success" in markers
-    assert not host.file("/run/lock/runbooks-incident.lock").exists
+    assert not host.file("/run/runbooks-incident/run.lock").exists
 
 
 def test_no_secret_value_in_the_journal(host):
