@@ -54,11 +54,15 @@ def query(resolver, port, name, qtype, timeout):
     family = socket.AF_INET6 if ipaddress.ip_address(resolver).version == 6 else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
-        sock.sendto(packet, (resolver, port))
+        # Connected, so the port-unreachable answer of a host where no DNS server listens ends the wait at once.
+        sock.connect((resolver, port))
         try:
+            sock.send(packet)
             reply = sock.recv(4096)
         except socket.timeout:
             raise DnsError("no answer from DNS server %s:%d within %ss" % (resolver, port, timeout))
+        except ConnectionRefusedError:
+            raise DnsError("no DNS server listens on %s:%d (port unreachable)" % (resolver, port))
     rid, flags, qdcount, ancount = struct.unpack(">HHHH", reply[:8])
     rcode = flags & 0xF
     if rid != ident:

@@ -14,6 +14,8 @@ import ipaddress
 import os
 import re
 
+from ansible_collections.runbooks.incident.plugins.module_utils import _fileio
+
 RUN_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+:DEBUG:certbot\._internal\.main:certbot version: ", re.M)
 TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")
 SUMMARY_PROBLEM = re.compile(r"^\s*Domain: (?P<domain>\S+)\n\s*Type:\s+(?P<type>\S+)\n\s*Detail: (?P<detail>.*)$", re.M)
@@ -145,7 +147,8 @@ def classify_problem(acme_type, detail, host_addresses=None):
 def diagnose(path, host_addresses=None):
     """Classify the last certbot run found in `path` (and its rotations). Returns a dict (see the module)."""
     for log in log_files(path):
-        with open(log, encoding="utf-8", errors="replace") as handle:
+        # Only a regular file is read: a FIFO planted at the log's name would hold the diagnosis for ever.
+        with os.fdopen(_fileio.open_file(log), encoding="utf-8", errors="replace") as handle:
             runs = split_runs(handle.read())
         if not runs:
             continue

@@ -53,3 +53,22 @@ def backup_trust_argument_spec():
         trusted_keys=dict(type="list", elements="str", default=[], no_log=False),
         accept_unsigned=dict(type="bool", default=False),
     )
+
+
+def refuse_nul(module):
+    """fail_json when a string option holds a NUL byte: no path, name, SQL or value of this collection has one, and
+    the system calls would raise on it. The value is not shown (it may be a secret)."""
+    def walk(value, where):
+        if isinstance(value, str):
+            return where if "\0" in value else None
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+        for key, item in items:
+            found = ("%s (a key)" % where if isinstance(key, str) and "\0" in key else None) or walk(item, "%s[%r]" % (where, key))
+            if found:
+                return found
+        return None
+
+    for name, value in module.params.items():
+        found = walk(value, name)
+        if found:
+            module.fail_json(msg="option %s holds a NUL byte, which no option may; nothing was changed" % found)

@@ -103,7 +103,7 @@ import re
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _acme_probe
+from ansible_collections.runbooks.incident.plugins.module_utils import _acme_probe, _params
 
 
 def main():
@@ -120,6 +120,7 @@ def main():
         ),
         supports_check_mode=True,
     )
+    _params.refuse_nul(module)
     params = module.params
     if not params["names"]:
         module.fail_json(msg="names is empty")

@@ -150,6 +150,7 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE,
                            required_if=[("state", "revoked", ["keep_pepper_fingerprint", "change_id"])])
+    _params.refuse_nul(module)
     params = module.params
     runtime = _pg.Runtime.from_params(params)
     if params["state"] == "revoked" and not _run_lock.INCIDENT_ID.match(params["change_id"]):

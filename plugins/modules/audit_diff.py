@@ -134,7 +134,7 @@ cache_mismatches:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _audit_manifest
+from ansible_collections.runbooks.incident.plugins.module_utils import _audit_manifest, _params
 
 
 def main():
@@ -149,6 +149,7 @@ def main():
         ),
         supports_check_mode=True,
     )
+    _params.refuse_nul(module)
     params = module.params
     if params["grace_recent_minutes"] < 0:
         module.fail_json(msg="grace_recent_minutes cannot be negative")

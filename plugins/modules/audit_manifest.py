@@ -162,7 +162,7 @@ files:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _audit_manifest
+from ansible_collections.runbooks.incident.plugins.module_utils import _audit_manifest, _params
 
 
 def main():
@@ -175,6 +175,7 @@ def main():
         ),
         supports_check_mode=True,
     )
+    _params.refuse_nul(module)
     params = module.params
     if params["workers"] is not None and params["workers"] < 1:
         module.fail_json(msg="workers must be at least 1, not %d" % params["workers"])

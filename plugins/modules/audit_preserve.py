@@ -78,7 +78,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _audit_manifest, _run_lock
+from ansible_collections.runbooks.incident.plugins.module_utils import _audit_manifest, _params, _run_lock
 
 
 def main():
@@ -91,6 +91,7 @@ def main():
         ),
         supports_check_mode=True,
     )
+    _params.refuse_nul(module)
     params = module.params
     if not _run_lock.INCIDENT_ID.match(params["incident_id"]):
         module.fail_json(msg="incident_id %r is not valid (letters, digits and ._:-, at most 64); nothing was changed"

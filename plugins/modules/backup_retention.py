@@ -113,7 +113,7 @@ ignored:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _retention
+from ansible_collections.runbooks.incident.plugins.module_utils import _params, _retention
 
 
 def main():
@@ -128,6 +128,7 @@ def main():
         ),
         supports_check_mode=True,
     )
+    _params.refuse_nul(module)
     params = module.params
     try:
         plan = _retention.plan(params["path"], params["prefix"], params["keep_daily"], params["keep_monthly"],

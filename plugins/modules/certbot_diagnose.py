@@ -95,7 +95,7 @@ import ipaddress
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _certbot
+from ansible_collections.runbooks.incident.plugins.module_utils import _certbot, _params
 
 
 def main():
@@ -106,6 +106,7 @@ def main():
         ),
         supports_check_mode=True,
     )
+    _params.refuse_nul(module)
     try:
         addresses = [str(ipaddress.ip_address(a)) for a in module.params["host_addresses"]]
     except ValueError as exc:

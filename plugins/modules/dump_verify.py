@@ -127,6 +127,7 @@ def main():
         compose_service=dict(type="str", default="postgres"),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    _params.refuse_nul(module)
     params = module.params
     runtime = _pg.Runtime(compose_project_dir=params["compose_project_dir"], compose_service=params["compose_service"])
     try:

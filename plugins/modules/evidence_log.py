@@ -130,7 +130,7 @@ head:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _evidence
+from ansible_collections.runbooks.incident.plugins.module_utils import _evidence, _params
 
 
 def main():
@@ -149,6 +149,7 @@ def main():
         required_if=[("state", "present", ("id", "fields"))],
         supports_check_mode=True,
     )
+    _params.refuse_nul(module)
     params = module.params
     anchor_dir = params["anchor_dir"]
     result = dict(changed=False)

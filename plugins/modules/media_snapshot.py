@@ -118,7 +118,7 @@ bytes_transferred:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _media
+from ansible_collections.runbooks.incident.plugins.module_utils import _media, _params
 
 
 def main():
@@ -133,6 +133,7 @@ def main():
         ),
         supports_check_mode=True,
     )
+    _params.refuse_nul(module)
     params = module.params
     try:
         result = _media.snapshot(params["src"], params["dest"], prefix=params["prefix"], stamp=params["stamp"],

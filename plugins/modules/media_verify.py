@@ -120,6 +120,7 @@ def main():
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
+    _params.refuse_nul(module)
     params = module.params
     try:
         result = _media.verify(_pg.Runtime.from_params(params), params["db"], params["media_dir"],

@@ -177,6 +177,7 @@ def main():
     boto3_error = _offsite.boto3_missing()
     if boto3_error:
         module.fail_json(msg=missing_required_lib("boto3"), exception=boto3_error)
+    _params.refuse_nul(module)
     params = module.params
     keep = (params["keep_daily"], params["keep_monthly"], params["keep_yearly"]) if params["retention"] else None
     result = {}

@@ -134,7 +134,7 @@ import socket
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _page
+from ansible_collections.runbooks.incident.plugins.module_utils import _page, _params
 
 
 def main():
@@ -155,6 +155,7 @@ def main():
         required_if=[("format", "pagerduty", ("routing_key",))],
         supports_check_mode=True,
     )
+    _params.refuse_nul(module)
     params = module.params
     if params["timeout"] < 1:
         module.fail_json(msg="timeout must be at least 1 second; nothing was sent")

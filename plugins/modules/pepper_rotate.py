@@ -229,6 +229,7 @@ def main():
     )
     argument_spec.update(_params.sops_argument_spec())
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    _params.refuse_nul(module)
     params = dict(module.params)
     if not _run_lock.INCIDENT_ID.match(params["change_id"]):
         module.fail_json(msg="change_id %r is not valid (letters, digits and ._:-, at most 64); nothing was changed" % params["change_id"])

@@ -155,6 +155,7 @@ def main():
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
+    _params.refuse_nul(module)
     params = module.params
     if not 1 <= params["compress_level"] <= 9 or not 1 <= params["jobs"] <= 64:
         module.fail_json(msg="compress_level must be 1..9 and jobs 1..64; nothing was dumped")

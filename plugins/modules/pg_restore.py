@@ -270,6 +270,7 @@ def main():
     argument_spec.update(_params.backup_trust_argument_spec())
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
+    _params.refuse_nul(module)
     params = module.params
     if not _run_lock.INCIDENT_ID.match(params["incident_id"]):
         module.fail_json(msg="incident_id %r is not valid (letters, digits and ._:-, at most 64); nothing was changed"

@@ -90,6 +90,7 @@ def main():
         password_key=dict(type="str", default="db_password", no_log=False),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
+    _params.refuse_nul(module)
     params = module.params
     if not params["sops_file"]:
         module.fail_json(msg="sops_file is required")

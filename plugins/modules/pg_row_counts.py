@@ -76,6 +76,7 @@ def main():
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
+    _params.refuse_nul(module)
     params = module.params
     expected = {}
     for table, count in (params["expected"] or {}).items():

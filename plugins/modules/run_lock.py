@@ -107,7 +107,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _run_lock
+from ansible_collections.runbooks.incident.plugins.module_utils import _params, _run_lock
 
 
 def describe(holder):
@@ -135,6 +135,7 @@ def main():
         ),
         supports_check_mode=True,
     )
+    _params.refuse_nul(module)
     params = module.params
     if not _run_lock.INCIDENT_ID.match(params["incident_id"]):
         module.fail_json(msg="incident_id %r is not valid: use letters, digits and ._:- (at most 64 characters)"

@@ -117,7 +117,7 @@ import subprocess
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _git, _run_lock
+from ansible_collections.runbooks.incident.plugins.module_utils import _git, _params, _run_lock
 
 
 def require_encrypted(sops_binary, path):
@@ -150,6 +150,7 @@ def main():
         ),
         supports_check_mode=True,
     )
+    _params.refuse_nul(module)
     params = module.params
     if not _run_lock.INCIDENT_ID.match(params["change_id"]):
         module.fail_json(msg="change_id %r is not valid (letters, digits and ._:-, at most 64); nothing was pushed" % params["change_id"])

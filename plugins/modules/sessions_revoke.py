@@ -137,6 +137,7 @@ def main():
         audit_table=dict(type="str", default="audit_log"),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
+    _params.refuse_nul(module)
     params = module.params
     if not _run_lock.INCIDENT_ID.match(params["change_id"]):
         module.fail_json(msg="change_id %r is not valid (letters, digits and ._:-, at most 64); nothing was changed" % params["change_id"])

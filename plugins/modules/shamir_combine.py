@@ -100,7 +100,7 @@ indices:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _shamir
+from ansible_collections.runbooks.incident.plugins.module_utils import _params, _shamir
 
 
 def main():
@@ -119,6 +119,7 @@ def main():
     )
     if _shamir.CRYPTO_IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib("pycryptodome"), exception=_shamir.CRYPTO_IMPORT_ERROR)
+    _params.refuse_nul(module)
     params = module.params
     try:
         # An unquoted YAML 0400 arrives as the integer 256: already the mode.

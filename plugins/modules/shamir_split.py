@@ -110,7 +110,7 @@ shares:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _shamir
+from ansible_collections.runbooks.incident.plugins.module_utils import _params, _shamir
 
 
 def main():
@@ -129,6 +129,7 @@ def main():
     )
     if _shamir.CRYPTO_IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib("pycryptodome"), exception=_shamir.CRYPTO_IMPORT_ERROR)
+    _params.refuse_nul(module)
     params = module.params
     try:
         if params["secret_file"] is None:

@@ -96,6 +96,7 @@ def main():
     argument_spec.update(_params.sops_argument_spec())
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            required_if=[("state", "present", ["value"])])
+    _params.refuse_nul(module)
     params = module.params
     if not params["sops_file"]:
         module.fail_json(msg="sops_file is required")

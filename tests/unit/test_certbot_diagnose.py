@@ -312,6 +312,12 @@ def test_acme_probe_refuses_what_it_cannot_probe(run_module, bad, words):
     assert result.get("failed") and words in result["msg"], result
 
 
+def test_a_fifo_at_the_log_path_is_refused_not_waited_on(run_module, tmp_path):
+    os.mkfifo(tmp_path / "letsencrypt.log")
+    result = run_module("certbot_diagnose", {"log_path": str(tmp_path / "letsencrypt.log")})
+    assert result.get("failed") and "not a regular file" in result["msg"], result
+
+
 def test_every_cause_has_a_hint():
     causes = {rule[0] for rule in _certbot.RULES} | {"none", "unknown", "dns_points_elsewhere"}
     assert causes == set(_certbot.HINTS)
