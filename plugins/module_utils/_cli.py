@@ -141,7 +141,7 @@ def trust_of(config):
 def evidence_check(config):
     """Daily on the log server: the evidence log's chain holds, it still holds every anchored head (`anchor_dir`), and
     its newest matching row is recent enough."""
-    _columns, rows = _evidence.verify(config["path"], config.get("anchor_dir"))
+    _columns, rows = _evidence.verify(config["path"], config.get("anchor_dir") or _evidence.default_anchor_dir(config["path"]))
     newest = _evidence.newest(rows, config.get("where"), config.get("max_age_days"))
     return dict(job="evidence-check", rows=len(rows), newest=newest["id"], date=newest["date (UTC)"])
 

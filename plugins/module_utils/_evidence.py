@@ -183,6 +183,12 @@ def check_rows(log_path, columns, rows):
         previous = expected
 
 
+def default_anchor_dir(log_path):
+    """Where a log's heads go unless told otherwise: beside it, so that a truncated log is caught by default. Against
+    whoever can rewrite the log's directory, give an anchor directory they cannot write (see the module)."""
+    return log_path + ".anchors"
+
+
 def verify(log_path, anchor_dir=None):
     """Recompute the chain and the evidence digests, and with `anchor_dir` check every anchored head; returns
     (columns, rows). Raises naming the first broken row."""

@@ -78,6 +78,8 @@ options:
       - Directory of the log's head records, one per append. With I(state=present) the head of the log after the
         append is written there, and with either state the log is checked against every head in it.
       - One directory per log. It must be one the log's writer cannot rewrite (see the trust assumption above).
+      - Default C(<path>.anchors), beside the log: a log cut short or rewritten by someone who can change the log file
+        but not that directory is caught even when no anchor directory was chosen.
     type: path
 author:
   - runbooks.incident contributors (@runbooks)
@@ -120,11 +122,11 @@ newest:
   type: dict
 anchored_rows:
   description: How many rows the newest head in I(anchor_dir) covers (the rows after it are not anchored).
-  returned: with I(anchor_dir)
+  returned: always
   type: int
 head:
   description: The log's head record (C(rows), C(id), C(chain), C(date), C(log), C(format)), as anchored in I(anchor_dir).
-  returned: with I(state=present) and I(anchor_dir), except in check mode
+  returned: with I(state=present), except in check mode
   type: dict
 """
 
@@ -151,7 +153,7 @@ def main():
     )
     _params.refuse_nul(module)
     params = module.params
-    anchor_dir = params["anchor_dir"]
+    anchor_dir = params["anchor_dir"] or _evidence.default_anchor_dir(params["path"])
     result = dict(changed=False)
     try:
         if params["state"] == "verified":

@@ -101,7 +101,7 @@ def test_a_log_in_a_symlinked_directory_of_a_shared_directory_is_refused(run_mod
 
 # ------------------------------------------------------------------------------------------------ field content
 HOSTILE = ["a\rb", "\r", "two\nlines", "tab\there", "x\u2028y", "p\u2029q", "v\x0bw", "f\x0cg", "n\x85l", "s\x1ct",
-           "pipe | in it", "back\\slash", "\\|", "|", "nul\x00byte", "  padded  ", "ünïcødé ✓", "\x1b[31mred"]
+           "pipe | in it", "back\\slash", "\\|", "|", "  padded  ", "ünïcødé ✓", "\x1b[31mred"]
 
 
 def test_hostile_field_values_keep_the_log_readable_and_appendable(run_module, tmp_path):
@@ -114,6 +114,9 @@ def test_hostile_field_values_keep_the_log_readable_and_appendable(run_module, t
     assert verified["rows"] == len(HOSTILE) and verified["newest"]["id"] == "DRILL-%d" % (len(HOSTILE) - 1)
     again = run_module("evidence_log", dict(path=str(log), id="DRILL-0", fields={"note": "x", "result": "pass"}))
     assert again["changed"] is False and again["rows"] == len(HOSTILE)
+    before = log.read_bytes()
+    nul = run_module("evidence_log", dict(path=str(log), id="DRILL-NUL", fields={"note": "nul\x00byte", "result": "pass"}))
+    assert nul.get("failed") and "NUL byte" in nul["msg"] and log.read_bytes() == before
 
 
 @pytest.mark.parametrize("fields", [{"a|b": 1}, {"two\nlines": 1}, {"cr\r": 1}, {"": 1}, {" padded": 1}, {"id": 1},
@@ -359,3 +362,17 @@ def test_the_daily_check_on_the_log_server_catches_a_truncated_log(anchored):
     log.write_text("".join(lines[:-1]))  # the newest row removed: the chain alone still holds
     failed = check()
     assert failed.returncode == 1 and "truncated" in failed.stderr, failed.stderr
+
+
+def test_a_log_cut_short_is_caught_even_when_no_anchor_directory_was_chosen(run_module, tmp_path):
+    """The issue's case with the module's defaults: the last rows removed, or all of them, no longer verify."""
+    log = tmp_path / "backup-drills.md"
+    for number in range(3):
+        assert drill(run_module, log, "DRILL-%d" % number)["changed"]
+    lines = log.read_text().splitlines(keepends=True)
+    for keep in (len(lines) - 1, len(lines) - 3):
+        log.write_text("".join(lines[:keep]))
+        verified = run_module("evidence_log", dict(path=str(log), state="verified"))
+        assert verified.get("failed") and "truncated" in verified["msg"], verified
+    log.unlink()
+    assert "truncated" in run_module("evidence_log", dict(path=str(log), state="verified"))["msg"]
