@@ -78,8 +78,8 @@ options:
       - Directory of the log's head records, one per append. With I(state=present) the head of the log after the
         append is written there, and with either state the log is checked against every head in it.
       - One directory per log. It must be one the log's writer cannot rewrite (see the trust assumption above).
-      - Default C(<path>.anchors), beside the log: a log cut short or rewritten by someone who can change the log file
-        but not that directory is caught even when no anchor directory was chosen.
+      - Default C(<path>.anchors), beside the log. A log cut short or rewritten by someone who can change the log file
+        but not that directory is then caught even when no anchor directory was chosen.
     type: path
 author:
   - runbooks.incident contributors (@runbooks)
