@@ -1200,7 +1200,7 @@ def _decrypt(store, wanted, identity, consume):
         said = " (age: %s)" % _first_line(stderr).replace("age: error: ", "") if code != 0 else ""
         raise OffsiteError("sha256 mismatch: %s is not the object that was uploaded (ciphertext sha256 %s, recorded %s): "
                            "it was damaged or replaced, not a key problem%s" % (url, cipher.hexdigest()[:16],
-                                                                               wanted.meta["sha256-cipher"][:16], said))
+                                                                                wanted.meta["sha256-cipher"][:16], said))
     if NO_IDENTITY in stderr:
         raise OffsiteError("the age key at %s cannot decrypt this backup (%s), which is intact (its ciphertext is the one "
                            "uploaded): wrong key? It was encrypted to other recipients" % (identity, url))
@@ -1224,7 +1224,7 @@ def _copy_to(handle):
 def _fetch_bytes(store, wanted, identity):
     if int(wanted.meta.get("size-plain") or 0) > _dumpfile.MANIFEST_MAX_BYTES:
         raise OffsiteError("%s is larger than a manifest can be (%d MiB): refused" % (store.url(wanted.object),
-                                                                                   _dumpfile.MANIFEST_MAX_BYTES >> 20))
+                                                                                      _dumpfile.MANIFEST_MAX_BYTES >> 20))
     buffer = io.BytesIO()
     _decrypt(store, wanted, identity, _copy_to(buffer))
     return buffer.getvalue()
@@ -1341,7 +1341,7 @@ def _check_dump(store, remote_set, manifest, data, members):
     if dump is None:
         raise IncompleteSet("the set %s off-host is incomplete: its manifest %s describes the dump %r, and no object of "
                             "the set holds it (objects: %s)" % (remote_set.name, store.url(manifest.object), name,
-                                                              ", ".join(item.object for item in members) or "only the manifest"))
+                                                                ", ".join(item.object for item in members) or "only the manifest"))
     recorded = dump.meta.get("sha256-tree" if dump.kind == "tar" else "sha256-plain")
     if recorded != described["sha256"]:
         raise OffsiteError("sha256 mismatch: %s (sha256 %s) is not the dump its manifest describes (%s): it was replaced"

@@ -46,7 +46,7 @@ options:
     description: Id of the incident or change, in the commit message.
     type: str
     required: true
-  message:
+  commit_message:
     description: The commit message; C( (<change_id>)) is appended.
     type: str
     default: Rotate secrets
@@ -81,7 +81,7 @@ EXAMPLES = r"""
   runbooks.incident.secrets_publish:
     repo: /opt/whatsapp-mcp
     change_id: INC-2026-0042
-    message: Rotate the API key pepper
+    commit_message: Rotate the API key pepper
     ssh_key_file: /etc/runbooks-incident/deploy-key
     known_hosts_file: /etc/runbooks-incident/git-known-hosts
 """
@@ -140,7 +140,7 @@ def main():
             remote=dict(type="str", default="origin"),
             branch=dict(type="str"),
             change_id=dict(type="str", required=True),
-            message=dict(type="str", default="Rotate secrets"),
+            commit_message=dict(type="str", default="Rotate secrets"),
             author_name=dict(type="str", default="runbooks.incident"),
             author_email=dict(type="str", default="runbooks-incident@localhost"),
             ssh_key_file=dict(type="path"),
@@ -154,13 +154,13 @@ def main():
     params = module.params
     if not _run_lock.INCIDENT_ID.match(params["change_id"]):
         module.fail_json(msg="change_id %r is not valid (letters, digits and ._:-, at most 64); nothing was pushed" % params["change_id"])
-    for name in ("message", "author_name", "author_email"):
-        if not params[name].strip() or "\0" in params[name] or (name != "message" and "\n" in params[name]):
+    for name in ("commit_message", "author_name", "author_email"):
+        if not params[name].strip() or (name != "commit_message" and "\n" in params[name]):
             module.fail_json(msg="%s %r is not usable in a commit; nothing was pushed" % (name, params[name]))
     try:
         _git.check_relative(params["path"])
         require_encrypted(params["sops_binary"], os.path.join(params["repo"], params["path"]))
-        result = _git.publish(params["repo"], params["path"], params["change_id"], params["message"], remote=params["remote"],
+        result = _git.publish(params["repo"], params["path"], params["change_id"], params["commit_message"], remote=params["remote"],
                               branch=params["branch"], author=(params["author_name"], params["author_email"]),
                               check_mode=module.check_mode, ssh_key_file=params["ssh_key_file"],
                               known_hosts_file=params["known_hosts_file"], accept_new_host_key=params["accept_new_host_key"])

@@ -207,4 +207,3 @@ def test_the_sender_never_ships_through_a_directory_swapped_for_a_symlink_after_
         _audit_ship.ship(str(local), [str(swapping)])
     shipped = [path.read_bytes() for path in remote.rglob("*") if path.is_file()] if remote.exists() else []
     assert not any(b"PRIVATE KEY" in data for data in shipped)
-

@@ -187,8 +187,8 @@ def test_pg_role_password_sets_a_verifier_from_the_sops_file_compares_first_and_
 
 
 @pytest.mark.parametrize("value,logs_in", [("pw-with-a-trailing-space-" + "t" * 20 + " ", True),
-                                            ("non-ascii-p\u00e4ssword-" + "a" * 20, False),
-                                            ("nbsp\u00a0inside-" + "b" * 20, False)])
+                                           ("non-ascii-p\u00e4ssword-" + "a" * 20, False),
+                                           ("nbsp\u00a0inside-" + "b" * 20, False)])
 def test_pg_role_password_takes_the_password_as_the_service_reads_it(run_module, secrets, app_db, value, logs_in):
     """The service strips only the line end from its password file; a password a client would change (SASLprep)
     before SCRAM is refused, as the role could never log in with its verifier."""

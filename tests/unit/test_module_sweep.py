@@ -82,7 +82,7 @@ class Area:
         """Every entry under the work area and the odd paths: type, mode, size, content digest, link target."""
         found = {}
         for base in (self.work, self.root / "odd", self.canary):
-            items = [base] if base.is_file() else [p for p in base.rglob("*")]
+            items = [base] if base.is_file() else list(base.rglob("*"))
             for path in items:
                 info = path.lstat()
                 entry = [stat.S_IFMT(info.st_mode), stat.S_IMODE(info.st_mode), info.st_size]

@@ -586,7 +586,7 @@ def replace_object(moto, bucket, name, body, meta=None):
      "marker media-2026-11-22.set.json is there"),
 ])
 def test_a_set_missing_a_member_is_incomplete_and_nothing_is_written(run_module, moto, bucket, keys, tmp_path, deleted, select,
-                                                                       prefixes, message):
+                                                                     prefixes, message):
     (identity, recipient), _other = keys
     src = backup_dir(tmp_path, identity)
     ship(run_module, moto, bucket, src, recipient)
@@ -721,7 +721,7 @@ def flipped(body, where):
                                                   ("db-2026-11-21.manifest.json.age", ["db-"], "2026-11-21"),
                                                   ("db-2026-11-21.sql.gz.age", ["db-"], "2026-11-21")])
 def test_a_damaged_age_header_is_reported_as_damage_and_a_wrong_key_as_a_wrong_key(run_module, moto, bucket, keys, tmp_path,
-                                                                                    name, prefixes, select):
+                                                                                   name, prefixes, select):
     (identity, recipient), (other, _other_recipient) = keys
     src = backup_dir(tmp_path, identity)
     ship(run_module, moto, bucket, src, recipient)

@@ -201,7 +201,7 @@ def test_a_meta_command_in_a_dump_is_refused_naming_its_line_and_never_run(db, r
 
 @pytest.mark.parametrize("compressed, jobs, strategy", [(True, 1, "swap"), (False, 2, "swap"), (True, 2, "in_place")])
 def test_backslashes_in_function_bodies_literals_comments_and_data_are_not_refused(db, run_module, backup, conn, tmp_path,
-                                                                                  compressed, jobs, strategy):
+                                                                                   compressed, jobs, strategy):
     """The guard against false alarms (it passes on the code before the guard too, which had none to misfire): the
     source database holds `\\! touch` in a function body, string literals, a comment and table data."""
     live = "hostile_data"
@@ -219,7 +219,7 @@ def test_backslashes_in_function_bodies_literals_comments_and_data_are_not_refus
 @pytest.mark.parametrize("jobs", [1, 2])
 @pytest.mark.parametrize("strategy", ["swap", "in_place"])
 def test_a_shell_escape_is_refused_in_every_form_job_count_and_strategy(db, run_module, backup, conn, tmp_path,
-                                                                       compressed, jobs, strategy):
+                                                                        compressed, jobs, strategy):
     live = "hostile_cross"
     db.create(live, "other_src")
     before, databases = db.state(live), db.databases()
@@ -277,7 +277,7 @@ def server_writable_fixture():
                                        "COPY public.items (id, body)\n    FROM PROGRAM 'touch {marker}';\n",
                                        "COPY (SELECT 'x') TO '{marker}';\n"])
 def test_a_copy_that_runs_a_program_or_writes_a_file_on_the_server_is_refused(db, run_module, backup, conn, tmp_path,
-                                                                            server_writable, statement):
+                                                                              server_writable, statement):
     marker = server_writable / "pwned"
     live = "hostile_server"
     db.create(live, "other_src")

@@ -50,7 +50,8 @@ class Service:
         return subprocess.run(["git", "--git-dir", str(self.remote), "show", "main:" + path], check=True, capture_output=True).stdout
 
     def params(self, **extra) -> dict:
-        return dict(repo=str(self.checkout), change_id="INC-2026-0042", message="Rotate the API key pepper", sops_binary=str(SOPS), **extra)
+        return dict(repo=str(self.checkout), change_id="INC-2026-0042", commit_message="Rotate the API key pepper", sops_binary=str(SOPS),
+                    **extra)
 
 
 @pytest.fixture(name="service")
