@@ -106,6 +106,26 @@ class PostgresServer:
         return name
 
 
+class Psql:
+    """The test cluster seen through psql, as the restore tests compare it before and after."""
+
+    def __init__(self, server: PostgresServer):
+        self.server = server
+
+    def psql(self, db: str, sql: str, check: bool = True) -> str:
+        res = subprocess.run([str(PG_BINDIR / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", db, "-f", "-"],
+                             input=sql, capture_output=True, text=True, env=dict(os.environ, **self.server.env), check=False)
+        if check and res.returncode != 0:
+            raise AssertionError(res.stderr)
+        return res.stdout.strip()
+
+    def databases(self) -> set:
+        return set(self.psql("postgres", "SELECT datname FROM pg_database").split())
+
+    def create(self, name: str, template: str) -> None:
+        self.psql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE); CREATE DATABASE "{name}" TEMPLATE "{template}"')
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
     pytest.importorskip("psycopg2", reason="psycopg2 is needed to talk to the test PostgreSQL server")
@@ -256,6 +276,19 @@ class SopsSecrets:
     def sops_params(self) -> dict[str, str]:
         """The modules' sops options for this file."""
         return dict(sops_file=str(self.sops_file), age_key_file=str(self.key), sops_binary=str(SOPS))
+
+
+def planted_link(tmp_path: Path, name: str, target: Path | None = None) -> Path:
+    """A symlink `name` another user planted in a directory everyone can write to (as /tmp or /run/lock are), to
+    `target` (default the empty directory tmp_path/elsewhere): a path through it must be refused, never followed."""
+    shared = tmp_path / "shared"
+    shared.mkdir(exist_ok=True)
+    shared.chmod(0o1777)
+    if target is None:
+        target = tmp_path / "elsewhere"
+        target.mkdir(exist_ok=True)
+    (shared / name).symlink_to(target)
+    return shared / name
 
 
 def start_module(name: str, params: dict, fault_dir: Path) -> subprocess.Popen:

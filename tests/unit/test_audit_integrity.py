@@ -16,6 +16,7 @@ import time
 import pytest
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _audit_manifest
+from conftest import planted_link  # pylint: disable=import-error
 
 HOUR = 3600
 OLD = time.time() - 30 * 86400  # archive files of a month ago: far outside any grace window
@@ -374,27 +375,19 @@ def test_preserve_never_copies_through_a_symlinked_directory_in_the_archive(run_
 
 def test_preserve_never_writes_through_a_symlinked_directory_of_dest(run_module, pair, tmp_path):
     _local, remote, _cache = pair
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o1777)
+    evidence = planted_link(tmp_path, "evidence")
     elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    (shared / "evidence").symlink_to(elsewhere)
     result = run_module("audit_preserve", dict(incident_id="INC-1", path=str(remote), files=[ONE],
-                                               dest=str(shared / "evidence" / "INC-1" / "audit")))
+                                               dest=str(evidence / "INC-1" / "audit")))
     assert result["failed"] is True and "refusing to follow the symlink evidence" in result["msg"]
     assert list(elsewhere.iterdir()) == []
 
 
 def test_the_cache_is_never_written_through_a_symlinked_directory(run_module, pair, tmp_path):
     local, _remote, _cache = pair
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o1777)
+    cache = planted_link(tmp_path, "cache")
     elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    (shared / "cache").symlink_to(elsewhere)
-    result = run_module("audit_manifest", dict(path=str(local), cache=str(shared / "cache" / "sub" / "c.json")))
+    result = run_module("audit_manifest", dict(path=str(local), cache=str(cache / "sub" / "c.json")))
     assert result["failed"] is True and "refusing to follow the symlink cache" in result["msg"]
     assert list(elsewhere.iterdir()) == []
 

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import COLLECTIONS  # pylint: disable=import-error
+from conftest import COLLECTIONS, planted_link  # pylint: disable=import-error
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _audit_ship
 
@@ -177,14 +177,10 @@ def test_the_receiver_never_writes_through_a_symlinked_directory_in_its_archive(
 
 def test_the_receiver_root_is_never_created_through_a_planted_symlink(hosts, tmp_path):
     _local, _remote, forced = hosts
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o1777)
+    link = planted_link(tmp_path, "link")
     elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    (shared / "link").symlink_to(elsewhere)
     config = tmp_path / "audit-receive.json"
-    config.write_text(json.dumps({"root": str(shared / "link" / "app")}))
+    config.write_text(json.dumps({"root": str(link / "app")}))
     res = subprocess.run(forced + ["list"], capture_output=True, text=True, check=False)
     assert res.returncode == 1 and "refusing to follow the symlink link" in res.stderr
     assert list(elsewhere.iterdir()) == []

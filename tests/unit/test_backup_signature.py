@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _signature
-from conftest import COLLECTIONS  # pylint: disable=import-error
+from conftest import COLLECTIONS, Psql  # pylint: disable=import-error
 
 
 def keypair(directory: Path, name: str) -> tuple[Path, str]:
@@ -118,17 +118,9 @@ def test_a_symlinked_or_fifo_manifest_is_not_read(tmp_path: Path, keys: dict) ->
 
 @pytest.fixture(scope="module", name="source")
 def source_fixture(pg_server):
-    conn = pg_server.connect()
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("DROP DATABASE IF EXISTS sig_src")
-        cur.execute("CREATE DATABASE sig_src")
-    conn.close()
-    conn = pg_server.connect("sig_src")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("CREATE TABLE items (id int PRIMARY KEY, body text); INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, 50) g")
-    conn.close()
+    Psql(pg_server).create("sig_src", "template0")
+    Psql(pg_server).psql("sig_src", "CREATE TABLE items (id int PRIMARY KEY, body text); "
+                                    "INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, 50) g")
     return "sig_src"
 
 
@@ -138,13 +130,7 @@ def conn_fixture(pg_server):
 
 
 def databases(pg_server) -> set:
-    conn = pg_server.connect()
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT datname FROM pg_database")
-            return {row[0] for row in cur.fetchall()}
-    finally:
-        conn.close()
+    return Psql(pg_server).databases()
 
 
 def backup(run_module, source, conn, dest, **extra) -> dict:

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _evidence
-from conftest import COLLECTIONS  # pylint: disable=import-error
+from conftest import COLLECTIONS, planted_link  # pylint: disable=import-error
 
 
 def drill(run_module, log, drill_id, result="pass", check_mode=False):
@@ -88,13 +88,9 @@ def test_a_symlink_at_the_log_path_is_never_followed(run_module, tmp_path):
 
 
 def test_a_log_in_a_symlinked_directory_of_a_shared_directory_is_refused(run_module, tmp_path):
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o1777)
+    sub = planted_link(tmp_path, "sub")
     elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    (shared / "sub").symlink_to(elsewhere)
-    appended = drill(run_module, shared / "sub" / "backup-drills.md", "DRILL-1")
+    appended = drill(run_module, sub / "backup-drills.md", "DRILL-1")
     assert appended["failed"] and "refusing to follow the symlink sub" in appended["msg"]
     assert list(elsewhere.iterdir()) == []
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _fileio, _offsite
+from conftest import planted_link  # pylint: disable=import-error
 
 boto3 = pytest.importorskip("boto3")
 SECRET = "s3cr3t-Off-Host-Key-0f9a7c"
@@ -693,13 +694,9 @@ def test_a_destination_through_a_link_others_could_plant_is_refused(run_module, 
     (identity, recipient), _other = keys
     src = backup_dir(tmp_path, identity)
     ship(run_module, moto, bucket, src, recipient)
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o1777)
+    restore = planted_link(tmp_path, "restore")
     target = tmp_path / "elsewhere"
-    target.mkdir()
-    (shared / "restore").symlink_to(target)
-    result = run_module("offsite_fetch", s3_params(moto, bucket, dest=str(shared / "restore"), identity=str(identity)))
+    result = run_module("offsite_fetch", s3_params(moto, bucket, dest=str(restore), identity=str(identity)))
     assert result.get("failed") and "refusing to follow the symlink restore in a directory others can write to" in result["msg"], result
     assert os.listdir(target) == []
 
@@ -763,10 +760,7 @@ def test_a_malformed_endpoint_or_region_fails_clearly(run_module, tmp_path, sett
 def test_a_backup_directory_through_a_link_others_could_plant_is_refused(run_module, moto, bucket, keys, tmp_path):
     (identity, recipient), _other = keys
     src = backup_dir(tmp_path, identity)
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o1777)
-    (shared / "backups").symlink_to(src)
-    result = run_module("offsite_sync", s3_params(moto, bucket, src=str(shared / "backups"), recipient=recipient))
+    backups = planted_link(tmp_path, "backups", src)
+    result = run_module("offsite_sync", s3_params(moto, bucket, src=str(backups), recipient=recipient))
     assert result.get("failed") and "refusing to follow the symlink backups in a directory others can write to" in result["msg"], result
     assert "nothing was uploaded or removed" in result["msg"] and objects(moto, bucket) == {}

@@ -19,7 +19,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, SOPS, SopsSecrets, kill_at, start_module  # pylint: disable=import-error
+from conftest import REPO_ROOT, SOPS, SopsSecrets, kill_at, planted_link, start_module  # pylint: disable=import-error
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "sandbox" / "images" / "app"))
 from wa_mcp import auth, credentials  # noqa: E402  pylint: disable=import-error,wrong-import-position
@@ -289,12 +289,9 @@ def test_a_pepper_ending_in_what_only_unicode_calls_whitespace_is_kept_byte_for_
 
 
 def test_a_symlinked_directory_others_can_write_to_is_not_followed(run_module, host, tmp_path):
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o1777)
-    (shared / "secrets").symlink_to(host.secrets)
+    secrets = planted_link(tmp_path, "secrets", host.secrets)
     before = host.snapshot()
-    result = run_module("pepper_rotate", dict(host.params(), path=str(shared / "secrets" / "api_key_pepper")))
+    result = run_module("pepper_rotate", dict(host.params(), path=str(secrets / "api_key_pepper")))
     assert result.get("failed") and "refusing to follow the symlink" in result["msg"] and "nothing was changed" in result["msg"], result
     assert host.snapshot() == before
 

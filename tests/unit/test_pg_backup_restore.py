@@ -21,31 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COLLECTIONS, PG_BINDIR, REPO_ROOT  # pylint: disable=import-error
+from conftest import COLLECTIONS, PG_BINDIR, REPO_ROOT, Psql  # pylint: disable=import-error
 from servicedb import TABLES, populate_sql  # pylint: disable=import-error
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
-class Db:
-    """The test cluster, seen through psql."""
-
-    def __init__(self, server):
-        self.server = server
-
-    def psql(self, db, sql, check=True):
-        res = subprocess.run([str(PG_BINDIR / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", db, "-f", "-"],
-                             input=sql, capture_output=True, text=True, env=dict(os.environ, **self.server.env), check=False)
-        if check and res.returncode != 0:
-            raise AssertionError(res.stderr)
-        return res.stdout.strip()
-
-    def databases(self):
-        return set(self.psql("postgres", "SELECT datname FROM pg_database").split())
-
-    def create(self, name, template):
-        self.psql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE); CREATE DATABASE "{name}" TEMPLATE "{template}"')
-
+class Db(Psql):
     def state(self, name):
         """What must not change when a restore is refused: the database's oid, row counts and a content digest."""
         oid = self.psql("postgres", f"SELECT oid FROM pg_database WHERE datname = '{name}'")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COLLECTIONS, PG_BINDIR  # pylint: disable=import-error
+from conftest import COLLECTIONS, PG_BINDIR, Psql  # pylint: disable=import-error
 
 ITEMS_SQL = r"""
 CREATE TABLE items (id int PRIMARY KEY, body text);
@@ -38,23 +38,10 @@ COMMENT ON TABLE items IS '\! touch {marker}';
 """
 
 
-class Db:
+class Db(Psql):
     def __init__(self, server):
-        self.server = server
+        super().__init__(server)
         self.data_marker = None  # the file the source database's data names (as text, never to be run)
-
-    def psql(self, db, sql, check=True):
-        res = subprocess.run([str(PG_BINDIR / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", db, "-f", "-"],
-                             input=sql, capture_output=True, text=True, env=dict(os.environ, **self.server.env), check=False)
-        if check and res.returncode != 0:
-            raise AssertionError(res.stderr)
-        return res.stdout.strip()
-
-    def databases(self):
-        return set(self.psql("postgres", "SELECT datname FROM pg_database").split())
-
-    def create(self, name, template):
-        self.psql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE); CREATE DATABASE "{name}" TEMPLATE "{template}"')
 
     def state(self, name):
         """What must not change when a restore is refused: the database's oid, its tables and their content."""

@@ -15,6 +15,7 @@ import threading
 import pytest
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _shamir
+from conftest import planted_link  # pylint: disable=import-error
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("age-keygen") is None, reason="needs age-keygen (Debian package age)"),
@@ -296,13 +297,9 @@ def test_combine_refuses_a_mode_that_is_not_a_file_mode(run_module, tmp_path, ag
 
 
 def test_split_never_creates_its_directory_through_a_planted_symlink(run_module, tmp_path, age_key):
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o1777)
+    link = planted_link(tmp_path, "link")
     elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    (shared / "link").symlink_to(elsewhere)
-    result = split(run_module, age_key[0], shared / "link" / "shares")
+    result = split(run_module, age_key[0], link / "shares")
     assert result["failed"] and "refusing to follow the symlink link" in result["msg"]
     assert list(elsewhere.iterdir()) == []
 

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from conftest import SOPS, SopsSecrets, kill_at, start_module  # pylint: disable=import-error
+from conftest import SOPS, SopsSecrets, kill_at, planted_link, start_module  # pylint: disable=import-error
 
 CLEAR = {"auth_jwt_secret": "old-jwt-secret-" + "j" * 40, "db_password": "old-db-password-" + "p" * 24, "api_key_pepper": "c3" * 32}
 
@@ -115,11 +115,8 @@ def test_the_sops_file_is_never_changed_through_a_symlink(run_module, secrets, t
         secrets.sops_file.symlink_to(real.name)
         sops_file = secrets.sops_file
     else:
-        shared = tmp_path / "shared"
-        shared.mkdir()
-        shared.chmod(0o1777)
-        (shared / "repo").symlink_to(real.parent)
-        sops_file = shared / "repo" / real.name
+        repo = planted_link(tmp_path, "repo", real.parent)
+        sops_file = repo / real.name
     before = real.read_bytes()
     for module, params in (("sops_set", dict(key="db_password", value="x" * 40)),
                            ("secret_rotate", dict(key="auth_jwt_secret", change_id="INC-LINK"))):
