@@ -643,19 +643,10 @@ class SqlScanner:
             entries.append((toc_type, self._target(toc_type, sql), sql))
         self.post_data = entries
         roots = {table for table in self.copy_rows if table in set(self.parents.values())}
-        self.loose = sorted(table for table in self.parents if self._below(table, roots))
+        self.loose = sorted(table for table in self.parents if _pg.in_tree(self.parents, self.parents[table], roots))
         counts = _pg.tree_counts(self.copy_rows, self.parents)
         self.row_counts = {table: count for table, count in counts.items() if table not in self.loose}
         return self
-
-    def _below(self, table, roots):
-        seen, parent = {table}, self.parents.get(table)
-        while parent is not None and parent not in seen:
-            if parent in roots:
-                return True
-            seen.add(parent)
-            parent = self.parents.get(parent)
-        return False
 
     def _target(self, toc_type, sql):
         """The table an index or constraint entry is built on (its statements share one session), else None."""

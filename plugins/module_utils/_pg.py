@@ -286,6 +286,17 @@ def _unhex(value):
     return bytes.fromhex(value).decode("utf-8", errors="replace")
 
 
+def in_tree(parents, key, wanted):
+    """Whether `key` or one of its ancestors (`parents`: partition -> partitioned table) is in `wanted`."""
+    seen = set()
+    while key is not None and key not in seen:
+        if key in wanted:
+            return True
+        seen.add(key)
+        key = parents.get(key)
+    return False
+
+
 def tree_counts(rows, parents):
     """Row counts with each partitioned table's added up from its partitions' (`parents`: partition -> parent)."""
     counts = dict(rows)
@@ -323,22 +334,13 @@ class Tables:
     def keys(self):
         return sorted(self.kinds)
 
-    def _under(self, key, wanted):
-        seen = set()
-        while key is not None and key not in seen:
-            if key in wanted:
-                return True
-            seen.add(key)
-            key = self.parents.get(key)
-        return False
-
     def count(self, query, tables=None):
         """Exact row counts of `tables` (default all), every table counted in one statement (one snapshot)."""
         wanted = set(self.kinds if tables is None else tables)
         unknown = sorted(wanted - set(self.kinds))
         if unknown:
             raise PgError("no table %s" % ", ".join(unknown))
-        leaves = sorted(key for key, kind in self.kinds.items() if kind == "r" and self._under(key, wanted))
+        leaves = sorted(key for key, kind in self.kinds.items() if kind == "r" and in_tree(self.parents, key, wanted))
         rows = {}
         if leaves:
             sql = " UNION ALL ".join("SELECT %d, count(*) FROM ONLY %s" % (index, qualified(key)) for index, key in enumerate(leaves))
