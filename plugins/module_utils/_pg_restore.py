@@ -27,6 +27,7 @@ import json
 import math
 import os
 import queue
+import re
 import secrets
 import shutil
 import subprocess
@@ -41,6 +42,8 @@ STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 MAX_DB_NAME = 63 - len("_failed_restore_20261122T030000Z")
 # psql sessions (or pg_restore -j workers) one restore may open.
 MAX_JOBS = 64
+# A partition in pg_restore -l's table of contents ("123; 0 0 TABLE ATTACH public m_2024 owner", INDEX ATTACH).
+ATTACH_ENTRY_RE = re.compile(r"^\d+; \d+ \d+ (TABLE|INDEX) ATTACH ", re.M)
 
 
 F_SETPIPE_SZ = 1031  # Linux fcntl, not exported by Python 3.8's fcntl module
@@ -446,14 +449,23 @@ class Restorer:
                 raise RestoreError("cannot copy %s into the database container: %s" % (src, _pg.first_line(res.stderr)))
             path = inner
         try:
-            jobs = ["-j", str(self.jobs)]
-            self.runtime.run(self.runtime.command("pg_restore", "--exit-on-error", "-d", target, *jobs, path))
+            for sections, jobs in self._archive_passes(path):
+                self.runtime.run(self.runtime.command("pg_restore", "--exit-on-error", "-d", target, "-j", str(jobs),
+                                                      *sections, path))
         except _pg.PgError as exc:
             raise RestoreError("pg_restore into %s failed: %s" % (target, exc))
         finally:
             if inner:
                 self.runtime.run(self.runtime.prefix() + ["rm", "-rf", inner])
         del fmt
+
+    def _archive_passes(self, path):
+        """(sections, jobs) of each pg_restore run. Parallel workers building a partitioned table's indexes and
+        constraints deadlock on the partitions' locks (PostgreSQL 15): with partitions in the archive, pre-data and
+        data go in `jobs` workers and post-data in one."""
+        if self.jobs > 1 and ATTACH_ENTRY_RE.search(self.runtime.run(self.runtime.command("pg_restore", "-l", path))):
+            return [(["--section=pre-data", "--section=data"], self.jobs), (["--section=post-data"], 1)]
+        return [([], self.jobs)]
 
     def verify_database(self, target, manifest, expect_tables, dump_rows, loose):
         """Tables and exact row counts of the restored database against the manifest (and the dump's COPY rows);

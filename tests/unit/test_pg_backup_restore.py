@@ -31,7 +31,7 @@ class Db(Psql):
     def state(self, name):
         """What must not change when a restore is refused: the database's oid, row counts and a content digest."""
         oid = self.psql("postgres", f"SELECT oid FROM pg_database WHERE datname = '{name}'")
-        counts = self.psql(name, " UNION ALL ".join(f"SELECT '{t}', count(*) FROM {t}" for t in TABLES))
+        counts = self.psql(name, " UNION ALL ".join(f"SELECT '{t}', count(*) FROM {t}" for t in TABLES) + " ORDER BY 1")
         digest = self.psql(name, "SELECT md5(string_agg(body, ',' ORDER BY id)) FROM messages")
         return oid, counts, digest
 
