@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -276,6 +277,28 @@ class SopsSecrets:
     def sops_params(self) -> dict[str, str]:
         """The modules' sops options for this file."""
         return dict(sops_file=str(self.sops_file), age_key_file=str(self.key), sops_binary=str(SOPS))
+
+
+def fed_fifo(path: Path, content: str = "") -> Callable[[Callable[[], dict]], dict]:
+    """A FIFO at `path`, and a function that makes a module call while a thread writes `content` into the FIFO, so
+    that a module which opens it (instead of refusing it) gets an answer rather than waiting forever."""
+    os.mkfifo(path)
+
+    def call(module_call: Callable[[], dict]) -> dict:
+        def feed() -> None:
+            with contextlib.suppress(BrokenPipeError), open(path, "w", encoding="utf-8") as writer:
+                writer.write(content)
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        result = module_call()
+        # A reader held open until the feeder is done lets it finish when nothing opened the FIFO, however late the
+        # feeder gets to its open() (a reader opened and closed at once can come before it: the feeder then waited).
+        reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        feeder.join()
+        os.close(reader)
+        return result
+    return call
 
 
 def planted_link(tmp_path: Path, name: str, target: Path | None = None) -> Path:

@@ -5,18 +5,16 @@ happen on real files (edits with size and mtime restored like `touch -r`, trunca
 detected; an untouched archive must report nothing. The two copies stand for the app host and the log server."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import subprocess
-import threading
 import time
 
 import pytest
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _audit_manifest
-from conftest import planted_link  # pylint: disable=import-error
+from conftest import fed_fifo, planted_link  # pylint: disable=import-error
 
 HOUR = 3600
 OLD = time.time() - 30 * 86400  # archive files of a month ago: far outside any grace window
@@ -395,17 +393,7 @@ def test_the_cache_is_never_written_through_a_symlinked_directory(run_module, pa
 def test_a_manifest_file_that_is_a_fifo_is_refused_not_waited_on(run_module, pair, tmp_path):
     local, _remote, _cache = pair
     fifo = tmp_path / "manifest.json"
-    os.mkfifo(fifo)
-
-    def feed():  # what a reader of the FIFO would get, so that a module opening it does not wait forever
-        with contextlib.suppress(BrokenPipeError), open(fifo, "w", encoding="utf-8") as writer:
-            writer.write("{}")
-
-    feeder = threading.Thread(target=feed)
-    feeder.start()
-    result = run_module("audit_diff", dict(local=str(local), remote=str(fifo)))
-    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # lets the feeder finish when nothing opened the FIFO
-    feeder.join()
+    result = fed_fifo(fifo, "{}")(lambda: run_module("audit_diff", dict(local=str(local), remote=str(fifo))))
     assert result["failed"] is True and "not a regular file" in result["msg"]
 
 

@@ -3,19 +3,17 @@
 """runbooks.incident.shamir_split and shamir_combine: a real age key on paper shares and back, typos, mixed sets, leaks."""
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
 import shutil
 import stat
 import subprocess
-import threading
 
 import pytest
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _shamir
-from conftest import planted_link  # pylint: disable=import-error
+from conftest import fed_fifo, planted_link  # pylint: disable=import-error
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("age-keygen") is None, reason="needs age-keygen (Debian package age)"),
@@ -302,25 +300,6 @@ def test_split_never_creates_its_directory_through_a_planted_symlink(run_module,
     result = split(run_module, age_key[0], link / "shares")
     assert result["failed"] and "refusing to follow the symlink link" in result["msg"]
     assert list(elsewhere.iterdir()) == []
-
-
-def fed_fifo(path):
-    """A FIFO at `path`, and a function that runs a module call while something writes an empty file into the
-    FIFO for a module that opens it (so that the old behaviour, waiting on it, ends)."""
-    os.mkfifo(path)
-
-    def call(run):
-        def feed():
-            with contextlib.suppress(BrokenPipeError), open(path, "w", encoding="ascii") as writer:
-                writer.write("")
-
-        feeder = threading.Thread(target=feed)
-        feeder.start()
-        result = run()
-        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))  # lets the feeder finish when nothing opened the FIFO
-        feeder.join()
-        return result
-    return call
 
 
 @pytest.mark.parametrize("kind", ["fifo", "symlink"])
