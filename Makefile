@@ -15,6 +15,9 @@ export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR ?= 0
 SANDBOX := $(BIN)/python tests/sandbox/sandbox.py
+# Each phase records its wall time (.build/timings/current.jsonl); `make test` ends with the table (tests/timings.py).
+# The venv's python: a pyenv shim would put its own bin first on the PATH of the command it times.
+TIMED := $(BIN)/python tests/timings.py run
 COLLECTION_LINK := .build/collections/ansible_collections/runbooks/incident
 # Molecule scenarios, in the order `make test` runs them.
 SCENARIOS ?= whatsapp_mcp db_restore offsite audit_integrity secret_rotation certificates
@@ -26,7 +29,7 @@ help:
 
 $(BIN)/.installed: requirements.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(PYTHON) tests/timings.py run venv -- $(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
 	touch $@
 
 .PHONY: venv
@@ -39,11 +42,12 @@ collection: ## link this checkout as runbooks.incident for ansible (.build/colle
 
 .PHONY: deps
 deps: venv ## host packages (docker.io, postgresql, certbot, pebble, age, ...) and a running dockerd
-	$(SANDBOX) deps
+	$(TIMED) "apt packages, dockerd" -- $(SANDBOX) deps
 
 .PHONY: sandbox
-sandbox: deps collection ## build the sandbox images (cached)
-	$(SANDBOX) build
+sandbox: deps collection ## build the sandbox images and the converged app host (cached by content hash)
+	$(TIMED) "sandbox images" -- $(SANDBOX) build
+	$(TIMED) "converged app host" -- $(SANDBOX) converge
 
 .PHONY: demo
 demo: sandbox ## sandbox up, re-bootstrap the app host with the incident playbook, seed data, print the result
@@ -58,25 +62,36 @@ demo-down: venv ## remove the sandbox hosts
 
 .PHONY: lint
 lint: venv collection ## ansible-lint (production profile) and yamllint
-	ansible-lint --profile production
+	$(TIMED) lint -- ansible-lint --profile production
 
 .PHONY: sanity
 sanity: venv ## ansible-test sanity on a copy of the collection in an ansible_collections tree
-	tests/ansible_test.sh sanity
+	$(TIMED) sanity -- tests/ansible_test.sh sanity
 
 .PHONY: unit
-unit: venv collection ## pytest: module logic and modules against real PostgreSQL, sops+age, files (no Docker)
-	pytest -q tests/unit
+unit: venv collection ## pytest on both cores: module logic and modules against real PostgreSQL, sops+age, files
+	$(TIMED) unit -- pytest -q -n 2 tests/unit
 
 .PHONY: molecule
 molecule: sandbox ## molecule scenarios on sandbox host containers
-	for scenario in $(SCENARIOS); do molecule test -s $$scenario; done
+	for scenario in $(SCENARIOS); do $(TIMED) "molecule $$scenario" -- molecule test -s $$scenario; done
 
 .PHONY: test-fast
-test-fast: lint unit ## the quick subset for development: lint and pytest (about two minutes)
+test-fast: lint unit ## the quick subset for development: lint and pytest
+
+.PHONY: checks
+checks: ## lint, sanity and unit, one after the other (the lane of `make test` that needs the CPU)
+	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory sanity
+	$(MAKE) --no-print-directory unit
 
 .PHONY: test
-test: deps lint sanity unit molecule ## the whole suite (what CI runs)
+test: ## the whole suite (what CI runs); the image builds (waiting on I/O) overlap the checks; ends with the timings
+	@$(PYTHON) tests/timings.py start
+	@trap '$(PYTHON) tests/timings.py report' EXIT; \
+	  $(MAKE) --no-print-directory deps && \
+	  $(MAKE) --no-print-directory -j2 --output-sync=line checks sandbox && \
+	  $(MAKE) --no-print-directory molecule
 
 .PHONY: build
 build: venv ## the collection tarball (ansible-galaxy collection build)
