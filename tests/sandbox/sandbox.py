@@ -5,6 +5,7 @@
     sandbox.py deps     install the host packages the suite needs and start dockerd if none runs
     sandbox.py build    build the images (cached by content hash) and the artefacts handed to the hosts
     sandbox.py up       start the sandbox hosts (app, offhost) on a private network, reachable over SSH
+    sandbox.py converge build the converged app host (image + nested Docker volume), cached by content hash
     sandbox.py down     remove the sandbox hosts and network
     sandbox.py status   print what runs
 
@@ -43,6 +44,26 @@ STACK_IMAGES = {
 }
 STACK_ARCHIVE = STATE / "images" / "whatsapp-mcp-images.tar"
 HASH_LABEL = "runbooks.sandbox.hash"
+# The app host converged once (re-bootstrapped, service healthy), for every scenario that is not about getting there:
+# its root filesystem as an image, and its nested Docker (a volume, which docker commit leaves out) as a named volume
+# that the scenarios' hosts copy into their own /var/lib/docker at boot.
+CONVERGED_IMAGE = "runbooks-sandbox/app-converged:" + SUITE
+CONVERGED_DOCKER = "runbooks-sandbox-app-docker"
+# What the converged host is made of, besides the host image and the stack images: a change to any rebuilds it.
+CONVERGE_INPUTS = ("roles", "playbooks", "plugins", "meta", "inventories/sandbox", "galaxy.yml")
+SEED_UNIT = """[Unit]
+Description=Nested Docker state of the converged sandbox host, copied in at the first boot
+Before=containerd.service docker.service
+ConditionPathIsDirectory=/opt/sandbox-docker
+ConditionDirectoryNotEmpty=!/var/lib/docker
+
+[Service]
+Type=oneshot
+ExecStart=/bin/cp -a /opt/sandbox-docker/. /var/lib/docker/
+
+[Install]
+WantedBy=multi-user.target
+"""
 
 NETWORK = "runbooks-sandbox"
 SUBNET = "172.29.0.0/24"
@@ -275,6 +296,73 @@ def cmd_build(_args: argparse.Namespace) -> None:
     write_service_repo()
 
 
+# --------------------------------------------------------------------------------------- converged
+def volume_hash(name: str) -> str | None:
+    res = docker("volume", "inspect", "-f", "{{ index .Labels \"%s\" }}" % HASH_LABEL, name, check=False)
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
+def converged_hash() -> str:
+    """Content hash of what the converged app host is made of (the code that converges it, and what it deploys)."""
+    parts = [image_id(HOST_IMAGE), STACK_ARCHIVE.with_suffix(".ids").read_text()]
+    parts += [tree_hash(ROOT / name) if (ROOT / name).is_dir() else (ROOT / name).read_text() for name in CONVERGE_INPUTS]
+    parts += [tree_hash(STATE / "repo"), tree_hash(STATE / "bin"), (STATE / "age.key").read_text(), SEED_UNIT]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
+
+
+def cmd_converge(_args: argparse.Namespace) -> None:
+    """Re-bootstrap a fresh app host with playbooks/rebootstrap.yml and keep the result (see CONVERGED_IMAGE)."""
+    wanted = converged_hash()
+    if image_hash(CONVERGED_IMAGE) == wanted and volume_hash(CONVERGED_DOCKER) == wanted:
+        log(f"{CONVERGED_IMAGE}: cached")
+        return
+    log(f"{CONVERGED_IMAGE}: converging a fresh app host with playbooks/rebootstrap.yml")
+    name = container("converge-app")
+    docker("rm", "-f", "-v", name, check=False)
+    users = docker("ps", "-aq", "--filter", f"volume={CONVERGED_DOCKER}").stdout.split()
+    if users:
+        sys.exit(f"sandbox: {CONVERGED_DOCKER} is in use by containers {' '.join(users)}: remove them first")
+    docker("volume", "rm", CONVERGED_DOCKER, check=False)
+    docker("volume", "create", "--label", f"{HASH_LABEL}={wanted}", CONVERGED_DOCKER)
+    if docker("network", "inspect", NETWORK, check=False).returncode != 0:
+        docker("network", "create", "--subnet", SUBNET, NETWORK)
+    args = host_run_args("app", {"ip": "172.29.0.20", "nested_docker": True})
+    args[args.index("--name") + 1] = name
+    args[args.index("/var/lib/docker")] = f"{CONVERGED_DOCKER}:/var/lib/docker"
+    docker("run", *args, HOST_IMAGE)
+    try:
+        deadline = time.monotonic() + 90
+        while docker("exec", name, "systemctl", "is-system-running", check=False).stdout.strip() not in ("running", "degraded"):
+            if time.monotonic() > deadline:
+                sys.exit("sandbox: the host to converge did not boot")
+            time.sleep(1)
+        with tempfile.TemporaryDirectory(prefix="sandbox-converge-") as tmp:
+            inventory = Path(tmp) / "hosts.yml"
+            inventory.write_text(json.dumps({"all": {"children": {"whatsapp_mcp": {"hosts": {"app": {
+                "ansible_connection": "community.docker.docker", "ansible_host": name, "ansible_user": "root"}}}}}}))
+            (Path(tmp) / "group_vars").symlink_to(ROOT / "inventories" / "sandbox" / "group_vars")
+            env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), RUNBOOKS_SANDBOX_DIR=str(STATE),
+                       ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".build" / "collections"), ANSIBLE_PIPELINING="true")
+            res = run(str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory),
+                      str(ROOT / "playbooks" / "rebootstrap.yml"), "-e", "incident_id=SANDBOX-CONVERGED",
+                      check=False, capture=True, env=env, cwd=str(ROOT))
+        if res.returncode != 0:
+            sys.exit(f"sandbox: converging the app host failed:\n{res.stdout[-4000:]}{res.stderr[-2000:]}")
+        run("docker", "exec", "-i", name, "sh", "-c", "cat > /etc/systemd/system/sandbox-docker-seed.service", input=SEED_UNIT,
+            capture=True)
+        # The image must not carry this host's identity (machine id, SSH host keys: each scenario host makes its own at
+        # boot) or this run's journal; a lock or a decrypted secret live in /run, a tmpfs the image never holds.
+        docker("exec", name, "sh", "-c", "systemctl enable sandbox-docker-seed.service"
+               " && journalctl --rotate >/dev/null 2>&1; journalctl --vacuum-time=1s >/dev/null 2>&1;"
+               " rm -f /etc/ssh/ssh_host_*_key* && : > /etc/machine-id")
+        docker("stop", "--time", "60", name)
+        docker("commit", "--change", f"LABEL {HASH_LABEL}={wanted}", "--change", 'CMD ["/lib/systemd/systemd"]', name,
+               CONVERGED_IMAGE)
+    finally:
+        docker("rm", "-f", name, check=False)
+    log(f"{CONVERGED_IMAGE}: built (nested Docker in volume {CONVERGED_DOCKER})")
+
+
 # ------------------------------------------------------------------------------------------ up/down
 def container(name: str) -> str:
     return CONTAINER_PREFIX + name
@@ -370,6 +458,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("deps").set_defaults(func=cmd_deps)
     sub.add_parser("build").set_defaults(func=cmd_build)
+    sub.add_parser("converge").set_defaults(func=cmd_converge)
     sub.add_parser("up").set_defaults(func=cmd_up)
     down = sub.add_parser("down")
     down.add_argument("--purge", action="store_true", help="also forget the generated age key and secrets")
