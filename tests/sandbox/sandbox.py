@@ -78,6 +78,8 @@ SERVICES = {
     "s3": {"ip": "172.29.0.12", "image": S3_IMAGE},
 }
 CONTAINER_PREFIX = "runbooks-sandbox-"
+# What `systemctl is-system-running` says once boot is over (degraded: some unit failed, the host is up).
+BOOTED = ("running", "degraded")
 
 APT_PACKAGES = [
     "docker.io", "debootstrap", "postgresql", "nginx", "certbot", "pebble", "age", "rclone", "pigz", "rsync",
@@ -141,8 +143,10 @@ def tree_hash(path: Path, *extra: str) -> str:
     return digest.hexdigest()[:24]
 
 
-def image_hash(tag: str) -> str | None:
-    res = docker("image", "inspect", "-f", "{{ index .Config.Labels \"%s\" }}" % HASH_LABEL, tag, check=False)
+def label_hash(name: str, kind: str = "image") -> str | None:
+    """The content hash an image (or a volume) was labelled with when it was built; None when it does not exist."""
+    labels = ".Config.Labels" if kind == "image" else ".Labels"
+    res = docker(kind, "inspect", "-f", "{{ index %s \"%s\" }}" % (labels, HASH_LABEL), name, check=False)
     return res.stdout.strip() if res.returncode == 0 else None
 
 
@@ -153,7 +157,7 @@ def image_id(tag: str) -> str:
 def build_base() -> None:
     recipe = f"debootstrap --variant=minbase --include={BASE_PACKAGES} {SUITE} {MIRROR}"
     wanted = hashlib.sha256(recipe.encode()).hexdigest()[:24]
-    if image_hash(BASE_IMAGE) == wanted:
+    if label_hash(BASE_IMAGE) == wanted:
         log(f"{BASE_IMAGE}: cached")
         return
     log(f"{BASE_IMAGE}: {recipe} (about a minute)")
@@ -179,7 +183,7 @@ def build_image(tag: str, context: Path, extra: dict[str, Path] | None = None) -
     """
     extra = extra or {}
     wanted = tree_hash(context, image_id(BASE_IMAGE), *(path.read_text() for path in extra.values()))
-    if image_hash(tag) == wanted:
+    if label_hash(tag) == wanted:
         log(f"{tag}: cached")
         return False
     log(f"{tag}: building")
@@ -297,11 +301,6 @@ def cmd_build(_args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------------------- converged
-def volume_hash(name: str) -> str | None:
-    res = docker("volume", "inspect", "-f", "{{ index .Labels \"%s\" }}" % HASH_LABEL, name, check=False)
-    return res.stdout.strip() if res.returncode == 0 else None
-
-
 def converged_hash() -> str:
     """Content hash of what the converged app host is made of (the code that converges it, and what it deploys)."""
     parts = [image_id(HOST_IMAGE), STACK_ARCHIVE.with_suffix(".ids").read_text()]
@@ -313,7 +312,7 @@ def converged_hash() -> str:
 def cmd_converge(_args: argparse.Namespace) -> None:
     """Re-bootstrap a fresh app host with playbooks/rebootstrap.yml and keep the result (see CONVERGED_IMAGE)."""
     wanted = converged_hash()
-    if image_hash(CONVERGED_IMAGE) == wanted and volume_hash(CONVERGED_DOCKER) == wanted:
+    if label_hash(CONVERGED_IMAGE) == wanted and label_hash(CONVERGED_DOCKER, "volume") == wanted:
         log(f"{CONVERGED_IMAGE}: cached")
         return
     log(f"{CONVERGED_IMAGE}: converging a fresh app host with playbooks/rebootstrap.yml")
@@ -324,15 +323,14 @@ def cmd_converge(_args: argparse.Namespace) -> None:
         sys.exit(f"sandbox: {CONVERGED_DOCKER} is in use by containers {' '.join(users)}: remove them first")
     docker("volume", "rm", CONVERGED_DOCKER, check=False)
     docker("volume", "create", "--label", f"{HASH_LABEL}={wanted}", CONVERGED_DOCKER)
-    if docker("network", "inspect", NETWORK, check=False).returncode != 0:
-        docker("network", "create", "--subnet", SUBNET, NETWORK)
+    ensure_network()
     args = host_run_args("app", {"ip": "172.29.0.20", "nested_docker": True})
     args[args.index("--name") + 1] = name
     args[args.index("/var/lib/docker")] = f"{CONVERGED_DOCKER}:/var/lib/docker"
     docker("run", *args, HOST_IMAGE)
     try:
         deadline = time.monotonic() + 90
-        while docker("exec", name, "systemctl", "is-system-running", check=False).stdout.strip() not in ("running", "degraded"):
+        while not booted(name):
             if time.monotonic() > deadline:
                 sys.exit("sandbox: the host to converge did not boot")
             time.sleep(1)
@@ -368,6 +366,19 @@ def container(name: str) -> str:
     return CONTAINER_PREFIX + name
 
 
+def ensure_network() -> None:
+    if docker("network", "inspect", NETWORK, check=False).returncode != 0:
+        docker("network", "create", "--subnet", SUBNET, NETWORK)
+
+
+def systemd_state(container_name: str) -> str:
+    return docker("exec", container_name, "systemctl", "is-system-running", check=False).stdout.strip()
+
+
+def booted(container_name: str) -> bool:
+    return systemd_state(container_name) in BOOTED
+
+
 def host_run_args(name: str, spec: dict) -> list[str]:
     """docker run flags of a sandbox host; the molecule platforms use the same (see molecule/*/molecule.yml)."""
     args = ["--detach", "--name", container(name), "--hostname", name, "--network", NETWORK, "--ip", spec["ip"],
@@ -397,11 +408,11 @@ def ssh_key() -> Path:
 def wait_for_host(name: str, spec: dict, key: Path) -> None:
     deadline = time.monotonic() + 90
     while True:
-        state = docker("exec", container(name), "systemctl", "is-system-running", check=False).stdout.strip()
+        state = systemd_state(container(name))
         ssh = run("ssh", "-i", str(key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
                   "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=2", "-o", "LogLevel=ERROR",
                   f"ops@{spec['ip']}", "sudo", "-n", "true", check=False, capture=True)
-        if state in ("running", "degraded") and ssh.returncode == 0:
+        if state in BOOTED and ssh.returncode == 0:
             return
         if time.monotonic() > deadline:
             sys.exit(f"sandbox: host {name} not ready (systemd: {state or 'unknown'}, ssh: {ssh.stderr.strip()})")
@@ -411,8 +422,7 @@ def wait_for_host(name: str, spec: dict, key: Path) -> None:
 def cmd_up(_args: argparse.Namespace) -> None:
     if not STACK_ARCHIVE.exists():
         sys.exit("sandbox: images not built; run `sandbox.py build` first")
-    if docker("network", "inspect", NETWORK, check=False).returncode != 0:
-        docker("network", "create", "--subnet", SUBNET, NETWORK)
+    ensure_network()
     key = ssh_key()
     for name, spec in HOSTS.items():
         running = docker("inspect", "-f", "{{ .State.Running }}", container(name), check=False).stdout.strip()
