@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
 
 import pytest
 import testinfra
+
+from conftest import eventually, playbook  # pylint: disable=import-error
 
 testinfra_hosts = ["app"]
 
@@ -33,24 +33,19 @@ def alerts():
 
 @pytest.fixture(scope="module", name="tampered_run")
 def tampered_run_fixture():
-    project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
-    return subprocess.run(
-        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], os.path.join(project, "playbooks", "audit_integrity.yml"),
-         "-e", "incident_id=MOLECULE-AUDIT-TAMPER", "-e", "pager_url=http://offhost:9099/api/v2/alerts"],
-        capture_output=True, text=True, check=False, cwd=project,
-        env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(project, ".build", "collections"), ANSIBLE_NOCOLOR="1"))
+    """(rc, output) of the audit integrity playbook after the tampering."""
+    return playbook("audit_integrity.yml", "incident_id=MOLECULE-AUDIT-TAMPER", "pager_url=http://offhost:9099/api/v2/alerts")
 
 
 def test_the_playbook_fails_naming_each_tampered_path(tampered_run):
-    assert tampered_run.returncode == 2, tampered_run.stdout[-3000:]
-    # Without colours (molecule forces them) and with the yaml callback's line folding undone.
-    output = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", tampered_run.stdout).split())
-    assert f"{EDITED} (content)" in output
-    assert f"{DELETED} (missing_local)" in output
+    rc, out = tampered_run
+    assert rc == 2, out[-3000:]
+    assert f"{EDITED} (content)" in out
+    assert f"{DELETED} (missing_local)" in out
 
 
 def test_both_versions_are_kept_with_digests_and_the_originals_are_untouched(tampered_run, host):
-    assert tampered_run.returncode == 2
+    assert tampered_run[0] == 2
     log_server = other("offhost")
     local_copy = host.file(f"{EVIDENCE}/app/local/{EDITED}")
     remote_copy = log_server.file(f"{EVIDENCE}/app/remote/{EDITED}")
@@ -66,7 +61,7 @@ def test_both_versions_are_kept_with_digests_and_the_originals_are_untouched(tam
 
 
 def test_a_page_lists_the_paths_of_each_host(tampered_run):
-    assert tampered_run.returncode == 2
+    assert tampered_run[0] == 2
     pages = [alert for alert in alerts() if alert["annotations"]["summary"].startswith("Audit archive of")]
     assert {alert["labels"]["instance"] for alert in pages} == {"app", "app2"}
     details = json.dumps([alert["annotations"] for alert in pages])
@@ -88,8 +83,8 @@ def test_the_unattended_check_fails_and_pages(host, unit):
     assert result.rc != 0
     journal = host.check_output(f"journalctl -u {unit} --no-pager -n 20")
     assert f"{EDITED} (content)" in journal
-    host.check_output(f"for i in $(seq 50); do systemctl is-active -q runbooks-page@{unit} || break; sleep 0.2; done")
-    assert any(f"{unit} failed on app" in alert["annotations"]["summary"] for alert in alerts())
+    # OnFailure= starts the pager after systemctl returned: wait for what the receiver got.
+    assert eventually(lambda: any(f"{unit} failed on app" in alert["annotations"]["summary"] for alert in alerts()))
 
 
 def test_the_log_server_computed_its_own_manifest_of_each_copy():

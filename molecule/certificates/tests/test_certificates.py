@@ -12,13 +12,14 @@ import os
 import re
 import socket
 import ssl
-import subprocess
 import time
 import urllib.request
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from conftest import playbook as run_playbook, restored  # pylint: disable=import-error
 
 testinfra_hosts = ["app"]
 
@@ -39,17 +40,8 @@ def served():
 
 
 def playbook(name, *extra, check=False):
-    """Run playbooks/<name> with the scenario's lab vars (in check mode with check=True); (rc, output with colours
-    removed and lines unfolded)."""
-    project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
-    argv = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], os.path.join(project, "playbooks", name),
-            "-e", "@" + os.path.join(project, "molecule", "certificates", "vars", "lab.yml")] + (["--check"] if check else [])
-    for item in extra:
-        argv += ["-e", item]
-    res = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=project,
-                         env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(project, ".build", "collections"),
-                                  ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0"))
-    return res.returncode, " ".join(re.sub(r"\x1b\[[0-9;]*m", "", res.stdout + res.stderr).split())
+    """run_playbook with the scenario's lab vars (the names and addresses of the sandbox's ACME and DNS)."""
+    return run_playbook(name, *extra, check=check, vars_files=["molecule/certificates/vars/lab.yml"])
 
 
 def spki(cert):
@@ -76,8 +68,11 @@ def pages(host):
         if host.file("/var/tmp/pages.jsonl").exists else []
 
 
+NGINX = "docker compose --project-directory /opt/whatsapp-mcp exec -T nginx nginx"
+
+
 def nginx(host, *args):
-    host.check_output("docker compose --project-directory /opt/whatsapp-mcp exec -T nginx nginx " + " ".join(args))
+    host.check_output(NGINX + " " + " ".join(args))
 
 
 def reload_until_served(host, serial_differs_from):
@@ -163,20 +158,22 @@ def test_port_80_dropped_by_the_firewall_is_diagnosed_then_opened_when_confirmed
 
 def test_a_misconfigured_webroot_is_diagnosed_then_corrected_when_confirmed(host):
     conf = "/opt/whatsapp-mcp/nginx/conf.d/whatsapp-mcp.conf"
-    host.check_output(f"sed -i 's|root /var/www/certbot;|root /var/www/html;|' {conf}")
-    nginx(host, "-s", "reload")
-    assert host.run(CERTBOT_TIMER_RUN).rc != 0
-    before = served().serial_number
-    rc, out = playbook(RENEW, "incident_id=MOLECULE-WEBROOT", "force=true")
-    assert rc != 0
-    assert "): challenge_not_found" in out and "Live check from localhost: challenge_not_found" in out
-    assert "fix_webroot=true" in out and served().serial_number == before
+    # Whatever this case leaves, the next one starts from the configuration as it was.
+    with restored(host, conf, then=NGINX + " -s reload"):
+        host.check_output(f"sed -i 's|root /var/www/certbot;|root /var/www/html;|' {conf}")
+        nginx(host, "-s", "reload")
+        assert host.run(CERTBOT_TIMER_RUN).rc != 0
+        before = served().serial_number
+        rc, out = playbook(RENEW, "incident_id=MOLECULE-WEBROOT", "force=true")
+        assert rc != 0
+        assert "): challenge_not_found" in out and "Live check from localhost: challenge_not_found" in out
+        assert "fix_webroot=true" in out and served().serial_number == before
 
-    rc, out = playbook(RENEW, "incident_id=MOLECULE-WEBROOT-FIX", "force=true", "fix_webroot=true")
-    assert rc == 0, out
-    assert "root /var/www/certbot;" in host.file(conf).content_string
-    assert host.run(f"ls {conf}.*").rc == 0  # the configuration it corrected is kept
-    assert served().serial_number != before
+        rc, out = playbook(RENEW, "incident_id=MOLECULE-WEBROOT-FIX", "force=true", "fix_webroot=true")
+        assert rc == 0, out
+        assert "root /var/www/certbot;" in host.file(conf).content_string
+        assert host.run(f"ls {conf}.*").rc == 0  # the configuration it corrected is kept
+        assert served().serial_number != before
 
 
 def test_dns_pointing_elsewhere_is_diagnosed_and_nothing_changes(host):

@@ -5,8 +5,8 @@ and a restore whose migration fails is rolled back with the service up again."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
+
+from conftest import playbook  # pylint: disable=import-error
 
 PSQL = "docker compose --project-directory /opt/whatsapp-mcp exec -T postgres psql -U wa -At"
 TABLES = ("clients", "api_keys", "messages")
@@ -65,10 +65,7 @@ def test_journal_records_the_restore(host):
 
 
 def restore_with(override, incident_id):
-    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
-    playbook = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "restore_database.yml")
-    return subprocess.run(["ansible-playbook", "-i", inventory, playbook, "-e", f"incident_id={incident_id}", "-e", "confirm=true",
-                           "-e", json.dumps(override)], capture_output=True, text=True, check=False)
+    return playbook("restore_database.yml", f"incident_id={incident_id}", "confirm=true", json.dumps(override))
 
 
 def add_canary(host, name):
@@ -79,8 +76,8 @@ def add_canary(host, name):
 def test_a_failing_migration_never_reaches_the_live_database(host):
     add_canary(host, "canary-migration")
     before = counts(host)
-    run = restore_with({"db_restore_migrate_command": ["false"]}, "MOLECULE-BAD-MIGRATION")
-    assert run.returncode != 0 and "Apply migrations to the staging database" in run.stdout
+    rc, out = restore_with({"db_restore_migrate_command": ["false"]}, "MOLECULE-BAD-MIGRATION")
+    assert rc != 0 and "Apply migrations to the staging database" in out
     assert counts(host) == before
     assert json.loads(host.check_output("curl -fsS http://127.0.0.1/health"))["status"] == "ok"
 
@@ -88,9 +85,9 @@ def test_a_failing_migration_never_reaches_the_live_database(host):
 def test_a_restore_that_fails_after_the_swap_is_rolled_back(host):
     add_canary(host, "canary-smoke")
     before = counts(host)
-    run = restore_with({"db_restore_smoke_command": ["false"]}, "MOLECULE-ROLLBACK")
-    assert run.returncode != 0
-    assert "rolled back" in run.stdout and "Run the smoke checks" in run.stdout
+    rc, out = restore_with({"db_restore_smoke_command": ["false"]}, "MOLECULE-ROLLBACK")
+    assert rc != 0
+    assert "rolled back" in out and "Run the smoke checks" in out
     assert counts(host) == before  # the database from before this restore is live again, canary included
     assert any(name.startswith("wa_mcp_failed_restore_") for name in databases(host))
     assert json.loads(host.check_output("curl -fsS http://127.0.0.1/health"))["status"] == "ok"

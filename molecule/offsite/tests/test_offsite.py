@@ -14,6 +14,8 @@ import os
 import pytest
 import testinfra
 
+from conftest import eventually  # pylint: disable=import-error
+
 testinfra_hosts = ["app"]
 
 PSQL = "docker compose --project-directory /opt/whatsapp-mcp exec -T postgres psql -U wa -d wa_mcp -At"
@@ -100,10 +102,13 @@ def test_a_failing_job_pages(host):
         assert host.run("systemctl start runbooks-audit-ship.service").rc != 0
     finally:
         host.check_output("mv /etc/runbooks-incident/audit-ship.key.away /etc/runbooks-incident/audit-ship.key")
-    host.check_output("for i in $(seq 50); do systemctl is-active -q runbooks-page@runbooks-audit-ship.service || break; sleep 0.2; done")
-    alerts = [json.loads(line) for line in log_server.check_output("cat /var/tmp/alerts.jsonl").splitlines()]
-    summaries = [alert["annotations"]["summary"] for batch in alerts for alert in batch]
-    assert any("runbooks-audit-ship.service failed on app" in summary for summary in summaries), summaries
+
+    def summaries():  # OnFailure= starts the pager after systemctl returned: wait for what the receiver got
+        lines = log_server.check_output("cat /var/tmp/alerts.jsonl 2>/dev/null || true").splitlines()
+        return [alert["annotations"]["summary"] for line in lines for alert in json.loads(line)]
+
+    received = eventually(lambda: [summary for summary in summaries() if "runbooks-audit-ship.service failed on app" in summary])
+    assert received, summaries()
 
 
 def test_the_drill_is_recorded_and_the_scratch_host_is_clean(host):

@@ -8,17 +8,16 @@ from __future__ import annotations
 import email
 import json
 import os
-import re
-import subprocess
 
 import pytest
+
+from conftest import playbook  # pylint: disable=import-error
 
 testinfra_hosts = ["app"]
 
 COMPOSE = "docker compose --project-directory /opt/whatsapp-mcp"
 SECRETS_FILE = "/opt/whatsapp-mcp/ops/secrets/secrets.enc.yaml"
 PEPPER, TOKEN = "rotate_api_key_pepper.yml", "rotate_access_token.yml"
-PLAYBOOK_ENV = {"ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
 
 
 def status(host, token):
@@ -47,17 +46,6 @@ def mail_text(raw):
     message = email.message_from_string(raw)
     parts = message.walk() if message.is_multipart() else [message]
     return "\n".join(part.get_payload(decode=True).decode() for part in parts if part.get_content_maintype() == "text")
-
-
-def playbook(name, *extra):
-    """Run playbooks/<name> on the scenario's inventory; (rc, its output with colours removed and lines unfolded)."""
-    project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
-    argv = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], os.path.join(project, "playbooks", name)]
-    for item in extra:
-        argv += [item] if item.startswith("--") else ["-e", item]
-    res = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=project,
-                         env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(project, ".build", "collections"), **PLAYBOOK_ENV))
-    return res.returncode, " ".join(re.sub(r"\x1b\[[0-9;]*m", "", res.stdout + res.stderr).split())  # errors go to stderr
 
 
 @pytest.fixture(scope="module", name="tokens")

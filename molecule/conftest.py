@@ -1,0 +1,62 @@
+# Copyright: contributors to runbooks.incident
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the scenarios' testinfra tests share. pytest loads this file for every molecule/<scenario>/tests/; the tests
+import from it (`from conftest import playbook`), as tests/unit do from theirs."""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import subprocess
+import time
+import uuid
+
+# Molecule's verifier forces colours; the yaml callback folds long lines. Both are undone so that a test can look
+# for a sentence wherever the output wrapped it.
+PLAYBOOK_ENV = {"ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
+
+
+def playbook(name, *extra, check=False, vars_files=()):
+    """Run playbooks/<name> on the scenario's inventory, as an operator would; (rc, its output with colours removed
+    and lines unfolded, stderr included: errors go there). Each of `extra` is an extra var ("key=value" or a JSON
+    object) or a command-line flag ("--diff"); `vars_files` are passed as -e @file, relative to the project."""
+    project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
+    argv = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], os.path.join(project, "playbooks", name)]
+    argv += ["--check"] if check else []
+    for path in vars_files:
+        argv += ["-e", "@" + os.path.join(project, path)]
+    for item in extra:
+        argv += [item] if item.startswith("--") else ["-e", item]
+    res = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=project,
+                         env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(project, ".build", "collections"), **PLAYBOOK_ENV))
+    return res.returncode, " ".join(re.sub(r"\x1b\[[0-9;]*m", "", res.stdout + res.stderr).split())
+
+
+@contextlib.contextmanager
+def restored(host, *paths, then=None):
+    """Put `paths` on the host back as they were when the block ends, however it ends; then run `then` (a shell
+    command, e.g. a reload), if given. A fault case breaks what it needs inside the block, so the next case starts
+    from the same state whether this one passed or not, without a new host. tar keeps contents, owners, modes and
+    links; a path that did not exist before is removed."""
+    snapshot = "/var/tmp/runbooks-molecule-restore-%s.tar" % uuid.uuid4().hex
+    existing = [path for path in paths if host.run("test -e %s -o -L %s" % (shlex.quote(path), shlex.quote(path))).rc == 0]
+    members = " ".join(shlex.quote(path.lstrip("/")) for path in existing)
+    host.check_output("tar -cpf %s -C / --files-from /dev/null %s" % (snapshot, members))
+    try:
+        yield
+    finally:
+        host.check_output("rm -rf -- %s && tar -xpf %s -C / && rm -f %s" % (" ".join(map(shlex.quote, paths)), snapshot, snapshot))
+        if then:
+            host.check_output(then)
+
+
+def eventually(probe, timeout=30.0, interval=0.2):
+    """Call probe() until it returns something true, for up to `timeout` seconds; its last value. For what happens
+    after the command that caused it returned (an OnFailure= unit paging, a receiver writing what it got)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
