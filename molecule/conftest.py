@@ -5,6 +5,7 @@ import from it (`from conftest import playbook`), as tests/unit do from theirs."
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shlex
@@ -12,9 +13,23 @@ import subprocess
 import time
 import uuid
 
+import testinfra
+
 # Molecule's verifier forces colours; the yaml callback folds long lines. Both are undone so that a test can look
 # for a sentence wherever the output wrapped it.
 PLAYBOOK_ENV = {"ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
+
+
+def other(name):
+    """Another host of the scenario's inventory (the tests run against `testinfra_hosts`)."""
+    return testinfra.get_host(f"ansible://{name}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
+
+
+def received_alerts(receiver="offhost"):
+    """Every alert the stand-in for Alertmanager on `receiver` got so far (prepare starts it: one POSTed JSON list
+    per line of /var/tmp/alerts.jsonl)."""
+    lines = other(receiver).check_output("cat /var/tmp/alerts.jsonl 2>/dev/null || true").splitlines()
+    return [alert for line in lines for alert in json.loads(line)]
 
 
 def playbook(name, *extra, check=False, vars_files=()):

@@ -7,12 +7,10 @@ loopback receiver standing in for Alertmanager records what it got."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
-import testinfra
 
-from conftest import eventually, playbook  # pylint: disable=import-error
+from conftest import eventually, other, playbook, received_alerts  # pylint: disable=import-error
 
 testinfra_hosts = ["app"]
 
@@ -20,15 +18,6 @@ EDITED = "2026/10/01/05.jsonl"
 DELETED = "2026/10/02/10.jsonl"
 ARCHIVE = "/var/lib/whatsapp-mcp/audit-archive"
 EVIDENCE = "/var/lib/runbooks-incident/evidence/MOLECULE-AUDIT-TAMPER/audit-integrity"
-
-
-def other(name):
-    return testinfra.get_host(f"ansible://{name}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
-
-
-def alerts():
-    lines = other("offhost").check_output("cat /var/tmp/alerts.jsonl 2>/dev/null || true").splitlines()
-    return [alert for line in lines for alert in json.loads(line)]
 
 
 @pytest.fixture(scope="module", name="tampered_run")
@@ -62,7 +51,7 @@ def test_both_versions_are_kept_with_digests_and_the_originals_are_untouched(tam
 
 def test_a_page_lists_the_paths_of_each_host(tampered_run):
     assert tampered_run[0] == 2
-    pages = [alert for alert in alerts() if alert["annotations"]["summary"].startswith("Audit archive of")]
+    pages = [alert for alert in received_alerts() if alert["annotations"]["summary"].startswith("Audit archive of")]
     assert {alert["labels"]["instance"] for alert in pages} == {"app", "app2"}
     details = json.dumps([alert["annotations"] for alert in pages])
     assert EDITED in details and DELETED in details
@@ -84,7 +73,7 @@ def test_the_unattended_check_fails_and_pages(host, unit):
     journal = host.check_output(f"journalctl -u {unit} --no-pager -n 20")
     assert f"{EDITED} (content)" in journal
     # OnFailure= starts the pager after systemctl returned: wait for what the receiver got.
-    assert eventually(lambda: any(f"{unit} failed on app" in alert["annotations"]["summary"] for alert in alerts()))
+    assert eventually(lambda: any(f"{unit} failed on app" in alert["annotations"]["summary"] for alert in received_alerts()))
 
 
 def test_the_log_server_computed_its_own_manifest_of_each_copy():

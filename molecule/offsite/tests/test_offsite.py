@@ -9,21 +9,15 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 
 import pytest
-import testinfra
 
-from conftest import eventually  # pylint: disable=import-error
+from conftest import eventually, other, received_alerts  # pylint: disable=import-error
 
 testinfra_hosts = ["app"]
 
 PSQL = "docker compose --project-directory /opt/whatsapp-mcp exec -T postgres psql -U wa -d wa_mcp -At"
 BACKUPS = "/var/lib/whatsapp-mcp/backups"
-
-
-def other(name):
-    return testinfra.get_host(f"ansible://{name}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
 
 
 def sql(host, query):
@@ -96,19 +90,17 @@ def test_the_monthly_off_host_check_passes(host):
 
 
 def test_a_failing_job_pages(host):
-    log_server = other("offhost")
     host.check_output("mv /etc/runbooks-incident/audit-ship.key /etc/runbooks-incident/audit-ship.key.away")
     try:
         assert host.run("systemctl start runbooks-audit-ship.service").rc != 0
     finally:
         host.check_output("mv /etc/runbooks-incident/audit-ship.key.away /etc/runbooks-incident/audit-ship.key")
 
-    def summaries():  # OnFailure= starts the pager after systemctl returned: wait for what the receiver got
-        lines = log_server.check_output("cat /var/tmp/alerts.jsonl 2>/dev/null || true").splitlines()
-        return [alert["annotations"]["summary"] for line in lines for alert in json.loads(line)]
+    def summaries():
+        return [alert["annotations"]["summary"] for alert in received_alerts()]
 
-    received = eventually(lambda: [summary for summary in summaries() if "runbooks-audit-ship.service failed on app" in summary])
-    assert received, summaries()
+    # OnFailure= starts the pager after systemctl returned: wait for what the receiver got.
+    assert eventually(lambda: [summary for summary in summaries() if "runbooks-audit-ship.service failed on app" in summary]), summaries()
 
 
 def test_the_drill_is_recorded_and_the_scratch_host_is_clean(host):
