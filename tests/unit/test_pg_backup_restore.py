@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COLLECTIONS, PG_BINDIR, REPO_ROOT, Psql  # pylint: disable=import-error
+from conftest import COLLECTIONS, PG_BINDIR, REPO_ROOT, Psql, require  # pylint: disable=import-error
 from servicedb import TABLES, populate_sql  # pylint: disable=import-error
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -476,9 +476,10 @@ def test_kill_9_never_harms_the_live_database_and_a_rerun_completes(db, run_modu
 
 
 # ------------------------------------------------------------------------------------------------ third-party dumps
-@pytest.mark.skipif(not SHARED_DATA.exists(), reason="third-party dumps live in ../shared/data (development tree only)")
+@pytest.mark.shared_data
 def test_restores_a_dump_made_by_another_tool(db, run_module, conn, tmp_path):
     """northwind.sql: DROP/CREATE TABLE, INSERTs and constraints interleaved, not in pg_dump's section order."""
+    require(SHARED_DATA.exists(), f"the third-party dumps in {SHARED_DATA}")
     db.psql("postgres", "DROP DATABASE IF EXISTS northwind; CREATE DATABASE northwind")
     src = tmp_path / "northwind.sql"
     shutil.copy(SHARED_DATA / "northwind.sql", src)
@@ -490,9 +491,10 @@ def test_restores_a_dump_made_by_another_tool(db, run_module, conn, tmp_path):
         assert result["row_counts"]["orders"] == 830 and result["row_counts"]["order_details"] == 2155
 
 
-@pytest.mark.skipif(not SHARED_DATA.exists(), reason="third-party dumps live in ../shared/data (development tree only)")
+@pytest.mark.shared_data
 def test_a_dump_the_server_cannot_load_fails_clearly(db, run_module, conn, tmp_path):
     """pagila-schema.sql (pg_dump 15beta2) calls uuidv7(), which PostgreSQL 15 lacks: verified, then refused."""
+    require(SHARED_DATA.exists(), f"the third-party dumps in {SHARED_DATA}")
     src = tmp_path / "pagila-schema.sql"
     shutil.copy(SHARED_DATA / "pagila-schema.sql", src)
     verified = run_module("dump_verify", dict(src=str(src), require_manifest=False, accept_unsigned=True, expect_tables=["actor", "film", "payment"]))

@@ -13,12 +13,10 @@ import subprocess
 import pytest
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _shamir
-from conftest import fed_fifo, planted_link  # pylint: disable=import-error
+from conftest import fed_fifo, planted_link, require  # pylint: disable=import-error
 
-pytestmark = [
-    pytest.mark.skipif(shutil.which("age-keygen") is None, reason="needs age-keygen (Debian package age)"),
-    pytest.mark.skipif(_shamir.CRYPTO_IMPORT_ERROR is not None, reason="needs pycryptodome"),
-]
+require(shutil.which("age-keygen"), "age-keygen (Debian package age)")
+require(_shamir.CRYPTO_IMPORT_ERROR is None, "pycryptodome")
 
 # Characters of the base32 alphabet, to make a one-character typo that stays in the alphabet.
 B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"

