@@ -10,13 +10,14 @@ import os
 import re
 import shlex
 import subprocess
+import tempfile
 import time
 import uuid
 
+import ansible_runner
 import testinfra
 
-# Molecule's verifier forces colours; the yaml callback folds long lines. Both are undone so that a test can look
-# for a sentence wherever the output wrapped it.
+# Molecule's verifier forces colours (unfolded() removes what is left).
 PLAYBOOK_ENV = {"ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
 
 
@@ -32,20 +33,40 @@ def received_alerts(receiver="offhost"):
     return [alert for line in lines for alert in json.loads(line)]
 
 
-def playbook(name, *extra, check=False, vars_files=()):
+def playbook(name, *extra, check=False, vars_files=(), artifacts=None):
     """Run playbooks/<name> on the scenario's inventory, as an operator would; (rc, its output with colours removed
     and lines unfolded, stderr included: errors go there). Each of `extra` is an extra var ("key=value" or a JSON
-    object) or a command-line flag ("--diff"); `vars_files` are passed as -e @file, relative to the project."""
+    object) or a command-line flag ("--diff"); `vars_files` are passed as -e @file, relative to the project.
+
+    With `artifacts` (a directory), the run goes through ansible-runner as AWX runs a job, verbose and with --diff,
+    facts cached in artifacts/facts, and leaves what AWX would keep in a directory of its own under `artifacts`:
+    artifacts/ (stdout, job events, command, status) and env/, its input. The extra vars reach it as AWX hands them
+    over, in env/extravars, never on a command line (the runner reads env/ only once: one directory per run)."""
     project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
-    argv = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], os.path.join(project, "playbooks", name)]
-    argv += ["--check"] if check else []
+    flags = (["--check"] if check else []) + [item for item in extra if item.startswith("--")]
     for path in vars_files:
-        argv += ["-e", "@" + os.path.join(project, path)]
-    for item in extra:
-        argv += [item] if item.startswith("--") else ["-e", item]
-    res = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=project,
-                         env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(project, ".build", "collections"), **PLAYBOOK_ENV))
-    return res.returncode, " ".join(re.sub(r"\x1b\[[0-9;]*m", "", res.stdout + res.stderr).split())
+        flags += ["-e", "@" + os.path.join(project, path)]
+    extravars = [item for item in extra if not item.startswith("--")]
+    env = {"ANSIBLE_COLLECTIONS_PATH": os.path.join(project, ".build", "collections"), **PLAYBOOK_ENV}
+    path = os.path.join(project, "playbooks", name)
+    if artifacts is None:
+        argv = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], path] + flags
+        argv += [arg for item in extravars for arg in ("-e", item)]
+        res = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=project, env=dict(os.environ, **env))
+        return res.returncode, unfolded(res.stdout + res.stderr)
+    given = {}
+    for item in extravars:
+        given.update(json.loads(item) if item.startswith("{") else [item.split("=", 1)])
+    env.update(ANSIBLE_CACHE_PLUGIN="jsonfile", ANSIBLE_CACHE_PLUGIN_CONNECTION=os.path.join(artifacts, "facts"))
+    private = tempfile.mkdtemp(prefix=name + "-", dir=artifacts)
+    runner = ansible_runner.run(private_data_dir=private, project_dir=project, playbook=path, inventory=os.environ["MOLECULE_INVENTORY_FILE"],
+                                extravars=given, cmdline=shlex.join(["-v", "--diff"] + flags), envvars=env, quiet=True)
+    return runner.rc, unfolded(runner.stdout.read())
+
+
+def unfolded(output):
+    """Output without colours, its lines joined, so that a sentence is found wherever the yaml callback folded it."""
+    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", output).split())
 
 
 @contextlib.contextmanager
