@@ -91,3 +91,12 @@ def test_a_restore_that_fails_after_the_swap_is_rolled_back(host):
     assert counts(host) == before  # the database from before this restore is live again, canary included
     assert any(name.startswith("wa_mcp_failed_restore_") for name in databases(host))
     assert json.loads(host.check_output("curl -fsS http://127.0.0.1/health"))["status"] == "ok"
+
+
+def test_without_confirmation_the_restore_refuses_and_changes_nothing(host):
+    add_canary(host, "canary-unconfirmed")
+    before, present = counts(host), databases(host)
+    rc, out = playbook("restore_database.yml", "incident_id=MOLECULE-UNCONFIRMED")
+    assert rc != 0 and "Nothing was changed" in out and "confirm=true" in out
+    assert counts(host) == before and databases(host) == present  # no staging copy, no swap
+    assert json.loads(host.check_output("curl -fsS http://127.0.0.1/health"))["status"] == "ok"

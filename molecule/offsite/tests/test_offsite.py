@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from conftest import eventually, other, received_alerts  # pylint: disable=import-error
+from conftest import eventually, other, playbook, received_alerts  # pylint: disable=import-error
 
 testinfra_hosts = ["app"]
 
@@ -49,6 +49,18 @@ def test_every_media_file_is_back_with_its_digest(host):
     for row in rows:
         path, digest = row.split("|")
         assert host.check_output(f"sha256sum /var/lib/whatsapp-mcp/media/{path}").split()[0] == digest, path
+
+
+def test_without_confirmation_the_media_restore_refuses_and_changes_nothing(host):
+    listing = "cd /var/lib/whatsapp-mcp/media && find . -printf '%p %m %u %s\\n' | sort && find . -type f -exec sha256sum {} + | sort"
+    host.check_output("touch /var/lib/whatsapp-mcp/media/added-after-the-snapshot.jpg")
+    try:
+        before = host.check_output(listing)
+        rc, out = playbook("restore_media.yml", "incident_id=MOLECULE-MEDIA-UNCONFIRMED", "source=offsite")
+        assert rc != 0 and "Nothing was changed" in out and "confirm=true" in out
+        assert host.check_output(listing) == before  # the file added since the snapshot is still there
+    finally:
+        host.check_output("rm -f /var/lib/whatsapp-mcp/media/added-after-the-snapshot.jpg")
 
 
 def test_off_host_copies_are_encrypted_and_never_hold_the_age_key(host):
@@ -101,6 +113,16 @@ def test_a_failing_job_pages(host):
 
     # OnFailure= starts the pager after systemctl returned: wait for what the receiver got.
     assert eventually(lambda: [summary for summary in summaries() if "runbooks-audit-ship.service failed on app" in summary]), summaries()
+
+
+def test_a_drill_aimed_at_the_production_host_is_refused_and_changes_nothing(host):
+    state = f"{PSQL} -c 'SELECT count(*) FROM messages' && docker inspect -f '{{{{.Name}}}} {{{{.State.StartedAt}}}}' $(docker ps -q) | sort"
+    log_server = other("offhost")
+    drills, before = log_server.file("/srv/evidence/backup-drills.md").content_string, host.check_output(state)
+    rc, out = playbook("restore_drill.yml", "incident_id=MOLECULE-DRILL-ON-PROD", "target=app")
+    assert rc != 0 and "app is in group whatsapp_mcp" in out and "Run it on a scratch host" in out
+    assert host.check_output(state) == before  # same data, same containers (none restarted)
+    assert log_server.file("/srv/evidence/backup-drills.md").content_string == drills  # no drill was made, none recorded
 
 
 def test_the_drill_is_recorded_and_the_scratch_host_is_clean(host):
