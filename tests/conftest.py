@@ -44,7 +44,6 @@ def _link_collection() -> None:
 _link_collection()
 
 
-
 def require(present, what):
     """Fail, never skip, when something the suite needs is missing: a skipped test would let the suite pass without
     proving what it is there to prove. `make deps` installs all of it."""
