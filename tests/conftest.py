@@ -44,11 +44,11 @@ def _link_collection() -> None:
 _link_collection()
 
 
-def require(present, what):
+def require(present, what, how="make deps installs it"):
     """Fail, never skip, when something the suite needs is missing: a skipped test would let the suite pass without
-    proving what it is there to prove. `make deps` installs all of it."""
+    proving what it is there to prove. `how` says where it comes from."""
     if not present:
-        pytest.fail(f"needs {what} (make deps installs it)", pytrace=False)
+        pytest.fail(f"needs {what} ({how})", pytrace=False)
 
 
 def _pg_bindir() -> Path:
@@ -149,7 +149,8 @@ class Psql:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
-    require((PG_BINDIR / "initdb").is_file() and (PG_BINDIR / "pg_ctl").is_file(), f"the PostgreSQL server binaries in {PG_BINDIR} (or set PG_BINDIR)")
+    require((PG_BINDIR / "initdb").is_file() and (PG_BINDIR / "pg_ctl").is_file(), f"the PostgreSQL server binaries in {PG_BINDIR}",
+            "make deps installs them; or set PG_BINDIR")
     run_as: list[str] = []
     owner = None
     if os.geteuid() == 0:
@@ -157,7 +158,8 @@ def pg_server() -> Iterator[PostgresServer]:
         try:
             owner = pwd.getpwnam("postgres")
         except KeyError:
-            pytest.fail("running as root, the test cluster needs the 'postgres' OS user to own it (make deps: postgresql)", pytrace=False)
+            owner = None
+        require(owner, "the 'postgres' OS user to own the test cluster when run as root", "make deps installs postgresql")
         run_as = ["runuser", "-u", "postgres", "--"]
     base = Path(tempfile.mkdtemp(prefix="pg-test-"))
     if owner is not None:
@@ -216,7 +218,7 @@ MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 @pytest.fixture(scope="session")
 def moto(free_port) -> Iterator[str]:
     """moto's S3 server on a free loopback port, in memory: its endpoint URL. S3 is the only emulated service."""
-    require(MOTO_SERVER.exists(), "moto_server in the venv (moto[server] in requirements.txt)")
+    require(MOTO_SERVER.exists(), "moto_server in the venv", "make venv installs moto[server] from requirements.txt")
     port = free_port()
     proc = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20

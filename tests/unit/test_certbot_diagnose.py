@@ -144,7 +144,7 @@ def lab_fixture():
 def firewall_fixture(lab):
     """Returns a function that blocks TCP to FIREWALLED's port 80 stand-in with an iptables target, as a host
     firewall does: DROP (a cloud firewall or a DROP policy) or REJECT with an ICMP error."""
-    require(os.geteuid() == 0 and shutil.which("iptables"), "root and iptables, to drop packets")
+    require(os.geteuid() == 0 and shutil.which("iptables"), "root and iptables, to drop packets", "run as root, as make test does")
     rules = []
 
     def block(*target):

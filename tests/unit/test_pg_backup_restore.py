@@ -479,7 +479,7 @@ def test_kill_9_never_harms_the_live_database_and_a_rerun_completes(db, run_modu
 @pytest.mark.shared_data
 def test_restores_a_dump_made_by_another_tool(db, run_module, conn, tmp_path):
     """northwind.sql: DROP/CREATE TABLE, INSERTs and constraints interleaved, not in pg_dump's section order."""
-    require(SHARED_DATA.exists(), f"the third-party dumps in {SHARED_DATA}")
+    require(SHARED_DATA.exists(), f"the third-party dumps in {SHARED_DATA}", "beside a development tree, not in a clone")
     db.psql("postgres", "DROP DATABASE IF EXISTS northwind; CREATE DATABASE northwind")
     src = tmp_path / "northwind.sql"
     shutil.copy(SHARED_DATA / "northwind.sql", src)
@@ -494,7 +494,7 @@ def test_restores_a_dump_made_by_another_tool(db, run_module, conn, tmp_path):
 @pytest.mark.shared_data
 def test_a_dump_the_server_cannot_load_fails_clearly(db, run_module, conn, tmp_path):
     """pagila-schema.sql (pg_dump 15beta2) calls uuidv7(), which PostgreSQL 15 lacks: verified, then refused."""
-    require(SHARED_DATA.exists(), f"the third-party dumps in {SHARED_DATA}")
+    require(SHARED_DATA.exists(), f"the third-party dumps in {SHARED_DATA}", "beside a development tree, not in a clone")
     src = tmp_path / "pagila-schema.sql"
     shutil.copy(SHARED_DATA / "pagila-schema.sql", src)
     verified = run_module("dump_verify", dict(src=str(src), require_manifest=False, accept_unsigned=True, expect_tables=["actor", "film", "payment"]))
