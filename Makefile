@@ -76,26 +76,35 @@ unit: venv collection ## pytest on both cores: module logic and modules against 
 test-shared-data: venv collection ## restores of third-party dumps from ../shared/data (beside a development tree; not in a clone)
 	$(TIMED) "unit, shared data" -- pytest -q -m shared_data tests/unit
 
+# One recipe line per scenario: under `make test`'s --output-sync=line each scenario's output shows when it ends,
+# not when the last one does.
+define newline
+
+
+endef
+
 .PHONY: molecule
 molecule: sandbox ## molecule scenarios on sandbox host containers
-	for scenario in $(SCENARIOS); do $(TIMED) "molecule $$scenario" -- molecule test -s $$scenario; done
+	$(foreach scenario,$(SCENARIOS),$(TIMED) "molecule $(scenario)" -- molecule test -s $(scenario)$(newline))
 
 .PHONY: test-fast
 test-fast: lint unit ## the quick subset for development: lint and pytest
 
 .PHONY: checks
-checks: ## lint, sanity and unit, one after the other (the lane of `make test` that needs the CPU)
+checks: ## lint, sanity and unit, one after the other (the lane of `make test` beside the sandbox and molecule)
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory sanity
 	$(MAKE) --no-print-directory unit
 
 .PHONY: test
-test: ## the whole suite (what CI runs); the image builds (waiting on I/O) overlap the checks; ends with the timings
+# Two lanes: the checks need the CPU; the image builds wait on I/O and molecule leaves a core mostly idle (ansible
+# waits on its hosts), so the sandbox and then the scenarios run beside them. A failing lane does not stop the
+# other: make lets it end, then fails.
+test: ## the whole suite (what CI runs): the checks beside the sandbox and molecule; ends with the timings
 	@$(PYTHON) tests/timings.py start
 	@trap '$(PYTHON) tests/timings.py report' EXIT; \
 	  $(MAKE) --no-print-directory deps && \
-	  $(MAKE) --no-print-directory -j2 --output-sync=line checks sandbox && \
-	  $(MAKE) --no-print-directory molecule
+	  $(MAKE) --no-print-directory -j2 --output-sync=line checks molecule
 
 .PHONY: build
 build: venv ## the collection tarball (ansible-galaxy collection build)
