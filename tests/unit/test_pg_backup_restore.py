@@ -297,7 +297,7 @@ def test_restore_without_manifest_still_catches_a_damaged_stream(db, run_module,
     manifest.unlink()
     (truncate if damage == "truncated" else flip_middle_byte)(dump)
     result = run_module("pg_restore", restore_params(dump, "victim2", conn, require_manifest=False, accept_unsigned=True))
-    assert result["failed"] and ("truncated" in result["msg"] or "corrupt" in result["msg"] or "failed" in result["msg"])
+    assert result["failed"] and {"truncated": "is truncated", "corrupted": "is corrupt"}[damage] in result["msg"], result["msg"]
     assert db.state("victim2") == before and "victim2_restore_staging" not in db.databases()
 
 
@@ -448,9 +448,13 @@ def test_kill_9_never_harms_the_live_database_and_a_rerun_completes(db, run_modu
             # Hold a lock on a staging table, let the restore go on: its index build waits on the lock, mid-statement.
             locker = subprocess.Popen([str(PG_BINDIR / "psql"), "-X", "-q", "-d", live + "_restore_staging"], stdin=subprocess.PIPE,
                                       text=True, env=dict(os.environ, **db.server.env))
-            locker.stdin.write("BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60);\n")
+            locker.stdin.write("SET application_name = 'locker'; BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60);\n")
             locker.stdin.flush()
-            time.sleep(0.5)
+            deadline = time.monotonic() + 30
+            while db.psql("postgres", "SELECT count(*) FROM pg_locks JOIN pg_stat_activity USING (pid) WHERE application_name = 'locker' "
+                                      "AND mode = 'AccessExclusiveLock' AND granted") == "0":
+                assert time.monotonic() < deadline, "the locker never got its lock"
+                time.sleep(0.05)
             (fault_dir / (hook + ".hold")).unlink()
             deadline = time.monotonic() + 30
             # Building the primary key's index or another index of messages, blocked mid-statement.
@@ -543,7 +547,7 @@ def test_the_app_is_down_only_around_the_swap(db, run_module, dumps, conn, tmp_p
     assert staged["verified"] and not log.exists()  # staging never touches the app
     swapped = run_module("pg_restore", restore_params(dumps["plain"], "cycle", conn, state="swapped", **app_params(log, url)))
     assert swapped["changed"] and log.read_text().split() == ["stop", "start"]
-    assert 0 < swapped["downtime_s"] <= swapped["app_downtime_s"] < 5
+    assert 0 < swapped["downtime_s"] <= swapped["app_downtime_s"]  # the swap is inside the app's stop and start
     assert db.counts("cycle") == db.counts("small_template")
 
 
