@@ -5,6 +5,7 @@ import from it (`from conftest import playbook`), as tests/unit do from theirs."
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -16,6 +17,11 @@ import uuid
 
 import ansible_runner
 import testinfra
+import yaml
+from testinfra.utils.ansible_runner import AnsibleRunner
+
+import host_state
+from exec_audit import ExecAudit
 
 # Molecule's verifier forces colours (unfolded() removes what is left).
 PLAYBOOK_ENV = {"ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
@@ -33,7 +39,76 @@ def received_alerts(receiver="offhost"):
     return [alert for line in lines for alert in json.loads(line)]
 
 
-def playbook(name, *extra, check=False, vars_files=(), artifacts=None):
+@functools.lru_cache(maxsize=None)
+def scenario_hosts():
+    """The names of the scenario's hosts (also their containers' names)."""
+    return tuple(AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts("all"))
+
+
+@functools.lru_cache(maxsize=None)
+def runs_systemd(host):
+    return host_state.inspect(host)["Path"].endswith("/systemd")
+
+
+# Where the hosts keep secrets: the service's decrypted secrets, the age key, the backup signing and audit shipping
+# keys, TLS keys, the pager's settings (its routing key).
+SECRET_FILES = ["/run/secrets/*", "/etc/whatsapp-mcp/age.key", "/etc/runbooks-incident/*.key", "/etc/whatsapp-mcp/tls/*",
+                "/etc/letsencrypt/archive/*/privkey*.pem", "/etc/runbooks-incident/page.json"]
+SECRET_READER = ("import glob, json, os, sys; print(json.dumps({p: open(p, errors='replace').read() for g in sys.argv[1:] "
+                 "for p in sorted(glob.glob(g)) if os.path.isfile(p)}))")
+
+
+def searchable(path, content):
+    """The values in a secret file worth looking for: a private key's base64 lines, an age key's secret line, a
+    pager's routing key, else the whole content. Not secret: certificates, and the records beside a pepper (its
+    rotation id and expiry)."""
+    if path.endswith("page.json"):
+        return {json.loads(content).get("routing_key") or ""}
+    if path.endswith((".rotation", "_expires_at")):
+        return set()
+    if "-----BEGIN" in content:
+        private = "PRIVATE KEY-----" in content
+        return {line for line in content.splitlines() if private and len(line) >= 40 and not line.startswith("-----")}
+    if "AGE-SECRET-KEY-" in content:
+        return {line for line in content.splitlines() if line.startswith("AGE-SECRET-KEY-")}
+    return {content.strip()}
+
+
+def held_secrets(hosts):
+    """{value: where it is held} for every secret the scenario's hosts hold now (SECRET_FILES), and the S3 secret
+    key the sandbox's inventory hands to the hosts."""
+    group_vars = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "inventories", "sandbox", "group_vars", "all.yml")
+    with open(group_vars, encoding="utf-8") as handle:
+        found = {yaml.safe_load(handle)["offsite_sync_secret_key"]: "the S3 secret key of the sandbox inventory"}
+    for host in hosts:
+        if runs_systemd(host):
+            res = subprocess.run(["docker", "exec", host, "python3", "-c", SECRET_READER, *SECRET_FILES],
+                                 capture_output=True, text=True, check=True)
+            for path, content in json.loads(res.stdout).items():
+                found.update(dict.fromkeys(searchable(path, content), f"{host}:{path}"))
+    return {value: place for value, place in found.items() if len(value) >= 12}
+
+
+def leaks(secrets, out, execs):
+    """Where each secret appears: in a run's output, or in the argv of a program started during it."""
+    argv = b"\n".join(b" ".join(args) for _stamp, args in execs)
+    found = [f"the secret held in {place} appears in the output" for value, place in secrets.items() if value in out]
+    found += [f"the secret held in {place} appears in the argv of a program" for value, place in secrets.items() if value.encode() in argv]
+    return found
+
+
+@contextlib.contextmanager
+def unchanged():
+    """The block leaves every host of the scenario as it found it (molecule/host_state.py says what is compared):
+    for dry runs, and for runs that must refuse before acting."""
+    hosts = list(scenario_hosts())
+    before = host_state.take(hosts)
+    yield
+    found = host_state.differences(before, host_state.take(hosts, settle=False))
+    assert not found, "changed on the hosts:\n" + host_state.summary(found)
+
+
+def playbook(name, *extra, check=False, vars_files=(), artifacts=None, secrets=()):
     """Run playbooks/<name> on the scenario's inventory, as an operator would; (rc, its output with colours removed
     and lines unfolded, stderr included: errors go there). Each of `extra` is an extra var ("key=value" or a JSON
     object) or a command-line flag ("--diff"); `vars_files` are passed as -e @file, relative to the project.
@@ -41,9 +116,34 @@ def playbook(name, *extra, check=False, vars_files=(), artifacts=None):
     With `artifacts` (a directory), the run goes through ansible-runner as AWX runs a job, verbose and with --diff,
     facts cached in artifacts/facts, and leaves what AWX would keep in a directory of its own under `artifacts`:
     artifacts/ (stdout, job events, command, status) and env/, its input. The extra vars reach it as AWX hands them
-    over, in env/extravars, never on a command line (the runner reads env/ only once: one directory per run)."""
+    over, in env/extravars, never on a command line (the runner reads env/ only once: one directory per run).
+
+    A check-mode run must leave every host as it found it (unchanged()); and no run may show a secret the hosts
+    hold before or after it (held_secrets()), or one of `secrets`, in its output or in the argv of any program
+    started during it (exec_audit: on the controller, on the hosts, in their containers). Either fails the test."""
+    if check:
+        with unchanged():
+            return _scanned(name, extra, ["--check"], vars_files, artifacts, secrets)
+    return _scanned(name, extra, [], vars_files, artifacts, secrets)
+
+
+def _scanned(name, extra, flags, vars_files, artifacts, given):
+    hosts = scenario_hosts()
+    secrets = {**dict.fromkeys(given, "the test's list of secrets"), **held_secrets(hosts)}
+    audit = ExecAudit().start()
+    try:
+        rc, out = _playbook(name, extra, flags, vars_files, artifacts)
+    finally:
+        execs = audit.stop()
+    secrets.update(held_secrets(hosts))
+    found = leaks(secrets, out, execs)
+    assert not found, "\n".join(found)
+    return rc, out
+
+
+def _playbook(name, extra, flags, vars_files, artifacts):
     project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
-    flags = (["--check"] if check else []) + [item for item in extra if item.startswith("--")]
+    flags = flags + [item for item in extra if item.startswith("--")]
     for path in vars_files:
         flags += ["-e", "@" + os.path.join(project, path)]
     extravars = [item for item in extra if not item.startswith("--")]

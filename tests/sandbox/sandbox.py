@@ -84,6 +84,8 @@ BOOTED = ("running", "degraded")
 APT_PACKAGES = [
     "docker.io", "debootstrap", "postgresql", "nginx", "certbot", "pebble", "age", "rclone", "pigz", "rsync",
     "openssh-client", "git", "bind9-dnsutils", "util-linux", "shellcheck",
+    # The secret scans read every exec from the kernel's audit records (molecule/exec_audit.py).
+    "auditd",
 ]
 # Phone number id of the sandbox's WhatsApp Business number (Graph API stand-in).
 SANDBOX_PHONE_ID = "109876543210987"
