@@ -15,11 +15,12 @@ import ssl
 import time
 import urllib.request
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from conftest import playbook as run_playbook, restored  # pylint: disable=import-error
+from conftest import eventually, playbook as run_playbook, restored  # pylint: disable=import-error
 
 testinfra_hosts = ["app"]
 
@@ -135,6 +136,48 @@ def test_an_expired_certificate_served_is_paged_and_replaced(host):
     assert fresh.not_valid_after_utc > datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=30)
     assert "Pebble" in fresh.issuer.rfc4514_string()
     assert any(k.startswith("privkey.pem.pre-certbot-") for k in host.check_output("ls /etc/whatsapp-mcp/tls").split())
+
+
+def pair_from_a_local_ca(days_left):
+    """A certificate for NAME valid for `days_left` more days (and half a day), from a CA of the test's own:
+    (the CA's certificate, the chain nginx serves, the key), PEM."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "runbooks.incident test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=365))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, NAME)]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=60)).not_valid_after(now + datetime.timedelta(days=days_left, hours=12))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(NAME)]), critical=False).sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    return (ca.public_bytes(pem), leaf.public_bytes(pem) + ca.public_bytes(pem),
+            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+
+@pytest.mark.parametrize("days, paged", [(20, False), (5, True)])
+def test_a_certificate_is_warned_about_at_30_days_left_and_paged_at_7(host, tmp_path, days, paged):
+    ca, chain, key = pair_from_a_local_ca(days)
+    ca_file = tmp_path / "local-ca.pem"
+    ca_file.write_bytes(ca)
+    original, paged_before, tls = served().serial_number, len(pages(host)), "/etc/whatsapp-mcp/tls"
+    with restored(host, f"{tls}/fullchain.pem", f"{tls}/privkey.pem", then=NGINX + " -s reload"):
+        for name, data in (("fullchain.pem", chain), ("privkey.pem", key)):
+            host.check_output(f"rm {tls}/{name} && printf %s '{data.decode()}' > {tls}/{name}")
+        reload_until_served(host, original)
+        # The chain verifies against the test's CA, so only the days left decide.
+        rc, out = playbook(CHECK, f"incident_id=MOLECULE-CHECK-{days}-DAYS", f"certificates_ca_cert={ca_file}")
+    assert eventually(lambda: served().serial_number == original, timeout=10)  # the next case starts from pebble's
+    if paged:
+        assert rc != 0 and "Certificates that need someone now" in out
+        assert len(pages(host)) == paged_before + 1
+        alert = pages(host)[-1][0]
+        assert alert["labels"]["severity"] == "critical" and f"{NAME} on app: {days} days left" in alert["annotations"]["summary"]
+    else:
+        assert rc == 0, out
+        assert f"WARNING {NAME} expires in {days} days" in out and len(pages(host)) == paged_before
 
 
 def test_port_80_dropped_by_the_firewall_is_diagnosed_then_opened_when_confirmed(host):

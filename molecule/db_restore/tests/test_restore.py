@@ -1,12 +1,15 @@
 # Copyright: contributors to runbooks.incident
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""After the restore: the data of the backup is live, the lost state is kept, the service and the nightly job work,
-and a restore whose migration fails is rolled back with the service up again."""
+"""After the restore: the data of the backup is live, the lost state is kept, the service and the nightly job work.
+Then restores that fail on the real service (a failing migration, one that changes the backed-up rows, one that fails
+inside the swap, smoke failing after the swap) leave or put back the previous database with the service up, and a
+dry run finds a corrupt dump."""
 from __future__ import annotations
 
 import json
+import re
 
-from conftest import playbook  # pylint: disable=import-error
+from conftest import playbook, restored  # pylint: disable=import-error
 
 PSQL = "docker compose --project-directory /opt/whatsapp-mcp exec -T postgres psql -U wa -At"
 TABLES = ("clients", "api_keys", "messages")
@@ -100,3 +103,42 @@ def test_without_confirmation_the_restore_refuses_and_changes_nothing(host):
     assert rc != 0 and "Nothing was changed" in out and "confirm=true" in out
     assert counts(host) == before and databases(host) == present  # no staging copy, no swap
     assert json.loads(host.check_output("curl -fsS http://127.0.0.1/health"))["status"] == "ok"
+
+
+def test_a_migration_that_changes_the_backed_up_rows_is_caught_by_the_row_counts_and_rolled_back(host):
+    # A data migration that adds a client (the real service's own CLI, run on the staging copy as migrations are):
+    # smoke passes, but the live row counts no longer equal the manifest's.
+    add_canary(host, "canary-row-counts")
+    before = counts(host)
+    migration = ["wa-mcp", "keys", "issue", "--client", "added-by-a-migration"]
+    rc, out = restore_with({"db_restore_migrate_command": migration}, "MOLECULE-ROW-COUNTS")
+    assert rc != 0 and "Check the row counts against the backup's manifest" in out
+    assert re.search(r"row counts of wa_mcp differ from what was expected: [^.]*\bclients \d+ \(expected \d+\)", out), out
+    assert "rolled back" in out
+    assert counts(host) == before  # the previous database is live again, canary included
+    assert json.loads(host.check_output("curl -fsS http://127.0.0.1/health"))["status"] == "ok"
+
+
+def test_a_migration_that_fails_inside_the_swap_is_rolled_back_with_the_app_up(host):
+    # Without db_restore_migrate_database_env the migrations run inside the swap, while the app is stopped
+    # (pg_restore's app_migrate_command); a failure there puts the previous database back and starts the app.
+    add_canary(host, "canary-swap-migration")
+    before, present = counts(host), databases(host)
+    rc, out = restore_with({"db_restore_migrate_database_env": "", "db_restore_migrate_command": ["false"]}, "MOLECULE-SWAP-MIGRATION")
+    assert rc != 0 and "after the swap" in out and "rolled back" in out
+    assert counts(host) == before
+    assert len([name for name in databases(host) if name.startswith("wa_mcp_failed_restore_")]) > \
+        len([name for name in present if name.startswith("wa_mcp_failed_restore_")])
+    assert json.loads(host.check_output("curl -fsS http://127.0.0.1/health"))["status"] == "ok"
+
+
+def test_a_dry_run_finds_a_corrupt_dump_and_changes_nothing(host):
+    dump = host.check_output("ls /var/lib/whatsapp-mcp/backups/db-*.sql.gz | sort | tail -n 1")
+    with restored(host, dump):
+        # One byte in the middle of the newest dump inverted, as a bad disk would.
+        flip = ("import os, sys; f = open(sys.argv[1], 'r+b'); f.seek(os.path.getsize(sys.argv[1]) // 2); b = f.read(1); "
+                "f.seek(-1, 1); f.write(bytes([b[0] ^ 0xFF]))")
+        host.check_output(f'python3 -c "{flip}" {dump}')
+        rc, out = playbook("restore_database.yml", "incident_id=MOLECULE-CORRUPT-CHECK", "backup=latest", check=True)
+    assert rc != 0
+    assert "does not match its manifest" in out and "corrupt" in out, out

@@ -8,7 +8,9 @@ age, PostgreSQL, the compose stack, systemd timers.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import json
+import re
 
 import pytest
 
@@ -135,3 +137,86 @@ def test_the_drill_is_recorded_and_the_scratch_host_is_clean(host):
     drill = other("drill")
     assert not drill.file("/var/lib/whatsapp-mcp").exists
     assert drill.check_output("docker ps -q") == ""
+
+
+# ------------------------------------------------------------------------------------------------ backup failed
+LOCK_HOLDER = "runbooks-test-lock-holder"
+TIMED_DUMP = re.compile(r"^db-\d{4}-\d\d-\d\dT\d{6}Z\.sql\.gz$")
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("backup.yml", ["pager_url=http://offhost:9099/api/v2/alerts"]),
+    ("restore_drill.yml", ["pager_url=http://offhost:9099/api/v2/alerts"]),
+    ("backup_failed.yml", []),
+])
+def test_a_dry_run_of_each_backup_runbook_succeeds_and_changes_nothing(name, extra):
+    # playbook(check=True) compares every host's state (files, units, containers, databases, the bucket) around it.
+    rc, out = playbook(name, "incident_id=MOLECULE-DRY-" + name.split(".")[0].upper().replace("_", "-"), *extra, check=True)
+    assert rc == 0, out
+    if name == "backup_failed.yml":
+        assert "no exclusive lock held" in out and "MiB free in /var/lib/whatsapp-mcp/backups" in out
+        assert re.search(r"s3://wa-mcp-backups/app/ reachable: [1-9]\d* complete backup set\(s\)", out), out
+
+
+def timed_dumps(host):
+    return {name for name in host.check_output(f"ls {BACKUPS}").split() if TIMED_DUMP.match(name)}
+
+
+def test_backup_failed_names_the_lock_and_the_storage_error_and_still_backs_up_locally(host):
+    """A session holds an exclusive lock on `messages` (what blocks pg_dump) and the bucket is wrong: the diagnosis
+    names both, the backup taken now waits for the lock, is verified, and the shipping fails the run."""
+    holder = PSQL.replace("exec -T", f"exec -T -d -e PGAPPNAME={LOCK_HOLDER}")
+    held = (f"SELECT count(*) FROM pg_locks JOIN pg_stat_activity USING (pid) WHERE application_name = '{LOCK_HOLDER}'"
+            " AND granted AND mode = 'AccessExclusiveLock'")
+    before, objects = timed_dumps(host), set(s3_objects(host))
+    host.check_output(f"{holder} -c 'BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(900)'")
+    try:
+        assert eventually(lambda: sql(host, held) == "1")
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            run = pool.submit(playbook, "backup_failed.yml", "incident_id=MOLECULE-BACKUP-FAILED", "offsite_sync_bucket=wa-mcp-backups-gone",
+                              "offsite_sync_create_bucket=false")
+            # The diagnosis comes first; once the backup's own pg_dump waits on the lock, release it.
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name IN ('pg_dump', 'psql')"
+            assert eventually(lambda: sql(host, waiting) != "0" or run.done(), timeout=300)
+            sql(host, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{LOCK_HOLDER}'")
+            rc, out = run.result()
+    finally:
+        sql(host, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{LOCK_HOLDER}'")
+    assert rc != 0
+    assert re.search(r"AccessExclusiveLock on messages by wa for \d+ s: BEGIN; LOCK TABLE messages", out), out
+    assert "s3://wa-mcp-backups-gone FAILED:" in out and "NoSuchBucket" in out and "check the access key and secret (expired?)" in out
+    new = timed_dumps(host) - before
+    assert len(new) == 1, new  # taken now, under a timed stamp, once the lock was gone
+    manifest = json.loads(host.check_output(f"cat {BACKUPS}/{new.pop()[:-len('.sql.gz')]}.manifest.json"))
+    assert manifest["row_counts"]["messages"] == 5000
+    assert set(s3_objects(host)) == objects  # nothing went off-host
+
+
+def test_backup_failed_backs_up_now_and_ships_it(host):
+    before = timed_dumps(host)
+    rc, out = playbook("backup_failed.yml", "incident_id=MOLECULE-BACKUP-NOW")
+    assert rc == 0, out
+    assert "no exclusive lock held" in out and "s3://wa-mcp-backups/app/ reachable:" in out
+    new = timed_dumps(host) - before
+    assert len(new) == 1, new
+    assert f"app/{new.pop()}.age" in s3_objects(host)
+
+
+def test_a_media_restore_keeps_the_current_directory_as_a_hard_linked_copy(host):
+    media = "/var/lib/whatsapp-mcp/media"
+    extra = f"{media}/added-after-the-snapshot.jpg"
+    host.check_output(f"echo not-in-the-snapshot > {extra}")
+    kept_before = set(host.check_output(f"ls -d {media}.pre_restore_* 2>/dev/null || true").split())
+    try:
+        rc, out = playbook("restore_media.yml", "incident_id=MOLECULE-MEDIA-AGAIN", "confirm=true")
+        assert rc == 0, out
+        kept = set(host.check_output(f"ls -d {media}.pre_restore_*").split()) - kept_before
+        assert len(kept) == 1, kept
+        kept = kept.pop()
+        assert not host.file(extra).exists  # the live directory equals the snapshot
+        assert host.file(f"{kept}/added-after-the-snapshot.jpg").content_string == "not-in-the-snapshot\n"
+        # The copy took no space: a file the restore left alone (it equals the snapshot's) is one inode in both.
+        some = sql(host, "SELECT storage_path FROM media_objects ORDER BY id LIMIT 1")
+        assert host.check_output(f"stat -c %i {media}/{some}") == host.check_output(f"stat -c %i {kept}/{some}")
+    finally:
+        host.check_output(f"rm -f {extra}")
