@@ -47,7 +47,14 @@ def scenario_hosts():
 
 @functools.lru_cache(maxsize=None)
 def runs_systemd(host):
-    return host_state.inspect(host)["Path"].endswith("/systemd")
+    return host_state.runs_systemd(host_state.inspect(host))
+
+
+@functools.lru_cache(maxsize=None)
+def inventory_s3_secret_key():
+    group_vars = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "inventories", "sandbox", "group_vars", "all.yml")
+    with open(group_vars, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)["offsite_sync_secret_key"]
 
 
 # Where the hosts keep secrets: the service's decrypted secrets, the age key, the backup signing and audit shipping
@@ -67,8 +74,9 @@ def searchable(path, content):
     if path.endswith((".rotation", "_expires_at")):
         return set()
     if "-----BEGIN" in content:
-        private = "PRIVATE KEY-----" in content
-        return {line for line in content.splitlines() if private and len(line) >= 40 and not line.startswith("-----")}
+        if "PRIVATE KEY-----" not in content:
+            return set()
+        return {line for line in content.splitlines() if len(line) >= 40 and not line.startswith("-----")}
     if "AGE-SECRET-KEY-" in content:
         return {line for line in content.splitlines() if line.startswith("AGE-SECRET-KEY-")}
     return {content.strip()}
@@ -77,9 +85,7 @@ def searchable(path, content):
 def held_secrets(hosts):
     """{value: where it is held} for every secret the scenario's hosts hold now (SECRET_FILES), and the S3 secret
     key the sandbox's inventory hands to the hosts."""
-    group_vars = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "inventories", "sandbox", "group_vars", "all.yml")
-    with open(group_vars, encoding="utf-8") as handle:
-        found = {yaml.safe_load(handle)["offsite_sync_secret_key"]: "the S3 secret key of the sandbox inventory"}
+    found = {inventory_s3_secret_key(): "the S3 secret key of the sandbox inventory"}
     for host in hosts:
         if runs_systemd(host):
             res = subprocess.run(["docker", "exec", host, "python3", "-c", SECRET_READER, *SECRET_FILES],

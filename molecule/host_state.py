@@ -65,10 +65,15 @@ def s3_objects(address: str, port: str) -> dict:
     return found
 
 
+def runs_systemd(info: dict) -> bool:
+    """Whether a container (its `docker inspect`) is a host booted with systemd, not an emulator."""
+    return info["Path"].endswith("/systemd")
+
+
 def take_one(host: str) -> dict:
     info = inspect(host)
     command = [info["Path"], *info["Args"]]
-    if command[0].endswith("/systemd"):
+    if runs_systemd(info):
         res = subprocess.run(["docker", "exec", "-i", host, "python3", "-", str(WINDOW)], input=COLLECTOR.read_text(),
                              capture_output=True, text=True, check=False)
         if res.returncode != 0:

@@ -101,15 +101,13 @@ def docker(*argv):
 
 
 def containers():
-    found = {}
+    """(each container's state, the engine's images, volumes and networks, what `docker inspect` said of them)."""
     ids = docker("ps", "-aq", "--no-trunc")
-    if ids:
-        for item in json.loads(run("docker", "inspect", *ids).stdout):
-            state = item["State"]
-            found[item["Name"]] = {"id": item["Id"], "image": item["Image"], "status": state["Status"],
-                                   "started": state["StartedAt"], "restarts": item["RestartCount"]}
+    inspected = json.loads(run("docker", "inspect", *ids).stdout) if ids else []
+    found = {item["Name"]: {"id": item["Id"], "image": item["Image"], "status": item["State"]["Status"],
+                            "started": item["State"]["StartedAt"], "restarts": item["RestartCount"]} for item in inspected}
     return found, {"images": sorted(docker("image", "ls", "-aq", "--no-trunc")), "volumes": sorted(docker("volume", "ls", "-q")),
-                   "networks": sorted(docker("network", "ls", "-q", "--no-trunc"))}, ids
+                   "networks": sorted(docker("network", "ls", "-q", "--no-trunc"))}, inspected
 
 
 TABLES = r"""SELECT format('SELECT %L, count(*), md5(coalesce(string_agg(t::text, E''\n'' ORDER BY t::text), '''')) FROM %s t',
@@ -119,9 +117,9 @@ TABLES = r"""SELECT format('SELECT %L, count(*), md5(coalesce(string_agg(t::text
                AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1 \gexec"""
 
 
-def databases(ids):
+def databases(inspected):
     found = {}
-    for item in json.loads(run("docker", "inspect", *ids).stdout) if ids else []:
+    for item in inspected:
         env = dict(var.partition("=")[::2] for var in item["Config"]["Env"] or [])
         if "PGDATA" not in env or item["State"]["Status"] != "running":
             continue
@@ -146,6 +144,6 @@ def databases(ids):
 
 
 unit_states, due, busy = units()
-container_states, engine, ids = containers()
+container_states, engine, inspected = containers()
 print(json.dumps({"files": files(), "units": unit_states, "containers": container_states, "engine": engine,
-                  "databases": databases(ids), "due": due, "busy": busy}))
+                  "databases": databases(inspected), "due": due, "busy": busy}))
