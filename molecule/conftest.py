@@ -40,9 +40,19 @@ def received_alerts(receiver="offhost"):
 
 
 @functools.lru_cache(maxsize=None)
-def scenario_hosts():
-    """The names of the scenario's hosts (also their containers' names)."""
-    return tuple(AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts("all"))
+def containers():
+    """{inventory name: container} of the scenario's hosts (molecule/instances.py names the containers after the
+    scenario: the inventory's `ansible_host`), in the inventory's order."""
+    runner = AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"])
+    return {name: runner.get_variables(name).get("ansible_host", name) for name in runner.get_hosts("all")}
+
+
+def fed(host, command, data):
+    """Run `command` (sh) on a testinfra host with `data` (bytes) on its stdin; the completed process. How a test
+    hands a host a secret or a key: a command line is seen by every scan on the machine (the argv of every exec,
+    other scenarios' runs included), stdin is not."""
+    return subprocess.run(["docker", "exec", "-i", containers()[host.backend.host], "sh", "-c", command], input=data,
+                          capture_output=True, check=False)
 
 
 @functools.lru_cache(maxsize=None)
@@ -97,9 +107,11 @@ def held_secrets(hosts):
 
 def leaks(secrets, out, execs):
     """Where each secret appears: in a run's output, or in the argv of a program started during it."""
-    argv = b"\n".join(b" ".join(args) for _stamp, args in execs)
     found = [f"the secret held in {place} appears in the output" for value, place in secrets.items() if value in out]
-    found += [f"the secret held in {place} appears in the argv of a program" for value, place in secrets.items() if value.encode() in argv]
+    for value, place in secrets.items():
+        programs = sorted({os.path.basename((args or [b"?"])[0]).decode(errors="replace") for _stamp, args in execs if value.encode() in b" ".join(args)})
+        if programs:
+            found.append(f"the secret held in {place} appears in the argv of {', '.join(programs)}")
     return found
 
 
@@ -107,7 +119,7 @@ def leaks(secrets, out, execs):
 def unchanged():
     """The block leaves every host of the scenario as it found it (molecule/host_state.py says what is compared):
     for dry runs, and for runs that must refuse before acting."""
-    hosts = list(scenario_hosts())
+    hosts = list(containers().values())
     before = host_state.take(hosts)
     yield
     found = host_state.differences(before, host_state.take(hosts, settle=False))
@@ -134,7 +146,7 @@ def playbook(name, *extra, check=False, vars_files=(), artifacts=None, secrets=(
 
 
 def _scanned(name, extra, flags, vars_files, artifacts, given):
-    hosts = scenario_hosts()
+    hosts = containers().values()
     secrets = {**dict.fromkeys(given, "the test's list of secrets"), **held_secrets(hosts)}
     audit = ExecAudit().start()
     try:

@@ -17,7 +17,7 @@ An S3 emulator contributes every object of every bucket (key, size, ETag). Any o
 state in memory with no listing to compare, and contributes nothing.
 
 Run as a script: `host_state.py save FILE HOST...` keeps the state, `host_state.py compare FILE HOST...` prints what
-differs and exits 1 if anything does. The host names are the containers' (molecule's platform names)."""
+differs and exits 1 if anything does. The hosts are named by their containers (molecule/instances.py)."""
 from __future__ import annotations
 
 import json

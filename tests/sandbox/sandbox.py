@@ -326,10 +326,8 @@ def cmd_converge(_args: argparse.Namespace) -> None:
     docker("volume", "rm", CONVERGED_DOCKER, check=False)
     docker("volume", "create", "--label", f"{HASH_LABEL}={wanted}", CONVERGED_DOCKER)
     ensure_network()
-    args = host_run_args("app", {"ip": "172.29.0.20", "nested_docker": True})
-    args[args.index("--name") + 1] = name
-    args[args.index("/var/lib/docker")] = f"{CONVERGED_DOCKER}:/var/lib/docker"
-    docker("run", *args, HOST_IMAGE)
+    spec = {"ip": "172.29.0.20", "nested_docker": True, "docker_volume": f"{CONVERGED_DOCKER}:/var/lib/docker"}
+    docker("run", *host_run_args("app", spec, name), HOST_IMAGE)
     try:
         deadline = time.monotonic() + 90
         while not booted(name):
@@ -381,21 +379,27 @@ def booted(container_name: str) -> bool:
     return systemd_state(container_name) in BOOTED
 
 
-def host_run_args(name: str, spec: dict) -> list[str]:
-    """docker run flags of a sandbox host; the molecule platforms use the same (see molecule/*/molecule.yml)."""
-    args = ["--detach", "--name", container(name), "--hostname", name, "--network", NETWORK, "--ip", spec["ip"],
-            "--network-alias", name,
-            "--label", "runbooks.sandbox=1", "--tmpfs", "/run", "--tmpfs", "/run/lock", "--cap-add", "SYS_ADMIN",
+def host_run_args(name: str, spec: dict, container_name: str | None = None, network: str = NETWORK,
+                  labels: tuple[str, ...] = ("runbooks.sandbox=1",)) -> list[str]:
+    """docker run flags of a host booting systemd, for the sandbox and for the molecule scenarios' platforms
+    (molecule/instances.py). spec: nested_docker (the service's compose stack runs in it), ip (a fixed address on
+    `network`), docker_volume (what its /var/lib/docker is, else an anonymous volume), volumes (more -v)."""
+    args = ["--detach", "--name", container_name or container(name), "--hostname", name, "--network", network,
+            "--network-alias", name, "--tmpfs", "/run", "--tmpfs", "/run/lock", "--cap-add", "SYS_ADMIN",
             "--stop-signal", "SIGRTMIN+3"]
-    if spec["nested_docker"]:
+    args += [arg for label in labels for arg in ("--label", label)]
+    if spec.get("ip"):
+        args += ["--ip", spec["ip"]]
+    if spec.get("nested_docker"):
         # Docker inside the host needs the host cgroup tree and its own /var/lib/docker volume (no overlay on
         # overlay); --privileged is not available on these machines.
         args += ["--cgroupns=host", "--volume", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--cap-add", "NET_ADMIN",
-                 "--cap-add", "SYS_PTRACE",
-                 "--security-opt", "seccomp=unconfined", "--volume", "/var/lib/docker",
+                 "--cap-add", "SYS_PTRACE", "--security-opt", "seccomp=unconfined",
+                 "--volume", spec.get("docker_volume", "/var/lib/docker"),
                  "--volume", f"{STACK_ARCHIVE.parent}:/opt/sandbox-images:ro"]
     else:
         args += ["--cgroupns=private"]
+    args += [arg for volume in spec.get("volumes", ()) for arg in ("--volume", volume)]
     return args
 
 

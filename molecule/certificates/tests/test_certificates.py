@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from conftest import eventually, playbook as run_playbook, restored  # pylint: disable=import-error
+from conftest import eventually, fed, playbook as run_playbook, restored  # pylint: disable=import-error
 
 testinfra_hosts = ["app"]
 
@@ -120,7 +120,7 @@ def test_an_expired_certificate_served_is_paged_and_replaced(host):
     for name, data in (("fullchain.pem", expired.public_bytes(serialization.Encoding.PEM)),
                        ("privkey.pem", key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                          serialization.NoEncryption()))):
-        host.check_output(f"rm /etc/whatsapp-mcp/tls/{name} && printf %s '{data.decode()}' > /etc/whatsapp-mcp/tls/{name}")
+        assert fed(host, f"rm /etc/whatsapp-mcp/tls/{name} && cat > /etc/whatsapp-mcp/tls/{name}", data).returncode == 0
     reload_until_served(host, previous)
     assert served().not_valid_after_utc < datetime.datetime.now(datetime.timezone.utc)
 
@@ -165,7 +165,7 @@ def test_a_certificate_is_warned_about_at_30_days_left_and_paged_at_7(host, tmp_
     original, paged_before, tls = served().serial_number, len(pages(host)), "/etc/whatsapp-mcp/tls"
     with restored(host, f"{tls}/fullchain.pem", f"{tls}/privkey.pem", then=NGINX + " -s reload"):
         for name, data in (("fullchain.pem", chain), ("privkey.pem", key)):
-            host.check_output(f"rm {tls}/{name} && printf %s '{data.decode()}' > {tls}/{name}")
+            assert fed(host, f"rm {tls}/{name} && cat > {tls}/{name}", data).returncode == 0
         reload_until_served(host, original)
         # The chain verifies against the test's CA, so only the days left decide.
         rc, out = playbook(CHECK, f"incident_id=MOLECULE-CHECK-{days}-DAYS", f"certificates_ca_cert={ca_file}")

@@ -7,11 +7,12 @@ playbook run goes through ansible-runner, as AWX runs it; the last test looks fo
 from __future__ import annotations
 
 import email
+import hashlib
 import json
 
 import pytest
 
-from conftest import playbook  # pylint: disable=import-error
+from conftest import fed, playbook  # pylint: disable=import-error
 
 testinfra_hosts = ["app"]
 
@@ -37,8 +38,9 @@ def decrypted(host):
         "SOPS_AGE_KEY_FILE=/etc/whatsapp-mcp/age.key sops --decrypt --output-type json /opt/whatsapp-mcp/ops/secrets/secrets.enc.yaml"))
 
 
-def fingerprint(host, value):
-    return host.check_output(f"printf %s '{value}' | sha256sum").split()[0][:16]
+def fingerprint(value):
+    """What /health shows of a secret (the start of its SHA-256)."""
+    return hashlib.sha256(value.encode()).hexdigest()[:16]
 
 
 def mail_text(raw):
@@ -86,9 +88,9 @@ def tokens_fixture(host):
 def test_soft_rotation_old_keys_still_work_and_new_keys_use_the_new_pepper(host, tokens):
     state = health(host)
     secrets = decrypted(host)
-    assert state["status"] == "ok" and state["pepper_fingerprint"] == fingerprint(host, secrets["api_key_pepper"])
+    assert state["status"] == "ok" and state["pepper_fingerprint"] == fingerprint(secrets["api_key_pepper"])
     assert state["previous_pepper"]["accepted"] is True
-    assert state["previous_pepper"]["fingerprint"] == fingerprint(host, secrets["api_key_pepper.previous"])
+    assert state["previous_pepper"]["fingerprint"] == fingerprint(secrets["api_key_pepper.previous"])
     assert json.loads(secrets["api_key_pepper.rotation"])["change_id"] == "MOLECULE-SOFT"
     assert all(status(host, token) == "200" for token in tokens[:4])  # presented: re-hashed with the new pepper
     new_token = host.check_output(f"{COMPOSE} exec -T app wa-mcp keys issue --client fresh-client")
@@ -193,8 +195,9 @@ def api(host, method, path, token=None, body=None):
 
 
 def db_login(host, password):
-    """Can role wa log in with this password over TCP (SCRAM), as the app does?"""
-    return host.run(f"{COMPOSE} exec -T -e PGPASSWORD='{password}' postgres psql -h 127.0.0.1 -U wa -d wa_mcp -Atc 'SELECT 1'").rc == 0
+    """Can role wa log in with this password over TCP (SCRAM), as the app does? (The password goes on stdin.)"""
+    login = f"read -r PGPASSWORD && export PGPASSWORD && {COMPOSE} exec -T -e PGPASSWORD postgres psql -h 127.0.0.1 -U wa -d wa_mcp -Atc 'SELECT 1'"
+    return fed(host, login, password.encode() + b"\n").returncode == 0
 
 
 @pytest.fixture(scope="module", name="session")
@@ -229,7 +232,7 @@ def test_key_compromise_cuts_off_every_token_and_the_old_db_password_and_survive
     assert not host.file("/run/secrets/db_password.previous").exists
     state = health(host)
     assert state["status"] == "ok" and state["checks"]["db_credential"] == "current"
-    assert state["jwt_secret_fingerprint"] == fingerprint(host, new["auth_jwt_secret"])
+    assert state["jwt_secret_fingerprint"] == fingerprint(new["auth_jwt_secret"])
     # Every token handed out before is refused: the access token (new signing secret), the refresh token (revoked).
     assert api(host, "GET", "/v1/whoami", session["access_token"])[0] == 401
     assert api(host, "POST", "/v1/sessions/refresh", body={"refresh_token": session["refresh_token"]})[0] == 401
@@ -281,7 +284,7 @@ def test_a_redeploy_from_the_repository_keeps_every_rotated_secret(host, runs):
     assert decrypted(host) == in_force
     after = health(host)
     assert after["status"] == "ok" and after["checks"]["db_credential"] == "current"
-    assert after["pepper_fingerprint"] == before["pepper_fingerprint"] == fingerprint(host, in_force["api_key_pepper"])
+    assert after["pepper_fingerprint"] == before["pepper_fingerprint"] == fingerprint(in_force["api_key_pepper"])
     assert after["jwt_secret_fingerprint"] == before["jwt_secret_fingerprint"]
 
 
