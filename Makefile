@@ -21,6 +21,9 @@ TIMED := $(BIN)/python tests/timings.py run
 COLLECTION_LINK := .build/collections/ansible_collections/runbooks/incident
 # Molecule scenarios, in the order `make test` runs them.
 SCENARIOS ?= whatsapp_mcp db_restore offsite audit_integrity secret_rotation certificates
+# Scenarios at a time. Each has hosts and a network of its own (molecule/instances.py), so they can run side by side;
+# on two cores they do not gain (a scenario keeps a core busy and the next one halves its speed), on more they do.
+MOLECULE_JOBS ?= 1
 DEMO_INCIDENT ?= DEMO-$(shell date -u +%Y%m%dT%H%M%S)
 
 .PHONY: help
@@ -76,35 +79,32 @@ unit: venv collection ## pytest on both cores: module logic and modules against 
 test-shared-data: venv collection ## restores of third-party dumps from ../shared/data (beside a development tree; not in a clone)
 	$(TIMED) "unit, shared data" -- pytest -q -m shared_data tests/unit
 
-# One recipe line per scenario: under `make test`'s --output-sync=line each scenario's output shows when it ends,
-# not when the last one does.
-define newline
-
-
-endef
-
+# Each scenario's output shows whole when it ends (--output-sync); one that fails does not stop the others
+# (--keep-going): a run reports every failing scenario.
 .PHONY: molecule
-molecule: sandbox ## molecule scenarios on sandbox host containers
-	$(foreach scenario,$(SCENARIOS),$(TIMED) "molecule $(scenario)" -- molecule test -s $(scenario)$(newline))
+molecule: sandbox ## molecule scenarios on sandbox host containers (SCENARIOS="...", MOLECULE_JOBS=1)
+	$(MAKE) --no-print-directory -j$(MOLECULE_JOBS) --keep-going --output-sync=target $(addprefix molecule-,$(SCENARIOS))
+
+.PHONY: $(addprefix molecule-,$(SCENARIOS))
+$(addprefix molecule-,$(SCENARIOS)): molecule-%:
+	$(TIMED) "molecule $*" -- molecule test -s $*
 
 .PHONY: test-fast
 test-fast: lint unit ## the quick subset for development: lint and pytest
 
 .PHONY: checks
-checks: ## lint, sanity and unit, one after the other (the lane of `make test` beside the sandbox and molecule)
-	$(MAKE) --no-print-directory lint
-	$(MAKE) --no-print-directory sanity
-	$(MAKE) --no-print-directory unit
+checks: ## lint, sanity and unit, one after the other, each run even when one before it failed
+	$(MAKE) --no-print-directory -j1 --keep-going lint sanity unit
 
 .PHONY: test
-# Two lanes: the checks need the CPU; the image builds wait on I/O and molecule leaves a core mostly idle (ansible
-# waits on its hosts), so the sandbox and then the scenarios run beside them. A failing lane does not stop the
-# other: make lets it end, then fails.
+# Two lanes: the checks need both cores in bursts; the image builds wait on I/O and a scenario leaves part of a core
+# idle (ansible waits on its hosts), so the sandbox and then the scenarios run beside them. A failing lane does not
+# stop the other: make lets it end, then fails.
 test: ## the whole suite (what CI runs): the checks beside the sandbox and molecule; ends with the timings
 	@$(PYTHON) tests/timings.py start
 	@trap '$(PYTHON) tests/timings.py report' EXIT; \
 	  $(MAKE) --no-print-directory deps && \
-	  $(MAKE) --no-print-directory -j2 --output-sync=line checks molecule
+	  $(MAKE) --no-print-directory -j2 --keep-going --output-sync=target checks molecule
 
 .PHONY: build
 build: venv ## the collection tarball (ansible-galaxy collection build)

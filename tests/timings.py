@@ -65,8 +65,9 @@ def minutes(seconds: float) -> str:
 
 
 def report(path: Path) -> str:
-    """One row per phase in the order they began; a phase run more than once (a scenario's two check runs, the
-    cached image step each make target repeats) shows its runs and their total."""
+    """One row per phase in the order they began, with when it began (after the start of the run: phases of
+    parallel lanes overlap); a phase run more than once (a scenario's two check runs, the cached image step each make
+    target repeats) shows its runs and their total."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     begun = min(row["started"] for row in rows)
     ended = max(row["started"] + row["seconds"] for row in rows)
@@ -74,16 +75,16 @@ def report(path: Path) -> str:
     for row in sorted(rows, key=lambda row: row["started"]):
         if row["phase"] == "start" or row["status"] == "missing":  # the start mark; an action with no playbook
             continue
-        phase = phases.setdefault(row["phase"], {"seconds": 0.0, "runs": 0, "status": []})
+        phase = phases.setdefault(row["phase"], {"began": row["started"] - begun, "seconds": 0.0, "runs": 0, "status": []})
         phase["seconds"] += row["seconds"]
         phase["runs"] += 1
         if row["status"] not in phase["status"]:
             phase["status"].append(row["status"])
-    lines = ["| phase | time | status |", "|---|---|---|"]
+    lines = ["| phase | began | time | status |", "|---|---|---|---|"]
     for name, phase in phases.items():
         runs = " (%d runs)" % phase["runs"] if phase["runs"] > 1 else ""
-        lines.append("| %s%s | %s | %s |" % (name, runs, minutes(phase["seconds"]), ", ".join(phase["status"])))
-    lines.append("| **whole run (wall time)** | **%s** | |" % minutes(ended - begun))
+        lines.append("| %s%s | %s | %s | %s |" % (name, runs, minutes(phase["began"]), minutes(phase["seconds"]), ", ".join(phase["status"])))
+    lines.append("| **whole run (wall time)** | | **%s** | |" % minutes(ended - begun))
     return "\n".join(lines)
 
 
