@@ -48,6 +48,15 @@ class AppCycle:
         if self.health_url:
             self.wait_healthy()
 
+    def healthy(self):
+        """Whether /health answers 200 now (True when there is no health URL: nothing to wait for)."""
+        if not self.health_url:
+            return True
+        try:
+            return open_url(self.health_url, timeout=5, validate_certs=False).getcode() == 200
+        except (HTTPError, URLError, OSError, ValueError):
+            return False
+
     def wait_healthy(self):
         deadline = time.monotonic() + self.health_timeout
         last = "no answer"

@@ -584,8 +584,7 @@ class Restorer:
         """
         live = self.mark_of(self.db)
         if live and live.get("change_id") == self.change_id and live.get("state") == "live":
-            return dict(changed=False, previous_db=live.get("previous_db"), row_counts=live.get("row_counts"),
-                        verified=True, downtime_s=0.0, msg="%s already is the restore of change %s" % (self.db, self.change_id))
+            return self._already_swapped(live, app)
         mark = self.mark_of(self.staging)
         staged = mark and mark.get("change_id") == self.change_id and mark.get("state") == "verified"
         if self.check_mode and not staged:
@@ -616,23 +615,38 @@ class Restorer:
             raise
         _faults.checkpoint("restore_after_swap")
         if app:
-            try:
-                app.migrate()
-                app.start()
-            except RestoreError as exc:
-                rolled = self.rollback()
-                try:
-                    app.start()
-                except RestoreError as again:
-                    raise RolledBack("%s after the swap; %s, but the app does not start on it either: %s"
-                                     % (exc, rolled["msg"], again))
-                raise RolledBack("%s after the swap; %s" % (exc, rolled["msg"]))
+            self._started_or_rolled_back(app, app.migrate, app.start)
         result = dict(changed=True, previous_db=previous, row_counts=mark["row_counts"], verified=True,
                       downtime_s=round(downtime, 3), dropped=self.prune(),
                       msg="%s is now the restored database; the previous one is kept as %s" % (self.db, previous))
         if app:
             result["app_downtime_s"] = round(time.monotonic() - clock, 3)
         return result
+
+    def _already_swapped(self, live, app):
+        """A re-run of a swap that is live already. A run killed after the swap and before the app came back left the
+        app stopped: with `app`, it is started again, and put on the previous database if it does not come back."""
+        result = dict(changed=False, previous_db=live.get("previous_db"), row_counts=live.get("row_counts"), verified=True,
+                      downtime_s=0.0, msg="%s already is the restore of change %s" % (self.db, self.change_id))
+        if not app or self.check_mode or app.healthy():
+            return result
+        self._started_or_rolled_back(app, app.start)
+        return dict(result, changed=True, msg=result["msg"] + "; the app was not running on it and is started again")
+
+    def _started_or_rolled_back(self, app, *steps):
+        """Run the steps that bring the app up on the swapped database; if one fails, put the previous database back
+        and start the app on it (RolledBack says so)."""
+        try:
+            for step in steps:
+                step()
+        except RestoreError as exc:
+            rolled = self.rollback()
+            try:
+                app.start()
+            except RestoreError as again:
+                raise RolledBack("%s after the swap; %s, but the app does not start on it either: %s"
+                                 % (exc, rolled["msg"], again))
+            raise RolledBack("%s after the swap; %s" % (exc, rolled["msg"]))
 
     def prune(self):
         """Drop pre-restore and failed-restore databases beyond keep_previous (oldest first)."""
@@ -663,6 +677,7 @@ class Restorer:
             return dict(changed=True, previous_db=failed, plan=[step])
         if app:
             app.stop()
+        _faults.checkpoint("rollback_before_swap")
         downtime = self._transaction([
             "ALTER DATABASE %s RENAME TO %s" % (_pg.quote_ident(self.db), _pg.quote_ident(failed)),
             "ALTER DATABASE %s RENAME TO %s" % (_pg.quote_ident(previous), _pg.quote_ident(self.db)),
@@ -737,6 +752,8 @@ def _restore(restorer, src, state, strategy, manifest, require_manifest, expect_
         result.update(restorer.swap(app))
     elif state == "rolled_back":
         result.update(restorer.rollback(app))
+    elif result["live_is_restore"] and state == "restored":
+        result.update(restorer.swap(app))  # live already; the app is made to run on it
     elif result["live_is_restore"]:
         result.update(changed=False, previous_db=live.get("previous_db"), row_counts=live.get("row_counts"),
                       verified=True, msg="%s already is the restore of change %s" % (db, change_id))

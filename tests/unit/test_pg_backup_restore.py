@@ -567,3 +567,84 @@ def test_an_app_that_does_not_come_back_is_rolled_back(db, run_module, dumps, co
     assert db.state("noreturn")[1:] == before[1:]  # the previous data is live again (a rename, same content)
     assert any(name.startswith("noreturn_failed_restore_") for name in db.databases())
     assert log.read_text().split() == ["stop", "start", "start"]  # started again on the previous database
+
+
+@pytest.fixture(name="stand_in_app")
+def stand_in_app_fixture(tmp_path):
+    """A stand-in for the service whose /health answers 200 only while it runs: its stop and start commands write
+    its state to a file, which the loopback /health reads. (app_params(), the commands; state(), what it is.)"""
+    import http.server  # pylint: disable=import-outside-toplevel
+
+    state_file = tmp_path / "app.state"
+    state_file.write_text("running")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # pylint: disable=invalid-name
+            self.send_response(200 if state_file.read_text() == "running" else 503)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    write = "printf %s {} > " + str(state_file)
+    params = dict(app_stop_command=["sh", "-c", write.format("stopped")], app_start_command=["sh", "-c", write.format("running")],
+                  health_url=f"http://127.0.0.1:{server.server_address[1]}/health", health_timeout=10)
+    yield params, state_file.read_text
+    server.shutdown()
+
+
+@pytest.mark.parametrize("point", ["restore_before_swap", "restore_after_swap"])
+def test_a_run_killed_while_the_app_is_stopped_starts_it_on_the_rerun(db, run_module, dumps, conn, tmp_path, stand_in_app, point):
+    """Killed with the app stopped for the swap (before it, or after it and before the app came back): the live
+    database is the old one or the verified restore, never half of one, and the re-run brings the app back on the
+    restore."""
+    app, app_state = stand_in_app
+    live = "appkill_" + point.split("_", 1)[1]
+    db.create(live, "small_template")
+    before = db.state(live)
+    fault_dir = tmp_path / "faults"
+    fault_dir.mkdir()
+    (fault_dir / (point + ".hold")).touch()
+    params = restore_params(dumps["large"], live, conn, **app)
+    proc = start_restore(tmp_path, params, fault_dir)
+    try:
+        wait_for(fault_dir / (point + ".reached"), proc)
+    finally:
+        kill_9_run(fault_dir)
+        proc.wait()
+    assert app_state() == "stopped"
+    if point == "restore_after_swap":
+        assert db.counts(live) == db.counts("large_template")
+    else:
+        assert db.state(live) == before
+    rerun = run_module("pg_restore", params)
+    assert not rerun.get("failed") and rerun["changed"], rerun
+    assert app_state() == "running"
+    assert db.counts(live) == db.counts("large_template") and live + "_restore_staging" not in db.databases()
+    again = run_module("pg_restore", params)
+    assert not again["changed"] and app_state() == "running", again
+
+
+def test_a_rollback_killed_while_the_app_is_stopped_completes_on_the_rerun(db, run_module, dumps, conn, tmp_path, stand_in_app):
+    app, app_state = stand_in_app
+    db.create("rbkill", "small_template")
+    before = db.state("rbkill")
+    swapped = run_module("pg_restore", restore_params(dumps["large"], "rbkill", conn, **app))
+    assert swapped["changed"] and app_state() == "running"
+    fault_dir = tmp_path / "faults"
+    fault_dir.mkdir()
+    (fault_dir / "rollback_before_swap.hold").touch()
+    params = restore_params(dumps["large"], "rbkill", conn, state="rolled_back", **app)
+    proc = start_restore(tmp_path, params, fault_dir)
+    try:
+        wait_for(fault_dir / "rollback_before_swap.reached", proc)
+    finally:
+        kill_9_run(fault_dir)
+        proc.wait()
+    assert app_state() == "stopped" and db.counts("rbkill") == db.counts("large_template")  # nothing renamed yet
+    rerun = run_module("pg_restore", params)
+    assert not rerun.get("failed") and rerun["changed"], rerun
+    assert db.state("rbkill")[1:] == before[1:] and app_state() == "running"
+    assert any(name.startswith("rbkill_failed_restore_") for name in db.databases())
