@@ -125,14 +125,17 @@ def databases(inspected):
             continue
         user, name = env.get("POSTGRES_USER", "postgres"), item["Name"]
         psql = ["docker", "exec", "-i", item["Id"], "psql", "-X", "-q", "-U", user, "-At", "-v", "ON_ERROR_STOP=1"]
-        res = run(*psql, "-d", "postgres", "-c", "SELECT datname FROM pg_database WHERE NOT datistemplate ORDER BY 1")
+        res = run(*psql, "-d", "postgres", "-c", "SELECT datname, datallowconn FROM pg_database WHERE NOT datistemplate ORDER BY 1")
         if res.returncode != 0:
             found[name] = {"error": res.stderr.strip()}
             continue
         roles = run(*psql, "-d", "postgres", "-c",
                     "SELECT rolname, rolsuper, rolcanlogin, md5(coalesce(rolpassword, '')), rolvaliduntil FROM pg_authid ORDER BY 1").stdout
         cluster = {"roles": roles.splitlines(), "databases": {}}
-        for db in res.stdout.split():
+        for db, allowed in (line.split("|") for line in res.stdout.splitlines()):
+            if allowed != "t":  # nobody can connect to it (ALLOW_CONNECTIONS false): its content cannot change either
+                cluster["databases"][db] = {"schema": "not connectable", "tables": {}}
+                continue
             dump = run("docker", "exec", item["Id"], "pg_dump", "-U", user, "--schema-only", "-d", db).stdout
             # pg_dump 15.14+ fences its output with a random key (\restrict KEY ... \unrestrict KEY).
             schema = "\n".join(line for line in dump.splitlines() if not line.startswith(("\\restrict ", "\\unrestrict ")))

@@ -2,8 +2,8 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """After the restore: the data of the backup is live, the lost state is kept, the service and the nightly job work.
 Then restores that fail on the real service (a failing migration, one that changes the backed-up rows, one that fails
-inside the swap, smoke failing after the swap) leave or put back the previous database with the service up, and a
-dry run finds a corrupt dump."""
+inside the swap, smoke failing after the swap, /health staying red on the restore) leave or put back the previous
+database with the service up, and a dry run finds a corrupt dump."""
 from __future__ import annotations
 
 import json
@@ -142,3 +142,24 @@ def test_a_dry_run_finds_a_corrupt_dump_and_changes_nothing(host):
         rc, out = playbook("restore_database.yml", "incident_id=MOLECULE-CORRUPT-CHECK", "backup=latest", check=True)
     assert rc != 0
     assert "does not match its manifest" in out and "corrupt" in out, out
+
+
+# A migration that leaves the restored database one nobody can connect to: the real service's /health stays red
+# (its database check fails) once the restore is live.
+UNREACHABLE = ["python3", "-c", "from wa_mcp.config import Config; from wa_mcp import db; conn = db.connect(Config.from_env()); "
+               "conn.autocommit = True; conn.cursor().execute('ALTER DATABASE %s ALLOW_CONNECTIONS false' % Config.from_env().db_name)"]
+
+
+def test_a_restore_on_which_health_stays_red_is_rolled_back_with_the_service_up(host):
+    add_canary(host, "canary-red-health")
+    before, present = counts(host), databases(host)
+    try:
+        rc, out = restore_with({"db_restore_migrate_command": UNREACHABLE, "db_restore_health_timeout": 20}, "MOLECULE-RED-HEALTH")
+        assert rc != 0 and "did not answer 200 within 20 s" in out and "rolled back" in out, out
+        assert counts(host) == before  # the previous database is live again, canary included
+        failed = sorted(set(databases(host)) - set(present))
+        assert len(failed) == 1 and failed[0].startswith("wa_mcp_failed_restore_")  # the restore that stayed red, kept
+        assert json.loads(host.check_output("curl -fsS http://127.0.0.1/health"))["status"] == "ok"
+    finally:
+        for name in set(databases(host)) - set(present):
+            host.check_output(f'{PSQL} -d postgres -c "ALTER DATABASE {name} ALLOW_CONNECTIONS true"')
