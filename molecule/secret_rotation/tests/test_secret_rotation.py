@@ -144,6 +144,29 @@ def test_hard_rotation_revokes_every_key_and_notifies_each_client(host, tokens, 
     assert rc == 0 and "already applied" in out
 
 
+def test_a_rerun_after_a_crash_between_rotating_and_restarting_restarts_the_service(host, runs):
+    """The run died after pepper_rotate had done its work (sops file and /run/secrets) and before the restart: the
+    module alone is that state. The service still runs with the old pepper; the re-run with the same incident id
+    rotates nothing more and restarts the service, which then runs with the new pepper and keeps the old keys."""
+    key = host.check_output(f"{COMPOSE} exec -T app wa-mcp keys issue --client crash-client")
+    before = health(host)
+    result = host.ansible("runbooks.incident.pepper_rotate", " ".join([
+        "path=/run/secrets/api_key_pepper", "state=rotated", "mode=soft", "grace_days=3", "change_id=MOLECULE-CRASH",
+        f"sops_file={SECRETS_FILE}", "age_key_file=/etc/whatsapp-mcp/age.key", "owner=whatsapp-mcp",
+        "group=whatsapp-mcp-secrets"]), become=True, check=False)
+    assert result["changed"], result
+    rotated = decrypted(host)
+    assert fingerprint(rotated["api_key_pepper"]) != before["pepper_fingerprint"] == health(host)["pepper_fingerprint"]
+
+    rc, out = runs(PEPPER, "incident_id=MOLECULE-CRASH", "grace_days=3")
+    assert rc == 0, out
+    after = health(host)
+    assert after["status"] == "ok" and after["pepper_fingerprint"] == fingerprint(rotated["api_key_pepper"])
+    assert after["previous_pepper"]["fingerprint"] == before["pepper_fingerprint"] and after["previous_pepper"]["accepted"]
+    assert decrypted(host) == rotated  # nothing rotated twice
+    assert status(host, key) == "200"  # a key of the replaced pepper still works during the grace
+
+
 # ------------------------------------------------------------------------------------------------ access token
 PHONE_ID = "109876543210987"
 
