@@ -141,6 +141,24 @@ def test_the_drill_is_recorded_and_the_scratch_host_is_clean(host):
     assert drill.check_output("docker ps -q") == ""
 
 
+def test_a_failed_drill_is_recorded_as_failed_and_the_scratch_host_is_still_cleaned(host):
+    """The drill's restore fails after the data was loaded on the scratch host (a table the backup does not have is
+    expected): the run fails saying why, the log records the drill as failed, and nothing restored stays behind."""
+    log_server, drill = other("offhost"), other("drill")
+    rc, out = playbook("restore_drill.yml", "incident_id=MOLECULE-DRILL-FAILS", "pager_url=http://offhost:9099/api/v2/alerts",
+                       json.dumps({"db_restore_expect_tables": ["clients", "no_such_table"]}))
+    assert rc != 0 and "The restore drill failed" in out and "no_such_table" in out, out
+    drills = log_server.file("/srv/evidence/backup-drills.md").content_string
+    row = next(line for line in drills.splitlines() if "| MOLECULE-DRILL-FAILS |" in line)
+    assert "| fail |" in row
+    assert "| MOLECULE-DRILL |" in drills.split("| MOLECULE-DRILL-FAILS |")[0]  # appended after the passing drill
+    # The log's chain still verifies, and the last passing drill is recent: the daily check passes.
+    check = log_server.run("systemctl start runbooks-drill-check.service")
+    assert check.rc == 0, check.stderr
+    assert not drill.file("/var/lib/whatsapp-mcp").exists
+    assert drill.check_output("docker ps -q") == ""
+
+
 # ------------------------------------------------------------------------------------------------ backup failed
 LOCK_HOLDER = "runbooks-test-lock-holder"
 TIMED_DUMP = re.compile(r"^db-\d{4}-\d\d-\d\dT\d{6}Z\.sql\.gz$")
