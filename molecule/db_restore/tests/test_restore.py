@@ -7,6 +7,7 @@ database with the service up, and a dry run finds a corrupt dump."""
 from __future__ import annotations
 
 import json
+import os
 import re
 
 from conftest import playbook, restored  # pylint: disable=import-error
@@ -21,9 +22,11 @@ def counts(host, db="wa_mcp"):
     return {name: int(value) for name, value in (line.split("=") for line in out.splitlines())}
 
 
-def latest_manifest(host):
-    path = host.check_output("ls /var/lib/whatsapp-mcp/backups/db-*.manifest.json | sort | tail -n 1")
-    return json.loads(host.file(path).content_string)
+def restored_manifest(host):
+    """The manifest of the backup converge restored (prepare recorded its path)."""
+    with open(os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "restore-source"), encoding="utf-8") as handle:
+        dump = handle.read().strip()
+    return json.loads(host.file(dump[:-len(".sql.gz")] + ".manifest.json").content_string)
 
 
 def databases(host):
@@ -31,7 +34,7 @@ def databases(host):
 
 
 def test_live_data_equals_the_backup(host):
-    manifest = latest_manifest(host)
+    manifest = restored_manifest(host)
     assert counts(host) == {t: manifest["row_counts"][t] for t in TABLES}
     assert manifest["row_counts"]["messages"] == 20000
 
@@ -56,9 +59,13 @@ def test_backups_are_private(host):
 def test_the_nightly_job_runs_on_the_host(host):
     assert host.service("runbooks-backup-db.timer").is_enabled
     assert host.service("runbooks-backup-db.timer").is_running
+    today = host.check_output("date -u +%F")
+    had_today = host.run(f"ls /var/lib/whatsapp-mcp/backups/db-{today}*.sql.gz").rc == 0
     host.check_output("systemctl start runbooks-backup-db.service")
     result = json.loads(host.check_output("journalctl -u runbooks-backup-db.service -o cat --no-pager | grep '\"job\"' | tail -n 1"))
-    assert result["verified"] and not result["changed"]  # today's backup exists and still verifies
+    assert result["verified"]
+    if had_today and host.check_output("date -u +%F") == today:
+        assert not result["changed"]  # today's backup exists and still verifies: nothing is overwritten
 
 
 def test_journal_records_the_restore(host):
