@@ -9,6 +9,7 @@ from __future__ import annotations
 import email
 import hashlib
 import json
+import uuid
 
 import pytest
 
@@ -132,10 +133,16 @@ def test_retiring_needs_confirmation_while_keys_remain_then_cuts_them_off(host, 
 def test_hard_rotation_revokes_every_key_and_notifies_each_client(host, tokens, runs):
     rc, out = runs(PEPPER, "incident_id=MOLECULE-HARD", "pepper_mode=hard")
     assert rc == 2 and "revoke all" in out  # refused without confirm=true
+    # Webhook URLs hold their token (as Slack's do): it is looked for in every run's output and argv (runs.secrets).
+    hook_token = uuid.uuid4().hex + uuid.uuid4().hex
+    runs.secrets.add(hook_token)
     rc, out = runs(PEPPER, "incident_id=MOLECULE-HARD", "pepper_mode=hard", "confirm=true",
-                   "pepper_rotation_notify_url=http://127.0.0.1:9098/notices")
-    assert rc == 0, out
+                   f"pepper_rotation_notify_url=http://127.0.0.1:9/hooks/{hook_token}")  # nothing listens there
+    assert rc != 0 and "did not take the notice (no answer)" in out and "The rotation itself is done" in out, out
     assert all(status(host, token) == "401" for token in tokens)
+    rc, out = runs(PEPPER, "incident_id=MOLECULE-HARD", "pepper_mode=hard", "confirm=true",
+                   f"pepper_rotation_notify_url=http://127.0.0.1:9098/hooks/{hook_token}")  # the re-run notifies
+    assert rc == 0, out
     assert keys_status(host)["active"] == 0 and health(host).get("previous_pepper") is None
     notice = json.loads(host.check_output("tail -n 1 /var/tmp/notices.jsonl"))
     # 4 re-hashed and 1 new key on the replaced pepper, 4 left on the retired one: all revoked.
