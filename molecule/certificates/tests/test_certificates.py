@@ -14,6 +14,7 @@ import socket
 import ssl
 import time
 import urllib.request
+import uuid
 
 import pytest
 from cryptography import x509
@@ -40,9 +41,9 @@ def served():
         return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
 
 
-def playbook(name, *extra, check=False):
+def playbook(name, *extra, check=False, vars_files=(), secrets=()):
     """run_playbook with the scenario's lab vars (the names and addresses of the sandbox's ACME and DNS)."""
-    return run_playbook(name, *extra, check=check, vars_files=["molecule/certificates/vars/lab.yml"])
+    return run_playbook(name, *extra, check=check, vars_files=["molecule/certificates/vars/lab.yml", *vars_files], secrets=secrets)
 
 
 def spki(cert):
@@ -157,24 +158,36 @@ def pair_from_a_local_ca(days_left):
             key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
 
 
-@pytest.mark.parametrize("days, paged", [(20, False), (5, True)])
-def test_a_certificate_is_warned_about_at_30_days_left_and_paged_at_7(host, tmp_path, days, paged):
+@pytest.mark.parametrize("days, paged, pager", [(20, False, "alertmanager"), (5, True, "alertmanager"), (5, True, "pagerduty")])
+def test_a_certificate_is_warned_about_at_30_days_left_and_paged_at_7(host, tmp_path, days, paged, pager):
     ca, chain, key = pair_from_a_local_ca(days)
     ca_file = tmp_path / "local-ca.pem"
     ca_file.write_bytes(ca)
+    # PagerDuty's routing key is a secret: handed over in a vars file (as AWX's credential injector does), looked for
+    # in the run's output and in the argv of every program it started; it belongs only in the page itself.
+    routing_key = "R" + uuid.uuid4().hex + uuid.uuid4().hex[:7]
+    pagerduty = tmp_path / "pagerduty.yml"
+    pagerduty.write_text(json.dumps({"certificates_pager_format": "pagerduty", "certificates_pager_routing_key": routing_key}))
+    pagerduty.chmod(0o600)
     original, paged_before, tls = served().serial_number, len(pages(host)), "/etc/whatsapp-mcp/tls"
     with restored(host, f"{tls}/fullchain.pem", f"{tls}/privkey.pem", then=NGINX + " -s reload"):
         for name, data in (("fullchain.pem", chain), ("privkey.pem", key)):
             assert fed(host, f"rm {tls}/{name} && cat > {tls}/{name}", data).returncode == 0
         reload_until_served(host, original)
         # The chain verifies against the test's CA, so only the days left decide.
-        rc, out = playbook(CHECK, f"incident_id=MOLECULE-CHECK-{days}-DAYS", f"certificates_ca_cert={ca_file}")
+        rc, out = playbook(CHECK, f"incident_id=MOLECULE-CHECK-{days}-DAYS-{pager}", f"certificates_ca_cert={ca_file}",
+                           vars_files=[str(pagerduty)] if pager == "pagerduty" else [], secrets=[routing_key])
     assert eventually(lambda: served().serial_number == original, timeout=10)  # the next case starts from pebble's
     if paged:
         assert rc != 0 and "Certificates that need someone now" in out
         assert len(pages(host)) == paged_before + 1
-        alert = pages(host)[-1][0]
-        assert alert["labels"]["severity"] == "critical" and f"{NAME} on app: {days} days left" in alert["annotations"]["summary"]
+        if pager == "pagerduty":
+            event = pages(host)[-1]
+            assert event["routing_key"] == routing_key and event["event_action"] == "trigger"
+            assert f"{NAME} on app: {days} days left" in event["payload"]["summary"] and event["payload"]["severity"] == "critical"
+        else:
+            alert = pages(host)[-1][0]
+            assert alert["labels"]["severity"] == "critical" and f"{NAME} on app: {days} days left" in alert["annotations"]["summary"]
     else:
         assert rc == 0, out
         assert f"WARNING {NAME} expires in {days} days" in out and len(pages(host)) == paged_before
