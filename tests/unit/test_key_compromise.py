@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 import subprocess
 import sys
 import uuid
@@ -255,7 +256,31 @@ def test_db_password_rotation_stopped_after_any_step_still_logs_in_and_a_rerun_c
     assert not (secrets.secrets / "db_password.previous").exists() and service_logs_in(app_db, secrets)
 
 
-def test_killed_inside_the_sops_change_the_service_still_logs_in_and_a_rerun_completes(run_module, secrets, app_db, tmp_path):
+def test_killed_inside_the_sops_change_the_file_is_as_it_was_and_a_rerun_completes(run_module, secrets, app_db, tmp_path):
+    """Killed after sops re-encrypted the work copy and before it replaced the file: the file is the old one, byte for
+    byte, only a private work directory is left beside it, the service logs in with the old password (also after a
+    reboot), and the re-run makes the change and removes the work directory."""
+    set_role_password(app_db, OLD_PASSWORD)
+    before = secrets.sops_file.read_bytes()
+    fault_dir = tmp_path / "faults"
+    fault_dir.mkdir()
+    (fault_dir / "sops_copy_changed.hold").touch()
+    params = secrets.params(key="db_password", change_id="INC-KILL-INSIDE", keep_previous=True)
+    kill_at(start_module("secret_rotate", params, fault_dir), fault_dir, "sops_copy_changed")
+    assert secrets.sops_file.read_bytes() == before
+    [work] = [path for path in secrets.sops_file.parent.iterdir() if path.name.endswith(".sops-partial")]
+    assert stat.S_IMODE(work.stat().st_mode) == 0o700
+    secrets.reboot()
+    assert service_logs_in(app_db, secrets)
+    rerun = run_module("secret_rotate", params)
+    assert rerun["changed"] and secrets.decrypted()["db_password"] != OLD_PASSWORD, rerun
+    assert not any(path.name.endswith(".sops-partial") for path in secrets.sops_file.parent.iterdir())
+    assert not run_module("pg_role_password", dict(secrets.params(), **pg_params(app_db))).get("failed")
+    secrets.reboot()
+    assert service_logs_in(app_db, secrets)
+
+
+def test_killed_after_the_sops_change_the_service_still_logs_in_and_a_rerun_completes(run_module, secrets, app_db, tmp_path):
     set_role_password(app_db, OLD_PASSWORD)
     fault_dir = tmp_path / "faults"
     fault_dir.mkdir()
