@@ -166,7 +166,9 @@ def test_files_only_rotation_warns_that_it_is_not_durable(run_module, host):
 # ------------------------------------------------------------------------------------------------ kill -9
 @pytest.mark.parametrize("sops_mode,point", [
     (True, "pepper_after_sops"), (True, "pepper_file_previous"), (True, "pepper_file_expiry"), (True, "pepper_file_current"),
+    (True, "pepper_file_record"),
     (False, "pepper_after_pending"), (False, "pepper_file_previous"), (False, "pepper_file_expiry"), (False, "pepper_file_current"),
+    (False, "pepper_file_record"),
 ])
 def test_killed_at_each_step_every_key_still_works_and_a_rerun_completes(run_module, host, tmp_path, sops_mode, point):
     fault_dir = tmp_path / "faults"
