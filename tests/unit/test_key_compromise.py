@@ -16,6 +16,7 @@ import subprocess
 import sys
 import uuid
 
+import psycopg2
 import pytest
 
 from conftest import COLLECTIONS, PG_BINDIR, REPO_ROOT, SOPS, SopsSecrets, kill_at, require, start_module  # pylint: disable=import-error
@@ -150,15 +151,18 @@ def set_role_password(pg_server, password):
 
 
 def service_logs_in(pg_server, secrets):
-    """The reference service's own connect, reading the secrets directory as it does."""
+    """The reference service's own connect, reading the secrets directory as it does: False only when the server
+    refuses its password (any other error fails the test, so that a negative check cannot pass for another reason)."""
     config = Config.from_env({"WA_DB_HOST": "127.0.0.1", "WA_DB_PORT": str(pg_server.port), "WA_DB_NAME": APP_ROLE,
                               "WA_DB_USER": APP_ROLE, "WA_DB_PASSWORD_FILE": str(secrets.secrets / "db_password")})
     try:
         with service_db.connection(config) as conn, conn.cursor() as cur:
             cur.execute("SELECT current_user")
             return cur.fetchone()[0] == APP_ROLE
-    except Exception:  # pylint: disable=broad-exception-caught
-        return False
+    except psycopg2.OperationalError as exc:
+        if "password authentication failed" in str(exc):
+            return False
+        raise
 
 
 def pg_params(pg_server):
