@@ -19,7 +19,7 @@ description:
   - Each step records I(incident_id) in the database comments, so re-running the same incident is a no-op
     (C(changed=false)), and a run killed at any point leaves the live database intact; the next run drops a
     half-loaded staging database and completes. A run killed after the swap, before the app came back, left the app
-    stopped: the next run with the app commands (I(state=swapped) or C(restored)) finds it not healthy, starts it
+    stopped; the next run with the app commands (I(state=swapped) or C(restored)) finds it not healthy, starts it
     (C(changed=true)) and, if it does not come back, puts the pre-restore database back.
   - I(strategy=in_place) is the seeds' way (drop the live database, load into it) and needs I(force=true).
   - Check mode verifies the whole dump (integrity, tables, row counts against the manifest), that the server is
