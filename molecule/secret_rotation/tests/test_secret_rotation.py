@@ -245,7 +245,7 @@ def test_key_compromise_needs_steps_then_confirmation_and_check_mode_changes_not
     assert rc == 2 and "Choose the steps" in out
     rc, out = runs(KEYS, "incident_id=MOLECULE-KEYS", "steps=sessions,auth_secret,db_password")
     assert rc == 2 and "revoke every active session" in out and "Nothing was changed" in out
-    rc, out = runs(KEYS, "incident_id=MOLECULE-KEYS", "steps=sessions,auth_secret,db_password", "--check")
+    rc, out = runs(KEYS, "incident_id=MOLECULE-KEYS", "steps=sessions,auth_secret,db_password", check=True)  # state compared
     assert rc == 0, out
     assert host.file(SECRETS_FILE).content == before
     assert api(host, "GET", "/v1/whoami", session["access_token"])[0] == 200
