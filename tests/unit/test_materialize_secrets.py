@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,14 @@ def encrypt(tmp_path, recipient, data, name="secrets.enc.yaml"):
     return target
 
 
+@pytest.fixture(name="volatile")
+def volatile_fixture():
+    """A directory in memory (a tmpfs: /dev/shm), where the unit's /run/secrets is."""
+    directory = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="materialize-"))
+    yield directory
+    shutil.rmtree(directory)
+
+
 def materialize(source, dest, key):
     env = dict(os.environ, SOPS_AGE_KEY_FILE=str(key), PATH=f"{SOPS.parent}:{os.environ['PATH']}")
     return subprocess.run([sys.executable, str(SCRIPT), "--source", str(source), "--dest", str(dest), "--owner", "nobody", "--group", "nogroup"],
@@ -44,9 +53,9 @@ def materialize(source, dest, key):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to the service user needs root, as in the unit")
-def test_each_key_becomes_a_0400_file_and_retired_keys_disappear(tmp_path, age_key):
+def test_each_key_becomes_a_0400_file_and_retired_keys_disappear(tmp_path, age_key, volatile):
     key, recipient = age_key
-    dest = tmp_path / "run-secrets"
+    dest = volatile / "run-secrets"
     source = encrypt(tmp_path, recipient, {"api_key_pepper": "p" * 64, "db_password": "hunter2-db", "api_key_pepper.previous": "old" * 20})
     res = materialize(source, dest, key)
     assert res.returncode == 0, res.stderr
@@ -65,11 +74,11 @@ def test_each_key_becomes_a_0400_file_and_retired_keys_disappear(tmp_path, age_k
     assert "removed: api_key_pepper.previous" in res.stdout
 
 
-def test_wrong_key_fails_clearly_and_leaves_the_secrets_untouched(tmp_path, age_key):
+def test_wrong_key_fails_clearly_and_leaves_the_secrets_untouched(tmp_path, age_key, volatile):
     _key, recipient = age_key
     other = tmp_path / "other.key"
     subprocess.run(["age-keygen", "-o", str(other)], check=True, capture_output=True)
-    dest = tmp_path / "run-secrets"
+    dest = volatile / "run-secrets"
     dest.mkdir()
     (dest / "api_key_pepper").write_text("current")
     res = materialize(encrypt(tmp_path, recipient, {"api_key_pepper": "x" * 64}), dest, other)
@@ -82,9 +91,30 @@ def test_wrong_key_fails_clearly_and_leaves_the_secrets_untouched(tmp_path, age_
     ({"../escape": "x"}, "not a plain file name"),
     ({"list": ["a"]}, "must be a string"),
 ])
-def test_unusable_content_is_refused_before_writing(tmp_path, age_key, data, message):
+def test_unusable_content_is_refused_before_writing(tmp_path, age_key, volatile, data, message):
     key, recipient = age_key
-    dest = tmp_path / "run-secrets"
+    dest = volatile / "run-secrets"
     res = materialize(encrypt(tmp_path, recipient, data), dest, key)
     assert res.returncode != 0 and message in res.stderr
     assert not dest.exists()
+
+
+@pytest.mark.parametrize("where", ["a directory on disk", "a link on disk to a tmpfs", "a tmpfs path through a link on disk"])
+def test_a_destination_not_in_memory_is_refused_before_anything_is_decrypted(tmp_path, age_key, volatile, where):
+    key, recipient = age_key
+    source = encrypt(tmp_path, recipient, {"api_key_pepper": "p" * 64})
+    if where == "a directory on disk":
+        dest = tmp_path / "run-secrets"
+    elif where == "a link on disk to a tmpfs":  # the link is followed: the files land in memory
+        (tmp_path / "link").symlink_to(volatile)
+        dest = tmp_path / "link" / "run-secrets"
+    else:
+        (volatile / "to-disk").symlink_to(tmp_path)
+        dest = volatile / "to-disk" / "run-secrets"
+    res = materialize(source, dest, key)
+    if where == "a link on disk to a tmpfs":
+        assert res.returncode == 0, res.stderr
+        assert (volatile / "run-secrets" / "api_key_pepper").read_text() == "p" * 64
+    else:
+        assert res.returncode != 0 and "not in memory (tmpfs)" in res.stderr and "nothing was decrypted" in res.stderr
+        assert not (tmp_path / "run-secrets").exists()

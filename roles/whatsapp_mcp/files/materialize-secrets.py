@@ -3,7 +3,8 @@
 """Decrypt the service's sops file and write each top-level key to <dest>/<key> (mode 0400, owner:group).
 
 Run by the <service>-secrets unit at boot: <dest> is a tmpfs, so this is the only path from the encrypted file
-in the repository to the files the app reads. Values never reach argv, stdout or the journal; files that are no
+in the repository to the files the app reads. A <dest> on any other filesystem is refused before anything is
+decrypted: plaintext secrets never reach a disk. Values never reach argv, stdout or the journal; files that are no
 longer in the sops file are removed (a retired secret must not linger).
 """
 import argparse
@@ -17,6 +18,21 @@ import sys
 import tempfile
 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# Filesystems that live in memory only.
+VOLATILE = ("tmpfs", "ramfs")
+
+
+def filesystem_type(path):
+    """The type of the filesystem that holds `path`, or would once it is created: the deepest mount above it."""
+    path = os.path.realpath(path)
+    found, kind = "", None
+    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+        for line in handle:
+            fields, _sep, rest = line.partition(" - ")
+            point = fields.split()[4].encode().decode("unicode_escape")  # mountinfo writes a space as \040
+            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(found):
+                found, kind = point, rest.split()[0]
+    return kind
 
 
 def decrypt(source):
@@ -56,6 +72,10 @@ def main():
     parser.add_argument("--group", required=True)
     args = parser.parse_args()
 
+    kind = filesystem_type(args.dest)
+    if kind not in VOLATILE:
+        sys.exit("%s is on a %s filesystem, not in memory (tmpfs): decrypted secrets must never reach a disk; nothing "
+                 "was decrypted" % (args.dest, kind or "unknown"))
     secrets = decrypt(args.source)
     uid, gid = pwd.getpwnam(args.owner).pw_uid, grp.getgrnam(args.group).gr_gid
     os.makedirs(args.dest, mode=0o750, exist_ok=True)
