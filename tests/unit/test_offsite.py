@@ -22,7 +22,6 @@ import stat
 import subprocess
 import tarfile
 import threading
-import time
 from pathlib import Path
 
 import boto3
