@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -274,7 +275,10 @@ class SopsSecrets:
         res = subprocess.run([str(SOPS), "--encrypt", "--age", recipient, "--input-type", "json", "--output-type", "yaml", "/dev/stdin"],
                              input=json.dumps(clear), capture_output=True, text=True, check=True)
         self.sops_file.write_text(res.stdout)
-        self.secrets = tmp_path / "run-secrets"
+        # In memory, as /run/secrets is (the secrets unit refuses any other directory): removed when this is.
+        volatile = tempfile.mkdtemp(dir="/dev/shm", prefix="runbooks-test-")
+        weakref.finalize(self, shutil.rmtree, volatile, True)
+        self.secrets = Path(volatile) / "run-secrets"
         self.reboot()
 
     def env(self) -> dict[str, str]:
