@@ -33,14 +33,14 @@ def test_a_rebootstrap_without_the_age_key_refuses_says_where_it_is_and_changes_
 def test_a_first_set_up_generates_a_root_only_key_once(host):
     path = "/etc/whatsapp-mcp/first-setup-age.key"
     with restored(host, path):
-        rc, out = playbook(ROLE_ALONE, f"age_key_path={path}", "age_key_generate=true")
+        rc, out = playbook(ROLE_ALONE, f"age_key_file={path}", "age_key_generate=true")
         assert rc == 0, out
         key = host.file(path)
         assert key.mode == 0o400 and key.user == "root" and key.group == "whatsapp-mcp-secrets"
         recipient = host.check_output(f"age-keygen -y {path}")
         assert re.fullmatch(r"age1[0-9a-z]{58}", recipient) and f"recipient={recipient}" in out
         generated = key.sha256sum
-        rc, out = playbook(ROLE_ALONE, f"age_key_path={path}", "age_key_generate=true")
+        rc, out = playbook(ROLE_ALONE, f"age_key_file={path}", "age_key_generate=true")
         assert rc == 0 and "changed=0" in out, out
         assert host.file(path).sha256sum == generated  # a second run never replaces the key
 
