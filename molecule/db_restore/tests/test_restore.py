@@ -153,8 +153,10 @@ def test_a_dry_run_finds_a_corrupt_dump_and_changes_nothing(host):
 
 # A migration that leaves the restored database one nobody can connect to: the real service's /health stays red
 # (its database check fails) once the restore is live.
-UNREACHABLE = ["python3", "-c", "from wa_mcp.config import Config; from wa_mcp import db; conn = db.connect(Config.from_env()); "
-               "conn.autocommit = True; conn.cursor().execute('ALTER DATABASE %s ALLOW_CONNECTIONS false' % Config.from_env().db_name)"]
+# (From the maintenance database: PostgreSQL refuses it from a session of the database itself.)
+UNREACHABLE = ["python3", "-c", "import os; from wa_mcp.config import Config; from wa_mcp import db; target = Config.from_env().db_name; "
+               "conn = db.connect(Config.from_env(dict(os.environ, WA_DB_NAME='postgres'))); conn.autocommit = True; "
+               "conn.cursor().execute('ALTER DATABASE %s ALLOW_CONNECTIONS false' % target)"]
 
 
 def test_a_restore_on_which_health_stays_red_is_rolled_back_with_the_service_up(host):
