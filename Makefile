@@ -106,6 +106,10 @@ test: ## the whole suite (what CI runs): the checks beside the sandbox and molec
 	  $(MAKE) --no-print-directory deps && \
 	  $(MAKE) --no-print-directory -j2 --keep-going --output-sync=target checks molecule
 
+.PHONY: docs
+docs: venv ## each role's README.md from its meta/argument_specs.yml (tests/role_docs.py; a unit test checks for drift)
+	$(BIN)/python tests/role_docs.py
+
 .PHONY: build
 build: venv ## the collection tarball (ansible-galaxy collection build)
 	mkdir -p .build/dist
