@@ -110,6 +110,10 @@ test: ## the whole suite (what CI runs): the checks beside the sandbox and molec
 docs: venv ## each role's README.md from its meta/argument_specs.yml (tests/role_docs.py; a unit test checks for drift)
 	$(BIN)/python tests/role_docs.py
 
+.PHONY: changelog
+changelog: venv ## lint changelogs/fragments and render CHANGELOG.rst from them (antsibull-changelog; a unit test checks it)
+	$(BIN)/python tests/changelog.py
+
 .PHONY: build
 build: venv ## the collection tarball (ansible-galaxy collection build)
 	mkdir -p .build/dist
