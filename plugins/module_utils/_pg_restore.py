@@ -405,7 +405,9 @@ class Restorer:
         except BaseException as exc:
             for session in [main.session] + (copier.sessions if copier else []):
                 session.kill()
-            if isinstance(exc, _dumpfile.DumpError):
+            # psql refusing text (missing data for a column) is how a flipped byte of a gzip stream often shows
+            # first; what is left of the file says whether it is corrupt or truncated, the better explanation.
+            if isinstance(exc, (_dumpfile.DumpError, RestoreError)):
                 _dumpfile.drain(chunks)
             raise
         _faults.checkpoint("restore_post_data")

@@ -13,10 +13,12 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -289,15 +291,28 @@ def test_restore_fault_leaves_live_untouched(db, run_module, dumps, conn, tmp_pa
     assert db.state("victim") == before and db.databases() == databases
 
 
-@pytest.mark.parametrize("damage", ["truncated", "corrupted"])
-def test_restore_without_manifest_still_catches_a_damaged_stream(db, run_module, dumps, conn, tmp_path, damage):
+def corrupt_copy_row(path):
+    """The first COPY row's first tab turned into a space inside a gzip stream that still decompresses, its checksum
+    the original's: psql refuses the row long before zlib reaches the checksum at the end, which tells it is corrupt."""
+    text = gzip.decompress(path.read_bytes())
+    row = text.index(b"\n", text.index(b"COPY ")) + 1
+    damaged = text[:row] + text[row:].replace(b"\t", b" ", 1)
+    deflate = zlib.compressobj(0, zlib.DEFLATED, -zlib.MAX_WBITS)
+    trailer = struct.pack("<II", zlib.crc32(text), len(text) & 0xFFFFFFFF)
+    path.write_bytes(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + deflate.compress(damaged) + deflate.flush() + trailer)
+
+
+# One loading session (jobs=1) as well: there psql's refusal ends the load before the rest of the stream is read.
+@pytest.mark.parametrize("damage", ["truncated", "corrupted", "corrupted COPY row"])
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_restore_without_manifest_still_catches_a_damaged_stream(db, run_module, dumps, conn, tmp_path, damage, jobs):
     db.create("victim2", "large_template")
     before = db.state("victim2")
     dump, manifest = copy_dump(dumps["large"], tmp_path)
     manifest.unlink()
-    (truncate if damage == "truncated" else flip_middle_byte)(dump)
-    result = run_module("pg_restore", restore_params(dump, "victim2", conn, require_manifest=False, accept_unsigned=True))
-    assert result["failed"] and {"truncated": "is truncated", "corrupted": "is corrupt"}[damage] in result["msg"], result["msg"]
+    {"truncated": truncate, "corrupted": flip_middle_byte, "corrupted COPY row": corrupt_copy_row}[damage](dump)
+    result = run_module("pg_restore", restore_params(dump, "victim2", conn, require_manifest=False, accept_unsigned=True, jobs=jobs))
+    assert result["failed"] and ("is truncated" if damage == "truncated" else "is corrupt") in result["msg"], result["msg"]
     assert db.state("victim2") == before and "victim2_restore_staging" not in db.databases()
 
 
