@@ -34,8 +34,7 @@ KINDS = {
     "host": {"image": sandbox.HOST_IMAGE},
     "app": {"image": sandbox.HOST_IMAGE, "nested_docker": True},
     # Its nested Docker state is copied from the converged volume at first boot (sandbox.py: SEED_UNIT).
-    "converged": {"image": sandbox.CONVERGED_IMAGE, "nested_docker": True,
-                  "volumes": [f"{sandbox.CONVERGED_DOCKER}:/opt/sandbox-docker:ro"]},
+    "converged": {"image": sandbox.CONVERGED_IMAGE, "nested_docker": True, "converged_docker": "/opt/sandbox-docker"},
     "s3": {"image": sandbox.S3_IMAGE, "service": True},
 }
 LABEL = "runbooks.molecule.scenario"
@@ -63,7 +62,8 @@ def run_args(scenario: str, platform: dict) -> list[str]:
         args += ["--ip", platform["ip"]] if platform.get("ip") else []
         args += [arg for volume in platform.get("volumes", ()) for arg in ("--volume", volume)]
     else:
-        spec = {**kind, "ip": platform.get("ip"), "volumes": [*kind.get("volumes", ()), *platform.get("volumes", ())]}
+        seed = [f"{sandbox.converged_docker_volume()}:{kind['converged_docker']}:ro"] if "converged_docker" in kind else []
+        spec = {**kind, "ip": platform.get("ip"), "volumes": [*seed, *platform.get("volumes", ())]}
         args = sandbox.host_run_args(name, spec, container_name(scenario, name), network, labels)
     return [*args, kind["image"]]
 

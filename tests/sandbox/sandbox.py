@@ -45,10 +45,11 @@ STACK_IMAGES = {
 STACK_ARCHIVE = STATE / "images" / "whatsapp-mcp-images.tar"
 HASH_LABEL = "runbooks.sandbox.hash"
 # The app host converged once (re-bootstrapped, service healthy), for every scenario that is not about getting there:
-# its root filesystem as an image, and its nested Docker (a volume, which docker commit leaves out) as a named volume
-# that the scenarios' hosts copy into their own /var/lib/docker at boot.
+# its root filesystem as an image, and its nested Docker (a volume, which docker commit leaves out) as a volume named
+# by the image's content hash, which the scenarios' hosts copy into their own /var/lib/docker at boot. A host left
+# over from another run keeps the volume it was made from; a rebuild never waits on it.
 CONVERGED_IMAGE = "runbooks-sandbox/app-converged:" + SUITE
-CONVERGED_DOCKER = "runbooks-sandbox-app-docker"
+CONVERGED_DOCKER_PREFIX = "runbooks-sandbox-app-docker-"
 # What the converged host is made of, besides the host image and the stack images: a change to any rebuilds it.
 CONVERGE_INPUTS = ("roles", "playbooks", "plugins", "meta", "inventories/sandbox", "galaxy.yml")
 SEED_UNIT = """[Unit]
@@ -311,22 +312,28 @@ def converged_hash() -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
 
 
+def converged_docker_volume() -> str:
+    """The nested Docker volume of the converged image as it is tagged now."""
+    built = label_hash(CONVERGED_IMAGE)
+    if not built:
+        sys.exit(f"sandbox: no {CONVERGED_IMAGE}; run `sandbox.py converge` first")
+    return CONVERGED_DOCKER_PREFIX + built
+
+
 def cmd_converge(_args: argparse.Namespace) -> None:
     """Re-bootstrap a fresh app host with playbooks/rebootstrap.yml and keep the result (see CONVERGED_IMAGE)."""
     wanted = converged_hash()
-    if label_hash(CONVERGED_IMAGE) == wanted and label_hash(CONVERGED_DOCKER, "volume") == wanted:
+    volume = CONVERGED_DOCKER_PREFIX + wanted
+    if label_hash(CONVERGED_IMAGE) == wanted and label_hash(volume, "volume") == wanted:
         log(f"{CONVERGED_IMAGE}: cached")
         return
     log(f"{CONVERGED_IMAGE}: converging a fresh app host with playbooks/rebootstrap.yml")
-    name = container("converge-app")
+    name = container("converge-app-" + wanted[:12])
     docker("rm", "-f", "-v", name, check=False)
-    users = docker("ps", "-aq", "--filter", f"volume={CONVERGED_DOCKER}").stdout.split()
-    if users:
-        sys.exit(f"sandbox: {CONVERGED_DOCKER} is in use by containers {' '.join(users)}: remove them first")
-    docker("volume", "rm", CONVERGED_DOCKER, check=False)
-    docker("volume", "create", "--label", f"{HASH_LABEL}={wanted}", CONVERGED_DOCKER)
+    docker("volume", "rm", volume, check=False)
+    docker("volume", "create", "--label", f"{HASH_LABEL}={wanted}", volume)
     ensure_network()
-    spec = {"ip": "172.29.0.20", "nested_docker": True, "docker_volume": f"{CONVERGED_DOCKER}:/var/lib/docker"}
+    spec = {"nested_docker": True, "docker_volume": f"{volume}:/var/lib/docker"}
     docker("run", *host_run_args("app", spec, name), HOST_IMAGE)
     try:
         deadline = time.monotonic() + 90
@@ -358,7 +365,11 @@ def cmd_converge(_args: argparse.Namespace) -> None:
                CONVERGED_IMAGE)
     finally:
         docker("rm", "-f", name, check=False)
-    log(f"{CONVERGED_IMAGE}: built (nested Docker in volume {CONVERGED_DOCKER})")
+    # Earlier builds' volumes go, except those a host still uses (docker refuses to remove them).
+    for old in docker("volume", "ls", "-q", "--filter", "name=" + CONVERGED_DOCKER_PREFIX).stdout.split():
+        if old != volume:
+            docker("volume", "rm", old, check=False)
+    log(f"{CONVERGED_IMAGE}: built (nested Docker in volume {volume})")
 
 
 # ------------------------------------------------------------------------------------------ up/down
