@@ -25,7 +25,7 @@ options:
     elements: str
     required: false
 author:
-  - runbooks.incident contributors
+  - runbooks.incident contributors (@runbooks)
 """
 
 EXAMPLES = r"""

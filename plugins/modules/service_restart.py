@@ -48,7 +48,7 @@ options:
     type: int
     default: 120
 author:
-  - runbooks.incident contributors
+  - runbooks.incident contributors (@runbooks)
 """
 
 EXAMPLES = r"""
