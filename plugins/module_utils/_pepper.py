@@ -27,7 +27,7 @@ import secrets
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _faults, _fileio
 # The fingerprint is the service's (sha256 of the value as read, 16 hex digits); the record is JSON without a secret.
-from ansible_collections.runbooks.incident.plugins.module_utils._secret import fingerprint, record_of
+from ansible_collections.runbooks.incident.plugins.module_utils._secret import fingerprint, record_of, utcnow
 
 GRACE_MAX_DAYS = 30
 PEPPER_BYTES = 32
@@ -228,3 +228,87 @@ def pending_pepper(state, change_id, pepper):
     if record.get("change_id") != change_id or record.get("state") != "pending":
         return None
     return pepper if pepper and fingerprint(pepper) == record.get("fingerprint") else None
+
+
+class Plan:
+    """What a run is to do, with everything read and checked and nothing changed (see plan)."""
+
+    def __init__(self, layout, store, document, truth, target, msg, replaced=None, done=False, pending=None, write_pending_first=False):
+        self.layout = layout
+        self.store = store  # a _sops.Sops, or None when the files are the truth
+        self.document = document  # the decrypted sops file
+        self.truth = truth  # the state the run starts from: the sops file's, or the files'
+        self.target = target  # the state the run brings the sops file and the files to
+        self.msg = msg
+        self.replaced = replaced  # fingerprint of the pepper a rotation replaces
+        self.done = done  # the last record is this change id's, done
+        self.pending = pending  # the new pepper of an interrupted files-only run of this change id
+        self.write_pending_first = write_pending_first
+
+
+def plan(path, change_id, state="rotated", mode="soft", grace_days=GRACE_MAX_DAYS, force=False, previous_path=None,
+         owner=None, group=None, store=None, now=None):
+    """Read and check everything, change nothing: the Plan of a run of pepper_rotate.
+
+    The truth is the sops file (`store`) when there is one, else the files. A change id whose record is done plans
+    no change (files lagging behind the sops file are brought up by apply). A files-only rotation of this change id
+    interrupted after its pending record resumes with the pepper it left in <path>.next, from the pepper it
+    replaced. Otherwise state=retired drops the previous pepper, and state=rotated makes a new pepper current.
+    """
+    layout = Layout(path, previous_path)
+    check_owner(owner, group)
+    document = store.decrypt() if store else None
+    files = read_files(layout)  # every file is read (and refused if it is not a text file) before any change
+    leftover = read_file(layout.next)
+    truth = read_sops(layout, document) if store else files
+    record = record_of(truth) or {}
+    now = now or utcnow()
+    context = dict(layout=layout, store=store, document=document, truth=truth)
+    if record.get("change_id") == change_id and record.get("state") == "done":
+        return Plan(target=truth, msg="change %s is already applied" % change_id, done=True, **context)
+    if state == "retired":
+        if not truth.get("previous"):
+            return Plan(target=truth, msg="there is no previous pepper to retire", **context)
+        return Plan(target=retired(truth, change_id, now, force), msg="previous pepper %s retired" % fingerprint(truth["previous"]), **context)
+    pending = None if store else pending_pepper(truth, change_id, leftover)
+    if pending:  # an interrupted files-only run of this change: the same new pepper, from the same old one
+        old = next((value for value in (truth["current"], truth["previous"]) if fingerprint(value) == record.get("replaced_fingerprint")), None)
+        if old is None:
+            raise PepperError("the interrupted rotation %s cannot resume: the pepper it replaced is in neither %s nor %s"
+                              % (change_id, layout.current, layout.previous))
+        base, pepper, force = dict(current=old), pending, True
+    else:
+        base, pepper = truth, new_pepper()
+    target = rotated(base, mode, grace_days, change_id, pepper, now, force)
+    replaced = fingerprint(base["current"])
+    msg = "%s rotation: pepper %s replaces %s%s" % (
+        mode, fingerprint(pepper), replaced, ", accepted until %s" % target["expiry"] if target.get("expiry") else ", which no longer works")
+    return Plan(target=target, msg=msg, replaced=replaced, pending=pending, write_pending_first=not store and not pending, **context)
+
+
+def apply(planned, owner=None, group=None, file_mode=0o400, check_mode=False):
+    """Bring the sops file, then the files, to the target of Plan `planned` (in check mode, only say what would change).
+
+    Returns pepper_rotate's result: changed, msg, sops_keys_changed, files_changed, the summary of the target, and
+    replaced_fingerprint when the run rotates.
+    """
+    layout, store, document = planned.layout, planned.store, planned.document
+    keys = {layout.key(item): planned.target.get(item) for item in layout.items()}
+    sops_changed = sorted(key for key, value in keys.items() if document.get(key) != value) if store else []
+    owner_group = dict(owner=owner, group=group, file_mode=file_mode)
+    if check_mode:
+        files = write_files(layout, planned.target, check_mode=True, **owner_group)
+    else:
+        if store:
+            store.apply(keys, current=document)
+            _faults.checkpoint("pepper_after_sops")
+        elif planned.write_pending_first:
+            write_pending(layout, planned.target, **owner_group)
+        files = write_files(layout, planned.target, **owner_group)
+        remove_file(layout.next)
+    paths = layout.items()
+    result = dict(changed=bool(sops_changed or files), msg=planned.msg, sops_keys_changed=sops_changed,
+                  files_changed=[paths[item] for item in files], **summary(planned.target))
+    if planned.replaced:
+        result["replaced_fingerprint"] = planned.replaced
+    return result

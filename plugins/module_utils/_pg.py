@@ -12,7 +12,6 @@ Pure Python: also imported by the host-side CLI of the backup timer.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -347,14 +346,6 @@ class Tables:
             rows = {leaves[int(index)]: int(count) for index, count in query(sql)}
         counts = tree_counts(rows, self.parents)
         return {key: counts.get(key, 0) for key in sorted(wanted)}
-
-
-def recorded_change(runtime, db, action, change_id, audit_table="audit_log"):
-    """The details (a dict) of the first `action` row of the service's audit table for change_id, or None: what makes
-    a change done by a runbook idempotent per change id."""
-    details = runtime.scalar("SELECT details FROM %s WHERE action = %s AND details->>'change_id' = %s ORDER BY id LIMIT 1"
-                             % (qualified(audit_table), quote_literal(action), quote_literal(change_id)), db)
-    return json.loads(details) if details else None
 
 
 def parse_counts(rows):

@@ -17,6 +17,8 @@ import hashlib
 import json
 import secrets
 
+from ansible_collections.runbooks.incident.plugins.module_utils import _faults
+
 MIN_LENGTH = 32
 # Far more than any key or password needs; the bound keeps a typo from generating megabytes into the sops file.
 MAX_LENGTH = 1024
@@ -79,3 +81,40 @@ def summary(state):
     record = record_of(state) or {}
     return dict(fingerprint=fingerprint(state.get("current")), previous_fingerprint=fingerprint(state.get("previous")),
                 change_id=record.get("change_id"), rotated_at=record.get("at"))
+
+
+def plan(values, key, change_id, state="rotated", length=48, keep_previous=False, force=False, now=None):
+    """Where secret_rotate takes `values` (state_of the sops file): (target values, message, replaced fingerprint or None).
+
+    state=retired drops the previous value, if there is one. state=rotated changes nothing when the last rotation
+    is this change id's and its value is still current, else generates a new value.
+    """
+    record, now = record_of(values) or {}, now or utcnow()
+    if state == "retired":
+        if not values.get("previous"):
+            return values, "%s has no previous value to retire" % key, None
+        return retired(values, change_id, now), "previous %s %s retired" % (key, fingerprint(values["previous"])), None
+    if record.get("change_id") == change_id and record.get("fingerprint") == fingerprint(values.get("current")):
+        return values, "change %s is already applied to %s" % (change_id, key), None
+    value = generate(length)
+    target = rotated(values, change_id, value, keep_previous, now, force)
+    replaced = fingerprint(values.get("current"))
+    kept = ", kept as %s.previous until retired" % key if keep_previous else ", which no longer works"
+    return target, "%s %s replaces %s%s" % (key, fingerprint(value), replaced, kept if replaced else ""), replaced
+
+
+def rotate(store, key, change_id, check_mode=False, **options):
+    """Decrypt the sops file of `store` (a _sops.Sops), plan (options: those of plan) and, unless in check mode, apply
+    the change in one atomic replace. Returns secret_rotate's result: changed, msg, sops_keys_changed, the summary,
+    and replaced_fingerprint when it rotates."""
+    document = store.decrypt()
+    target, msg, replaced = plan(state_of(document, key), key, change_id, **options)
+    changes = {name: target[item] for item, name in keys(key).items()}
+    changed_keys = sorted(name for name, value in changes.items() if document.get(name) != value)
+    if not check_mode:  # also with nothing to change: it removes what a killed earlier change left
+        store.apply(changes, current=document)
+        _faults.checkpoint("secret_after_sops")
+    result = dict(changed=bool(changed_keys), msg=msg, sops_keys_changed=changed_keys, **summary(target))
+    if replaced:
+        result["replaced_fingerprint"] = replaced
+    return result

@@ -102,39 +102,7 @@ notify:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _params, _pg, _run_lock
-
-ACTION = "api_keys_revoked"
-
-
-def report(runtime, db):
-    rows = runtime.query(
-        "SELECT c.name, c.contact_email, k.pepper_fingerprint, count(*) FROM api_keys k JOIN clients c ON c.id = k.client_id "
-        "WHERE k.revoked_at IS NULL GROUP BY 1, 2, 3 ORDER BY 1, 3", db)
-    by_fingerprint, clients = {}, {}
-    for name, contact, pepper, count in rows:
-        by_fingerprint[pepper] = by_fingerprint.get(pepper, 0) + int(count)
-        client = clients.setdefault(name, dict(client=name, contact_email=contact, active_keys=0, by_pepper_fingerprint={}))
-        client["active_keys"] += int(count)
-        client["by_pepper_fingerprint"][pepper] = int(count)
-    return dict(by_pepper_fingerprint=by_fingerprint, active=sum(by_fingerprint.values()), clients=list(clients.values()))
-
-
-def revoke_sql(keep, change_id, reason, actor):
-    return """BEGIN;
-WITH revoked AS (
-    UPDATE api_keys SET revoked_at = now() WHERE revoked_at IS NULL AND pepper_fingerprint <> {keep} RETURNING client_id
-), per_client AS (
-    SELECT c.name AS client, c.contact_email, count(*) AS revoked_keys FROM revoked r JOIN clients c ON c.id = r.client_id GROUP BY 1, 2
-)
-INSERT INTO audit_log (actor, action, outcome, details)
-SELECT {actor}, {action}, 'success', jsonb_build_object('change_id', {change_id}, 'reason', {reason}, 'kept_pepper_fingerprint', {keep},
-       'revoked', sum(revoked_keys), 'notify', jsonb_agg(jsonb_build_object('client', client, 'contact_email', contact_email,
-       'revoked_keys', revoked_keys) ORDER BY client))
-FROM per_client HAVING count(*) > 0;
-COMMIT;
-""".format(keep=_pg.quote_literal(keep), change_id=_pg.quote_literal(change_id), reason=_pg.quote_literal(reason),
-           actor=_pg.quote_literal(actor), action=_pg.quote_literal(ACTION))
+from ansible_collections.runbooks.incident.plugins.module_utils import _params, _pg, _run_lock, _service_db
 
 
 def main():
@@ -158,28 +126,15 @@ def main():
     try:
         _pg.check_name(params["db"])
         runtime.ping()
-        before = report(runtime, params["db"])
         if params["state"] == "report":
-            module.exit_json(changed=False, **before)
-        keep = params["keep_pepper_fingerprint"]
-        earlier = _pg.recorded_change(runtime, params["db"], ACTION, params["change_id"])
-        to_revoke = sum(count for pepper, count in before["by_pepper_fingerprint"].items() if pepper != keep)
-        if module.check_mode:
-            notify = [dict(client=c["client"], contact_email=c["contact_email"],
-                           revoked_keys=sum(n for p, n in c["by_pepper_fingerprint"].items() if p != keep))
-                      for c in before["clients"] if any(p != keep for p in c["by_pepper_fingerprint"])]
-            module.exit_json(changed=to_revoke > 0, revoked=to_revoke + (earlier or {}).get("revoked", 0),
-                             notify=notify or (earlier or {}).get("notify", []), by_pepper_fingerprint=before["by_pepper_fingerprint"],
-                             active=before["active"])
-        if to_revoke:
-            runtime.execute(revoke_sql(keep, params["change_id"], params["reason"], params["actor"]), params["db"])
-        after = report(runtime, params["db"])
-        done = _pg.recorded_change(runtime, params["db"], ACTION, params["change_id"]) or {}
+            result = dict(changed=False, **_service_db.api_key_report(runtime, params["db"]))
+        else:
+            result = _service_db.revoke_api_keys(runtime, params["db"], params["keep_pepper_fingerprint"], params["change_id"],
+                                                 params["reason"], params["actor"], check_mode=module.check_mode)
     except (_pg.PgError, OSError) as exc:
         verb = "report" if params["state"] == "report" else "revoke"
         module.fail_json(msg="cannot %s the API keys of %s: %s" % (verb, params["db"], exc))
-    module.exit_json(changed=bool(to_revoke), revoked=int(done.get("revoked", 0)), notify=done.get("notify", []),
-                     by_pepper_fingerprint=after["by_pepper_fingerprint"], active=after["active"])
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

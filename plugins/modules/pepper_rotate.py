@@ -152,66 +152,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _faults, _params, _pepper, _run_lock, _secret, _sops
-
-
-def _plan(params):
-    """Everything read and checked, nothing changed: (target state, message, replaced fingerprint, the run's context)."""
-    layout = _pepper.Layout(params["path"], params["previous_path"])
-    _pepper.check_owner(params["owner"], params["group"])
-    store = _sops.Sops(params["sops_file"], params["age_key_file"], params["sops_binary"]) if params["sops_file"] else None
-    document = store.decrypt() if store else None
-    files = _pepper.read_files(layout)  # every file is read (and refused if it is not a text file) before any change
-    leftover = _pepper.read_file(layout.next)
-    truth = _pepper.read_sops(layout, document) if store else files
-    record = _secret.record_of(truth) or {}
-    change_id, now = params["change_id"], _secret.utcnow()
-    done = record.get("change_id") == change_id and record.get("state") == "done"
-    pending = None if store or done else _pepper.pending_pepper(truth, change_id, leftover)
-    context = dict(layout=layout, store=store, document=document, done=done, pending=pending)
-    if done:
-        return truth, "change %s is already applied" % change_id, None, context
-    if params["state"] == "retired":
-        if not truth.get("previous"):
-            return truth, "there is no previous pepper to retire", None, context
-        return (_pepper.retired(truth, change_id, now, params["force"]),
-                "previous pepper %s retired" % _secret.fingerprint(truth["previous"]), None, context)
-    if pending:  # an interrupted files-only run of this change: the same new pepper, from the same old one
-        old = next((value for value in (truth["current"], truth["previous"])
-                    if _secret.fingerprint(value) == record.get("replaced_fingerprint")), None)
-        if old is None:
-            raise _pepper.PepperError("the interrupted rotation %s cannot resume: the pepper it replaced is in neither %s nor %s"
-                                      % (change_id, layout.current, layout.previous))
-        base, pepper, force = dict(current=old), pending, True
-    else:
-        base, pepper, force = truth, _pepper.new_pepper(), params["force"]
-    target = _pepper.rotated(base, params["mode"], params["grace_days"], change_id, pepper, now, force)
-    replaced = _secret.fingerprint(base["current"])
-    msg = "%s rotation: pepper %s replaces %s%s" % (
-        params["mode"], _secret.fingerprint(pepper), replaced,
-        ", accepted until %s" % target["expiry"] if target.get("expiry") else ", which no longer works")
-    return target, msg, replaced, context
-
-
-def _run(module, params, target, context):
-    """Bring the sops file, then the files, to `target` (in check mode, only say what that would change)."""
-    layout, store, document = context["layout"], context["store"], context["document"]
-    keys = {layout.key(item): target.get(item) for item in layout.items()}
-    sops_changed = sorted(key for key, value in keys.items() if document.get(key) != value) if store else []
-    owner_group = dict(owner=params["owner"], group=params["group"], file_mode=params["file_mode"])
-    if module.check_mode:
-        files = _pepper.write_files(layout, target, check_mode=True, **owner_group)
-    else:
-        if store:
-            store.apply(keys, current=document)
-            _faults.checkpoint("pepper_after_sops")
-        elif not context["done"] and params["state"] == "rotated" and not context["pending"]:
-            _pepper.write_pending(layout, target, **owner_group)
-        files = _pepper.write_files(layout, target, **owner_group)
-        _pepper.remove_file(layout.next)
-    paths = layout.items()
-    return dict(changed=bool(sops_changed or files), sops_keys_changed=sops_changed, files_changed=[paths[item] for item in files],
-                **_pepper.summary(target))
+from ansible_collections.runbooks.incident.plugins.module_utils import _params, _pepper, _run_lock, _sops
 
 
 def main():
@@ -230,27 +171,27 @@ def main():
     argument_spec.update(_params.sops_argument_spec())
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     _params.refuse_nul(module)
-    params = dict(module.params)
+    params = module.params
     if not _run_lock.INCIDENT_ID.match(params["change_id"]):
         module.fail_json(msg="change_id %r is not valid (letters, digits and ._:-, at most 64); nothing was changed" % params["change_id"])
     if not 1 <= params["grace_days"] <= _pepper.GRACE_MAX_DAYS:
         module.fail_json(msg="grace_days must be between 1 and %d, not %d: a longer window keeps a replaced pepper working too long;"
                          " nothing was changed" % (_pepper.GRACE_MAX_DAYS, params["grace_days"]))
     errors = (_pepper.PepperError, _sops.SopsError, OSError)
+    store = _sops.Sops(params["sops_file"], params["age_key_file"], params["sops_binary"]) if params["sops_file"] else None
+    owner_group = dict(owner=params["owner"], group=params["group"])
     try:
-        params["file_mode"] = _pepper.parse_file_mode(params["file_mode"])
-        target, msg, replaced, context = _plan(params)
+        file_mode = _pepper.parse_file_mode(params["file_mode"])
+        planned = _pepper.plan(params["path"], params["change_id"], state=params["state"], mode=params["mode"], grace_days=params["grace_days"],
+                               force=params["force"], previous_path=params["previous_path"], store=store, **owner_group)
     except errors as exc:
         module.fail_json(msg="pepper rotation %s not done: %s; nothing was changed" % (params["change_id"], exc))
     try:
-        result = _run(module, params, target, context)
+        result = _pepper.apply(planned, file_mode=file_mode, check_mode=module.check_mode, **owner_group)
     except errors as exc:
         module.fail_json(msg="pepper rotation %s not completed: %s; re-run it with the same change_id to complete it"
                          % (params["change_id"], exc))
-    result["msg"] = msg
-    if replaced:
-        result["replaced_fingerprint"] = replaced
-    if not context["store"] and result["changed"]:
+    if not store and result["changed"]:
         module.warn("no sops_file: the rotation is only in %s; if that is a tmpfs filled from elsewhere at boot, it is lost"
                     " at the next reboot" % os.path.dirname(params["path"]))
     module.exit_json(**result)

@@ -68,18 +68,7 @@ fingerprint:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _params, _pg, _scram, _secret, _sops
-
-
-def stored_verifier(runtime, role):
-    """The role's stored password ('' when it has none); PgError when the role does not exist."""
-    try:
-        rows = runtime.query("SELECT rolname, rolpassword FROM pg_authid WHERE rolname = %s" % _pg.quote_literal(role))
-    except _pg.PgError as exc:
-        raise _pg.PgError("cannot read the password of role %s (pg_authid needs a superuser login_user): %s" % (role, exc)) from None
-    if not rows:
-        raise _pg.PgError("role %s does not exist" % role)
-    return rows[0][1] or ""
+from ansible_collections.runbooks.incident.plugins.module_utils import _params, _pg, _scram, _secret, _service_db, _sops
 
 
 def main():
@@ -104,11 +93,7 @@ def main():
         password = password.rstrip("\r\n")  # as the service reads it from its secrets file (spaces are part of it)
         _scram.check_password(password)
         runtime.ping()
-        changed = not _scram.matches(stored_verifier(runtime, role), password)
-        if changed and not module.check_mode:
-            runtime.execute("ALTER ROLE %s PASSWORD %s" % (_pg.quote_ident(role), _pg.quote_literal(_scram.verifier(password))))
-            if not _scram.matches(stored_verifier(runtime, role), password):
-                raise _pg.PgError("the password of role %s does not verify after ALTER ROLE" % role)
+        changed = _service_db.set_role_password(runtime, role, password, check_mode=module.check_mode)
     except (_pg.PgError, _sops.SopsError, _scram.ScramError, OSError) as exc:
         module.fail_json(msg="password of role %s not set from %s: %s" % (role, key, exc))
     fp = _secret.fingerprint(password)

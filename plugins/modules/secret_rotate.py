@@ -111,25 +111,9 @@ import re
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _faults, _params, _run_lock, _secret, _sops
+from ansible_collections.runbooks.incident.plugins.module_utils import _params, _run_lock, _secret, _sops
 
 KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,100}$")
-
-
-def _target(params, state, now):
-    """(target state, message, replaced fingerprint or None)."""
-    key, record = params["key"], _secret.record_of(state) or {}
-    if params["state"] == "retired":
-        if not state.get("previous"):
-            return state, "%s has no previous value to retire" % key, None
-        return _secret.retired(state, params["change_id"], now), "previous %s %s retired" % (key, _secret.fingerprint(state["previous"])), None
-    if record.get("change_id") == params["change_id"] and record.get("fingerprint") == _secret.fingerprint(state.get("current")):
-        return state, "change %s is already applied to %s" % (params["change_id"], key), None
-    value = _secret.generate(params["length"])
-    target = _secret.rotated(state, params["change_id"], value, params["keep_previous"], now, params["force"])
-    replaced = _secret.fingerprint(state.get("current"))
-    kept = ", kept as %s.previous until retired" % key if params["keep_previous"] else ", which no longer works"
-    return target, "%s %s replaces %s%s" % (key, _secret.fingerprint(value), replaced, kept if replaced else ""), replaced
 
 
 def main():
@@ -156,19 +140,10 @@ def main():
                          % (_secret.MIN_LENGTH, _secret.MAX_LENGTH, params["length"]))
     store = _sops.Sops(params["sops_file"], params["age_key_file"], params["sops_binary"])
     try:
-        document = store.decrypt()
-        state = _secret.state_of(document, params["key"])
-        target, msg, replaced = _target(params, state, _secret.utcnow())
-        changes = {name: target[item] for item, name in _secret.keys(params["key"]).items()}
-        changed_keys = sorted(name for name, value in changes.items() if document.get(name) != value)
-        if not module.check_mode:  # also with nothing to change: it removes what a killed earlier change left
-            store.apply(changes, current=document)
-            _faults.checkpoint("secret_after_sops")
+        result = _secret.rotate(store, params["key"], params["change_id"], check_mode=module.check_mode, state=params["state"],
+                                length=params["length"], keep_previous=params["keep_previous"], force=params["force"])
     except (_secret.SecretError, _sops.SopsError, OSError) as exc:
         module.fail_json(msg="%s not %s for change %s: %s; nothing was changed" % (params["key"], params["state"], params["change_id"], exc))
-    result = dict(changed=bool(changed_keys), msg=msg, sops_keys_changed=changed_keys, **_secret.summary(target))
-    if replaced:
-        result["replaced_fingerprint"] = replaced
     module.exit_json(**result)
 
 

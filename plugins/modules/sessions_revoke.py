@@ -85,44 +85,7 @@ active:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _params, _pg, _run_lock
-
-ACTION = "sessions_revoked"
-
-
-def checked_table(name):
-    for part in name.split(".", 1):
-        _pg.check_name(part, "table name")
-    return name
-
-
-def require_columns(runtime, db, tables, column):
-    for table in tables:
-        present = runtime.scalar("SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s AND NOT attisdropped"
-                                 % (_pg.quote_literal(_pg.qualified(table)), _pg.quote_literal(column)), db)
-        if present != "1":
-            raise _pg.PgError("table %s does not exist in %s or has no column %s" % (table, db, column))
-
-
-def active(runtime, db, tables, column):
-    sql = " UNION ALL ".join("SELECT %s, count(*) FROM %s WHERE %s IS NULL" % (_pg.quote_literal(t), _pg.qualified(t), _pg.quote_ident(column))
-                             for t in tables)
-    return _pg.parse_counts(runtime.query(sql, db))
-
-
-def revoke_sql(params):
-    """One statement: the updates and the audit row commit together or not at all."""
-    column, tables = _pg.quote_ident(params["revoked_column"]), params["tables"]
-    parts = ["r%d AS (UPDATE %s SET %s = now() WHERE %s IS NULL RETURNING 1)" % (i, _pg.qualified(t), column, column) for i, t in enumerate(tables)]
-    counts = ", ".join("%s, (SELECT count(*) FROM r%d)" % (_pg.quote_literal(t), i) for i, t in enumerate(tables))
-    parts.append("counts AS (SELECT jsonb_build_object(%s) AS revoked)" % counts)
-    if params["audit_table"]:
-        parts.append(
-            "audit AS (INSERT INTO %s (actor, action, outcome, details) SELECT %s, %s, 'success', jsonb_build_object('change_id', %s, "
-            "'reason', %s, 'revoked', revoked) FROM counts)"
-            % (_pg.qualified(params["audit_table"]), _pg.quote_literal(params["actor"]), _pg.quote_literal(ACTION),
-               _pg.quote_literal(params["change_id"]), _pg.quote_literal(params["reason"])))
-    return "WITH %s SELECT revoked FROM counts" % ",\n".join(parts)
+from ansible_collections.runbooks.incident.plugins.module_utils import _params, _pg, _run_lock, _service_db
 
 
 def main():
@@ -141,29 +104,16 @@ def main():
     params = module.params
     if not _run_lock.INCIDENT_ID.match(params["change_id"]):
         module.fail_json(msg="change_id %r is not valid (letters, digits and ._:-, at most 64); nothing was changed" % params["change_id"])
-    runtime, db, tables, column = _pg.Runtime.from_params(params), params["db"], params["tables"], params["revoked_column"]
+    runtime, db = _pg.Runtime.from_params(params), params["db"]
     try:
         _pg.check_name(db)
-        if not tables:
-            raise _pg.PgError("tables is empty")
-        for table in tables + ([params["audit_table"]] if params["audit_table"] else []):
-            checked_table(table)
-        _pg.check_name(column, "column name")
+        _service_db.check_session_names(params["tables"], params["revoked_column"], params["audit_table"])
         runtime.ping()
-        require_columns(runtime, db, tables, column)
-        before = active(runtime, db, tables, column)
-        earlier = _pg.recorded_change(runtime, db, ACTION, params["change_id"], params["audit_table"]) if params["audit_table"] else None
-        if earlier is not None:
-            module.exit_json(changed=False, msg="change %s already revoked the sessions" % params["change_id"],
-                             revoked=earlier.get("revoked", {}), active=before)
-        changed = any(before.values())
-        if module.check_mode or not changed:
-            module.exit_json(changed=changed, msg="%d rows to revoke" % sum(before.values()), revoked=before, active=before)
-        revoked = module.from_json(runtime.scalar(revoke_sql(params), db))
-        after = active(runtime, db, tables, column)
+        result = _service_db.revoke_sessions(runtime, db, params["tables"], params["revoked_column"], params["change_id"], params["reason"],
+                                             params["actor"], params["audit_table"], check_mode=module.check_mode)
     except (_pg.PgError, OSError) as exc:
         module.fail_json(msg="sessions not revoked in %s: %s" % (db, exc))
-    module.exit_json(changed=True, msg="revoked %s" % ", ".join("%d in %s" % (revoked[t], t) for t in tables), revoked=revoked, active=after)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":
