@@ -155,8 +155,7 @@ def shown_query(query):
 
 
 def _lock_names(locks):
-    return ", ".join("%s%s" % (_pg.table_key(lock["schema"], lock["table"]), "" if lock.get("granted", True) else " (requested)")
-                     for lock in locks)
+    return ", ".join("%s%s" % (lock["table"], "" if lock["granted"] else " (requested)") for lock in locks)
 
 
 def _pids(pids):
@@ -165,6 +164,10 @@ def _pids(pids):
 
 def _seconds(value):
     return "?" if value is None else str(value)
+
+
+def _statement(query):
+    return ": %s" % query if query else ""
 
 
 def summary(blockers, waiting):
@@ -176,20 +179,19 @@ def summary(blockers, waiting):
         else:
             who = "pid %d" % item["pid"]
         if item["exclusive_locks"]:
-            line = "%s AccessExclusiveLock on %s by %s for %s s: %s" % (
-                who, _lock_names(item["exclusive_locks"]), item["user"] or "?", _seconds(item["transaction_seconds"]), item["query"] or "")
+            line = "%s AccessExclusiveLock on %s by %s for %s s%s" % (
+                who, _lock_names(item["exclusive_locks"]), item["user"] or "?", _seconds(item["transaction_seconds"]), _statement(item["query"]))
         else:
-            line = "%s by %s (%s) for %s s holds a lock: %s" % (
-                who, item["user"] or "?", item["state"] or "?", _seconds(item["transaction_seconds"]), item["query"] or "")
+            line = "%s by %s (%s) for %s s holds a lock%s" % (
+                who, item["user"] or "?", item["state"] or "?", _seconds(item["transaction_seconds"]), _statement(item["query"]))
         if item["blocks"]:
             line += " [blocks %s]" % _pids(item["blocks"])
         lines.append(line)
     for item in waiting:
-        wanted = ", ".join("%s on %s" % (lock["mode"], _pg.table_key(lock["schema"], lock["table"]) if lock["table"] else lock["locktype"])
-                           for lock in item["waits_for"]) or "a lock"
-        lines.append("pid %d by %s (%s) waits for %s for %s s, blocked by %s: %s" % (
+        wanted = ", ".join("%s on %s" % (lock["mode"], lock["table"] or lock["locktype"]) for lock in item["waits_for"]) or "a lock"
+        lines.append("pid %d by %s (%s) waits for %s for %s s, blocked by %s%s" % (
             item["pid"], item["user"] or "?", item["application"] or "?", wanted, _seconds(item["query_seconds"]),
-            _pids(item["blocked_by"]) if item["blocked_by"] else "nobody now", item["query"] or ""))
+            _pids(item["blocked_by"]) if item["blocked_by"] else "nobody now", _statement(item["query"])))
     return lines
 
 
@@ -202,11 +204,11 @@ def locks(runtime, db, query_chars=80):
     found = answer(runtime, db, locks_sql(query_chars))
     for item in found["blockers"] + found["waiting"]:
         item["query"] = shown_query(item["query"]) if query_chars else None
-    found["summary"] = summary(found["blockers"], found["waiting"])
     for item in found["blockers"]:
         item["exclusive_locks"] = [dict(table=_pg.table_key(lock["schema"], lock["table"]), granted=lock["granted"])
                                    for lock in item["exclusive_locks"]]
     for item in found["waiting"]:
         item["waits_for"] = [dict(mode=lock["mode"], table=_pg.table_key(lock["schema"], lock["table"]) if lock["table"] else None,
                                   locktype=lock["locktype"]) for lock in item["waits_for"]]
+    found["summary"] = summary(found["blockers"], found["waiting"])
     return found

@@ -249,8 +249,7 @@ def test_an_odd_table_name_is_quoted_as_in_sql_and_another_database_is_left_out(
     [blocker] = result["blockers"]
     assert blocker["pid"] == holder and blocker["exclusive_locks"] == [{"table": '"we""ird.T"', "granted": True}]
     assert blocker["query"] is None
-    assert result["summary"] == ['pid %d AccessExclusiveLock on "we""ird.T" by postgres for %d s: '
-                                 % (holder, blocker["transaction_seconds"])]
+    assert result["summary"] == ['pid %d AccessExclusiveLock on "we""ird.T" by postgres for %d s' % (holder, blocker["transaction_seconds"])]
 
 
 def test_a_statement_that_may_hold_a_secret_is_not_shown(run_module, conn, service_db, pg_server):
