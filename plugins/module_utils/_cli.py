@@ -16,7 +16,7 @@ import sys
 import tempfile
 
 from ansible_collections.runbooks.incident.plugins.module_utils import (
-    _audit_manifest, _audit_ship, _dumpfile, _evidence, _media, _offsite, _page, _pg, _pg_backup, _retention, _signature,
+    _audit_manifest, _audit_ship, _dumpfile, _evidence, _media, _offsite, _page, _pg, _pg_backup, _retention, _s3store, _signature,
 )
 from ansible_collections.runbooks.incident.plugins.module_utils._pg_restore import archive_tool_for
 
@@ -108,7 +108,7 @@ def offsite_sync(config):
     """Nightly: ship the backup sets off-host (age-encrypted, verified), then off-host retention."""
     result = {}
     keep = (config.get("keep_daily", 30), config.get("keep_monthly", 12), config.get("keep_yearly", 0))
-    _offsite.sync(_offsite.store_from(config), config["src"], config.get("prefixes", ["db-", "media-"]), config["recipient"], keep=keep,
+    _offsite.sync(_s3store.store_from(config), config["src"], config.get("prefixes", ["db-", "media-"]), config["recipient"], keep=keep,
                   result=result)
     return dict(job="offsite-sync", uploaded=len(result.get("uploaded", [])), removed=len(result.get("removed", [])),
                 bytes_uploaded=result.get("bytes_uploaded", 0), warnings=result.get("warnings", []))
@@ -118,7 +118,7 @@ def offsite_check(config):
     """Monthly (the seeds' dump check, where the age key is): fetch the newest off-host database backup into a
     temporary directory, decrypt it, verify it whole (tables, row counts against its manifest), remove it."""
     with tempfile.TemporaryDirectory(prefix="runbooks-offsite-check-") as work:
-        fetched = _offsite.fetch(_offsite.store_from(config), work, config["identity"], ["db-"])
+        fetched = _offsite.fetch(_s3store.store_from(config), work, config["identity"], ["db-"])
         dumps = [path for path in fetched["fetched"] if path.rstrip("/").endswith(_dumpfile.KNOWN_SUFFIXES)]
         if not dumps:
             raise _offsite.OffsiteError("no complete database backup off-host")
@@ -172,7 +172,7 @@ def main(argv=None):
         summary = JOBS[args.job](config)
     except (OSError, ValueError, KeyError, _pg.PgError, _pg_backup.BackupError, _dumpfile.DumpError, _audit_ship.ShipError, _audit_manifest.ManifestError,
             _media.MediaError, _page.PageError, _evidence.EvidenceError,
-            _offsite.OffsiteError, _signature.SignatureError) as exc:
+            *_offsite.ERRORS, _signature.SignatureError) as exc:
         sys.stderr.write("runbooks-incident %s failed: %s\n" % (args.job, exc))
         return 1
     if summary is not None:  # the receiver answers on stdout itself

@@ -117,15 +117,23 @@ def open_regular(path):
         raise
 
 
+def check_directory(path):
+    """A directory-format dump as pg_dump writes it: toc.dat and regular files, nothing else (no symlink, which its
+    tree digest would skip, no subdirectory, no FIFO)."""
+    if not os.path.isdir(path):
+        raise DumpError("%s is not a directory: not a directory-format dump" % path)
+    if not os.path.isfile(os.path.join(path, "toc.dat")):
+        raise DumpError("%s is a directory without toc.dat: not a directory-format dump" % path)
+    for entry in os.scandir(path):
+        if not entry.is_file(follow_symlinks=False):
+            raise DumpError("%s holds %s, which is not a regular file: not a directory-format dump as pg_dump writes it"
+                            % (path, entry.name))
+
+
 def detect_format(path):
     """('plain', 'gzip'|None), ('custom', None) or ('directory', None), from the content, never the name."""
     if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "toc.dat")):
-            raise DumpError("%s is a directory without toc.dat: not a directory-format dump" % path)
-        for entry in os.scandir(path):
-            if not entry.is_file(follow_symlinks=False):
-                raise DumpError("%s holds %s, which is not a regular file: not a directory-format dump as pg_dump writes it"
-                                % (path, entry.name))
+        check_directory(path)
         return "directory", None
     if not os.path.lexists(path):
         raise DumpError("%s does not exist" % path)
@@ -216,8 +224,9 @@ def manifest_tables(manifest):
 
 
 def digest(path, fmt):
-    """(sha256, size) of a dump as its manifest records it (directories: a digest over every file)."""
+    """(sha256, size) of a dump as its manifest records it (directories: _fileio.sha256_tree, over every file)."""
     if fmt == "directory":
+        check_directory(path)
         return _fileio.sha256_tree(path)[0], _fileio.tree_size(path)
     return _fileio.sha256_file(path), os.path.getsize(path)
 

@@ -13,7 +13,11 @@ already report OSError report it too).
 
 A reader never sees a half-written file under its final name: data goes to a hidden temp file in the same
 directory (mode 0600 from creation), is fsync'd, gets its owner and mode, and is renamed into place; the directory
-is fsync'd so the rename survives a crash. Pure Python: also imported by the host-side CLI.
+is fsync'd so the rename survives a crash.
+
+Digests: of a file, of a stream as it passes (HashingReader, HashingWriter), and the one tree digest of the
+collection (walk_tree, tree_digest, sha256_tree: see "trees" below). Pure Python: also imported by the host-side
+CLI.
 """
 from __future__ import annotations
 
@@ -273,23 +277,107 @@ def sha256_file(path):
     return digest.hexdigest()
 
 
+class Digest:
+    """SHA-256 and size of a stream of bytes."""
+
+    def __init__(self):
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def update(self, data):
+        self.sha256.update(data)
+        self.size += len(data)
+
+    def hexdigest(self):
+        return self.sha256.hexdigest()
+
+
+class HashingWriter:
+    """A write-only file object that digests what passes through to `sink` (None: digest only)."""
+
+    def __init__(self, sink=None):
+        self.sink = sink
+        self.digest = Digest()
+
+    def write(self, data):
+        self.digest.update(data)
+        if self.sink is not None:
+            self.sink.write(data)
+        return len(data)
+
+    def flush(self):
+        if self.sink is not None:
+            self.sink.flush()
+
+
+class HashingReader:
+    """A read-only file object that digests what is read from `source`."""
+
+    def __init__(self, source):
+        self.source = source
+        self.digest = Digest()
+
+    def read(self, size=-1):
+        data = self.source.read(size)
+        self.digest.update(data)
+        return data
+
+    def drain(self):
+        """Read to the end (what a consumer left unread still counts in the digest)."""
+        while self.read(CHUNK):
+            pass
+
+
+# --- trees ----------------------------------------------------------------------------------------------------------
+# One definition of a directory tree's digest, for a directory-format dump's manifest (`sha256`), an off-host tar
+# stream's `sha256-tree` and the files a fetch extracted: SHA-256 over "<relative path>\0<sha256 of the file>\n" of
+# every regular file under the root, in sorted order of the paths. A hard link counts as the file it is, under each
+# of its names. Nothing else is covered, and nothing is followed: a symbolic link is skipped (a tar stream carries it,
+# the digest does not; a directory-format dump holding one is refused: _dumpfile.check_directory), so is a FIFO,
+# socket or device (which a tar stream refuses), and a directory counts only through the files in it (an empty one
+# not at all). Paths are UTF-8, a name that is not (surrogate-escaped by Python) as its bytes.
+
+def walk_tree(root):
+    """(relative path, path) of `root` ('.') and everything under it, depth first in name order.
+
+    `root` itself is taken as given (a /proc/self/fd/N path to a directory reached safely is walked); under it, no
+    symbolic link is followed, nor entered as a directory.
+    """
+    yield ".", root
+    if not os.path.isdir(root):
+        return
+    pending = [("", root)]
+    while pending:
+        rel_dir, directory = pending.pop()
+        entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+        subdirs = []
+        for entry in entries:
+            rel = rel_dir + entry.name
+            yield rel, entry.path
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append((rel + "/", entry.path))
+        pending.extend(reversed(subdirs))
+
+
 def tree_files(root):
-    """Regular files under `root` as sorted relative paths."""
-    found = []
-    for current, _dirs, files in os.walk(root):
-        for name in files:
-            found.append(os.path.relpath(os.path.join(current, name), root))
-    return sorted(found)
+    """The regular files under `root`, as sorted relative paths: the files a tree digest covers."""
+    return sorted(rel for rel, path in walk_tree(root) if rel != "." and stat.S_ISREG(os.lstat(path).st_mode))
+
+
+def tree_digest(per_file):
+    """The digest of a tree from {relative path: sha256} of its regular files (see walk_tree)."""
+    digest = hashlib.sha256()
+    for rel, file_digest in sorted(per_file.items()):
+        digest.update(rel.encode("utf-8", "surrogateescape") + b"\0" + file_digest.encode() + b"\n")
+    return digest.hexdigest()
 
 
 def sha256_tree(root):
-    """(digest, {relpath: sha256}) of a directory: the digest covers every file's name and content."""
+    """(digest, {relpath: sha256}) of the regular files under `root` (tree_digest)."""
     per_file = {rel: sha256_file(os.path.join(root, rel)) for rel in tree_files(root)}
-    digest = hashlib.sha256()
-    for rel, file_digest in sorted(per_file.items()):
-        digest.update(("%s\0%s\n" % (rel, file_digest)).encode())
-    return digest.hexdigest(), per_file
+    return tree_digest(per_file), per_file
 
 
 def tree_size(root):
-    return sum(os.path.getsize(os.path.join(root, rel)) for rel in tree_files(root))
+    """Bytes in the regular files under `root`."""
+    return sum(os.lstat(os.path.join(root, rel)).st_size for rel in tree_files(root))

@@ -1,14 +1,15 @@
 # Copyright: contributors to runbooks.incident
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Encrypted off-host copies of backup sets in S3-compatible object storage. PRIVATE to the collection: no
-compatibility promise.
+"""Backup sets copied off-host, encrypted, to S3-compatible object storage: sync and fetch. PRIVATE to the
+collection: no compatibility promise.
 
-Backups leave the host encrypted with age: the host needs only the recipient (public key) to encrypt; the identity
-(private key) is needed only to restore. Each entry F of a backup set (see _retention: every entry named
-`<prefix><stamp><rest>` with the same stamp) becomes the object `<key prefix>F.age`; a directory (a media snapshot, a
-directory-format dump) is shipped as one deterministic tar stream, hard links kept, as `<key prefix>F.tar.age`.
-Every object carries user metadata: `kind` (file, tar), `sha256-plain` and `size-plain` (what was encrypted),
-`sha256-cipher` (what was uploaded) and, for a tar, `sha256-tree` (the files' contents, as _fileio.sha256_tree).
+Backups leave the host encrypted with age (_age): the host needs only the recipient (public key) to encrypt; the
+identity (private key) is needed only to restore. Each entry F of a backup set (see _retention: every entry named
+`<prefix><stamp><rest>` with the same stamp) becomes the object `<key prefix>F.age` of a Store (_s3store); a directory
+(a media snapshot, a directory-format dump) is shipped as one deterministic tar stream (_tarstream), hard links kept,
+as `<key prefix>F.tar.age`. Every object carries user metadata: `kind` (file, tar), `sha256-plain` and `size-plain`
+(what was encrypted), `sha256-cipher` (what was uploaded) and, for a tar, `sha256-tree` (the files' contents, as
+_fileio.sha256_tree).
 
 A set is complete off-host only when its MARKER exists, uploaded after every member was uploaded and verified: the
 set's manifest (`db-<stamp>.manifest.json.age`), or for a set without one (media) a plaintext
@@ -23,50 +24,32 @@ checks that each chosen set is complete (every member its marker needs, with ver
 object into `age -d -i <identity file>` and a hidden partial entry, and gives the entries their names only once
 both digests of every member matched.
 
-Pure standard library plus boto3, imported only when a function needs it; no Ansible imports.
+Errors are raised as OffsiteError, or as the error of the layer that failed (_s3store.StoreError, _age.AgeError,
+_tarstream.TarStreamError): callers catch ERRORS. Pure standard library plus boto3 (through _s3store); no Ansible
+imports.
 """
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime
 import hashlib
 import io
 import json
 import os
-import re
-import shutil
 import stat
-import subprocess
 import tarfile
-import threading
-import traceback
 from collections import namedtuple
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _dumpfile, _fileio, _retention
+from ansible_collections.runbooks.incident.plugins.module_utils import _age, _dumpfile, _fileio, _retention, _s3store, _tarstream
 
 AGE_SUFFIX = ".age"
 TAR_SUFFIX = ".tar"
 SET_SUFFIX = ".set.json"
 MANIFEST_OBJECT_SUFFIX = _dumpfile.MANIFEST_SUFFIX + AGE_SUFFIX
 SET_FORMAT = "runbooks.incident offsite set v1"
-# Parts of a multipart upload: S3 allows 5 MiB to 5 GiB and at most 10,000 parts; the part size doubles for
-# objects that would need more than MAX_PARTS parts of 16 MiB (about 140 GiB).
-PART_SIZE = 16 << 20
-MAX_PARTS = 9000
-# CopyObject copies at most 5 GiB in one request; larger objects are copied in ranged parts.
-COPY_LIMIT = 5 << 30
-COPY_PART_SIZE = 1 << 30
 # Multipart uploads left by an interrupted run are aborted by a later run once they are this old (younger ones may
 # belong to a run still going).
 STALE_UPLOAD_SECONDS = 3600
-NO_IDENTITY = "no identity matched any of the recipients"
-RETRIES = {"max_attempts": 8, "mode": "standard"}
-CONNECT_TIMEOUT = 5
-READ_TIMEOUT = 60
-RECIPIENT_RE = re.compile(r"^(age1[0-9a-z]{58}|ssh-(ed25519|rsa) [A-Za-z0-9+/=]+( .*)?)$")
-
-Head = namedtuple("Head", "size meta")
 
 
 class OffsiteError(Exception):
@@ -77,59 +60,8 @@ class IncompleteSet(OffsiteError):
     """A set whose marker is there but not every member it needs (a member deleted or lost off-host)."""
 
 
-# --- S3 ------------------------------------------------------------------------------------------------------------
-
-def s3_client(endpoint_url=None, region="us-east-1", access_key=None, secret_key=None):
-    """A boto3 S3 client; credentials from the arguments, else boto3's chain (AWS_ACCESS_KEY_ID and friends)."""
-    import boto3  # pylint: disable=import-outside-toplevel
-    from botocore.config import Config  # pylint: disable=import-outside-toplevel
-
-    options = dict(retries=dict(RETRIES), connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT)
-    try:
-        # Content-MD5 on every upload is the integrity check; the default checksums of botocore >= 1.36 are not
-        # sent, as several S3-compatible services reject or ignore them.
-        config = Config(request_checksum_calculation="when_required", response_checksum_validation="when_required", **options)
-    except TypeError:  # older botocore (Debian 12 has 1.29), which sends none
-        config = Config(**options)
-    session = boto3.session.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key, region_name=region)
-    return session.client("s3", endpoint_url=endpoint_url or None, config=config)
-
-
-def store_from(settings):
-    """The Store of module options or job settings: endpoint_url, region, access_key, secret_key, bucket, prefix."""
-    region = settings.get("region") or "us-east-1"
-    try:
-        client = s3_client(settings.get("endpoint_url"), region, settings.get("access_key"), settings.get("secret_key"))
-    except (ValueError,) + _botocore_errors() as exc:  # an endpoint_url that is not a URL, a malformed region
-        raise OffsiteError("cannot use endpoint_url %r in region %r: %s" % (settings.get("endpoint_url"), region, exc)) from None
-    return Store(client, settings["bucket"], settings.get("prefix") or "")
-
-
-def boto3_missing():
-    """The traceback of importing boto3 when it is not installed on the managed host, else None."""
-    try:
-        import boto3  # noqa: F401 pylint: disable=import-outside-toplevel,unused-import
-    except ImportError:
-        return traceback.format_exc()
-    return None
-
-
-def _botocore_errors():
-    from botocore.exceptions import BotoCoreError, ClientError  # pylint: disable=import-outside-toplevel
-    return BotoCoreError, ClientError
-
-
-@contextlib.contextmanager
-def _s3(what):
-    """Turn boto3's errors into OffsiteError saying what was being done."""
-    try:
-        yield
-    except _botocore_errors() as exc:
-        raise OffsiteError("%s failed: %s" % (what, exc)) from exc
-
-
-def _md5(data):
-    return base64.b64encode(hashlib.md5(data).digest()).decode()
+# Everything sync() and fetch() raise about the backups, the store, age or a tar stream (OSError aside).
+ERRORS = (OffsiteError, _s3store.StoreError, _age.AgeError, _tarstream.TarStreamError)
 
 
 def check_prefixes(prefixes):
@@ -141,308 +73,6 @@ def check_prefixes(prefixes):
             _retention.validate(prefix, 1, 0, 0, 0)
         except _retention.RetentionError as exc:
             raise OffsiteError(str(exc)) from exc
-
-
-def check_key_prefix(prefix):
-    if prefix and (not prefix.endswith("/") or prefix.startswith("/") or "//" in prefix
-                   or ".." in prefix.split("/")):
-        raise OffsiteError("prefix %r is not a key prefix: use \"\" or a path ending in '/', such as 'host1/'" % prefix)
-
-
-class Store:
-    """One bucket and key prefix. Names are object keys without the prefix; objects in sub-prefixes are not seen."""
-
-    def __init__(self, client, bucket, prefix=""):
-        check_key_prefix(prefix)
-        self.client, self.bucket, self.prefix = client, bucket, prefix
-
-    def key(self, name):
-        return self.prefix + name
-
-    def url(self, name=""):
-        return "s3://%s/%s" % (self.bucket, self.key(name))
-
-    def ensure_bucket(self, region, check_mode=False):
-        """Create the bucket if it does not exist; returns True when it was (or would be) created."""
-        with _s3("checking the bucket %s" % self.bucket):
-            try:
-                self.client.head_bucket(Bucket=self.bucket)
-                return False
-            except self.client.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
-                    raise
-            if not check_mode:
-                options = {} if region in (None, "us-east-1") else {"CreateBucketConfiguration": {"LocationConstraint": region}}
-                self.client.create_bucket(Bucket=self.bucket, **options)
-        return True
-
-    def list(self):
-        """{name: size} of the objects directly under the prefix."""
-        found = {}
-        with _s3("listing %s" % self.url()):
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
-                for item in page.get("Contents", []):
-                    name = item["Key"][len(self.prefix):]
-                    if name and "/" not in name:
-                        found[name] = item["Size"]
-        return found
-
-    def head(self, name):
-        """Head(size, metadata) of an object, or None if there is none."""
-        with _s3("reading the metadata of %s" % self.url(name)):
-            try:
-                response = self.client.head_object(Bucket=self.bucket, Key=self.key(name))
-            except self.client.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                    return None
-                raise
-        return Head(response["ContentLength"], response.get("Metadata") or {})
-
-    def body(self, name):
-        with _s3("downloading %s" % self.url(name)):
-            return self.client.get_object(Bucket=self.bucket, Key=self.key(name))["Body"]
-
-    def read(self, name):
-        with _s3("downloading %s" % self.url(name)):
-            return self.client.get_object(Bucket=self.bucket, Key=self.key(name))["Body"].read()
-
-    def put(self, name, data, meta):
-        with _s3("uploading %s" % self.url(name)):
-            self.client.put_object(Bucket=self.bucket, Key=self.key(name), Body=data, ContentMD5=_md5(data), Metadata=meta)
-
-    def delete(self, name):
-        with _s3("deleting %s" % self.url(name)):
-            self.client.delete_object(Bucket=self.bucket, Key=self.key(name))
-
-    def start_upload(self, name, meta):
-        with _s3("starting the upload of %s" % self.url(name)):
-            return self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key(name), Metadata=meta)["UploadId"]
-
-    def upload_part(self, name, upload_id, number, data):
-        with _s3("uploading part %d of %s" % (number, self.url(name))):
-            response = self.client.upload_part(Bucket=self.bucket, Key=self.key(name), UploadId=upload_id,
-                                               PartNumber=number, Body=data, ContentMD5=_md5(data))
-        return {"ETag": response["ETag"], "PartNumber": number}
-
-    def complete_upload(self, name, upload_id, parts):
-        with _s3("completing the upload of %s" % self.url(name)):
-            self.client.complete_multipart_upload(Bucket=self.bucket, Key=self.key(name), UploadId=upload_id,
-                                                  MultipartUpload={"Parts": parts})
-
-    def abort_upload(self, key, upload_id):
-        with _s3("aborting the upload of s3://%s/%s" % (self.bucket, key)):
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-
-    def uploads(self):
-        """[(key, upload id, initiated)] of the multipart uploads in progress directly under the prefix."""
-        found = []
-        with _s3("listing the unfinished uploads under %s" % self.url()):
-            for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self.prefix):
-                for upload in page.get("Uploads", []):
-                    if "/" not in upload["Key"][len(self.prefix):]:
-                        found.append((upload["Key"], upload["UploadId"], upload["Initiated"]))
-        return found
-
-    def replace_metadata(self, name, size, meta):
-        """Give an object new metadata by a server-side copy onto itself (in ranged parts beyond COPY_LIMIT)."""
-        source = {"Bucket": self.bucket, "Key": self.key(name)}
-        if size <= COPY_LIMIT:
-            with _s3("setting the metadata of %s" % self.url(name)):
-                self.client.copy_object(Bucket=self.bucket, Key=self.key(name), CopySource=source, Metadata=meta,
-                                        MetadataDirective="REPLACE")
-            return
-        upload_id = self.start_upload(name, meta)
-        try:
-            parts = []
-            with _s3("copying %s onto itself with its metadata" % self.url(name)):
-                for start in range(0, size, COPY_PART_SIZE):
-                    response = self.client.upload_part_copy(
-                        Bucket=self.bucket, Key=self.key(name), UploadId=upload_id, PartNumber=len(parts) + 1,
-                        CopySource=source, CopySourceRange="bytes=%d-%d" % (start, min(start + COPY_PART_SIZE, size) - 1))
-                    parts.append({"ETag": response["CopyPartResult"]["ETag"], "PartNumber": len(parts) + 1})
-            self.complete_upload(name, upload_id, parts)
-        except BaseException:
-            self.abort_quietly(self.key(name), upload_id)
-            raise
-
-    def abort_quietly(self, key, upload_id):
-        """Best effort (the store may be what failed): a later run aborts what is left once it is stale."""
-        try:
-            self.abort_upload(key, upload_id)
-        except OffsiteError:
-            pass
-
-
-# --- age ------------------------------------------------------------------------------------------------------------
-
-def age_binary():
-    path = shutil.which("age")
-    if path is None:
-        raise OffsiteError("age is not installed on the host (no `age` on PATH)")
-    return path
-
-
-def recipient_args(recipient):
-    """age arguments for a recipient: a public key (age1..., ssh-ed25519 ...) or the absolute path of a recipients file."""
-    recipient = recipient.strip()
-    if os.path.isabs(recipient):
-        if not os.path.isfile(recipient):
-            raise OffsiteError("recipients file %s does not exist or is not a regular file" % recipient)
-        return ["-R", recipient]
-    if recipient.upper().startswith("AGE-SECRET-KEY-"):
-        raise OffsiteError("recipient is an age PRIVATE key: give its public key (age-keygen -y), which is all the host "
-                           "needs to encrypt")
-    if not RECIPIENT_RE.match(recipient):
-        # The value is not repeated: whatever was passed by mistake stays out of the logs.
-        raise OffsiteError("recipient is neither an age public key (age1...), an SSH public key nor the absolute path of "
-                           "a recipients file")
-    return ["-r", recipient]
-
-
-def check_recipient(recipient):
-    """Encrypt nothing to the recipient, so a bad key fails before any upload."""
-    argv = [age_binary(), "-e"] + recipient_args(recipient)
-    res = subprocess.run(argv, input=b"", capture_output=True, check=False)
-    if res.returncode != 0:
-        raise OffsiteError("age refuses the recipient: %s" % _first_line(res.stderr))
-    return argv
-
-
-def check_identity(path):
-    """The age identity file must be a regular file only its owner can read (as ssh requires of private keys)."""
-    try:
-        info = os.stat(path)
-    except OSError as exc:
-        raise OffsiteError("the age key %s cannot be read: %s" % (path, exc.strerror)) from exc
-    if not stat.S_ISREG(info.st_mode):
-        raise OffsiteError("the age key %s is not a regular file" % path)
-    if info.st_mode & 0o077:
-        raise OffsiteError("the age key %s is readable or writable by others (mode %04o): chmod 0400 it"
-                           % (path, stat.S_IMODE(info.st_mode)))
-    if not os.access(path, os.R_OK):
-        raise OffsiteError("the age key %s is not readable by this user" % path)
-
-
-def _first_line(raw):
-    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else "(no message)"
-
-
-class _Child:
-    """A child process fed on stdin by a thread (`feed(stdin, child)`), its stderr collected by another thread."""
-
-    def __init__(self, argv, feed):
-        self.stderr = b""
-        self.feed_error = None
-        self.stopping = threading.Event()
-        try:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        except OSError as exc:
-            raise OffsiteError("cannot run %s: %s" % (argv[0], exc)) from exc
-        self._stderr_thread = threading.Thread(target=self._collect_stderr, daemon=True)
-        self._stderr_thread.start()
-        self._feed = feed
-        self._feeder = threading.Thread(target=self._run_feed, daemon=True)
-        self._feeder.start()
-
-    def _collect_stderr(self):
-        self.stderr = self.proc.stderr.read()
-
-    def _run_feed(self):
-        try:
-            self._feed(self.proc.stdin, self)
-        except BrokenPipeError:
-            pass  # the child exited; its exit status and stderr say why
-        except Exception as exc:  # pylint: disable=broad-exception-caught
-            self.feed_error = exc
-        finally:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-
-    def exited(self):
-        """Wait for the child (its stdout must have been read to the end) and both threads; the exit status."""
-        code = self.proc.wait()
-        self._stderr_thread.join()
-        self._feeder.join()
-        return code
-
-    def child_done(self):
-        """For the feeder, after a broken pipe: wait for the child to exit and its stderr to be read."""
-        self.proc.wait()
-        self._stderr_thread.join()
-
-    def stop(self):
-        """Kill the child if it still runs, e.g. because the consumer of its output failed."""
-        self.stopping.set()
-        if self.proc.poll() is None:
-            self.proc.kill()
-        with contextlib.suppress(OSError):
-            self.proc.stdout.close()
-        self.exited()
-
-
-class _Digest:
-    """SHA-256 and size of a stream of bytes."""
-
-    def __init__(self):
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def update(self, data):
-        self.sha256.update(data)
-        self.size += len(data)
-
-    def hexdigest(self):
-        return self.sha256.hexdigest()
-
-
-class _HashingWriter:
-    """A write-only file object that digests what passes through to `sink` (None: digest only)."""
-
-    def __init__(self, sink=None):
-        self.sink = sink
-        self.digest = _Digest()
-
-    def write(self, data):
-        self.digest.update(data)
-        if self.sink is not None:
-            self.sink.write(data)
-        return len(data)
-
-    def flush(self):
-        if self.sink is not None:
-            self.sink.flush()
-
-
-class _HashingReader:
-    """A read-only file object that digests what is read from `source`."""
-
-    def __init__(self, source):
-        self.source = source
-        self.digest = _Digest()
-
-    def read(self, size=-1):
-        data = self.source.read(size)
-        self.digest.update(data)
-        return data
-
-    def drain(self):
-        """Read to the end (what a consumer left unread still counts in the digest)."""
-        while self.read(_fileio.CHUNK):
-            pass
-
-
-def _read_full(stream, size):
-    """Up to `size` bytes: fewer only at the end of the stream."""
-    pieces, missing = [], size
-    while missing:
-        data = stream.read(missing)
-        if not data:
-            break
-        pieces.append(data)
-        missing -= len(data)
-    return b"".join(pieces)
 
 
 # --- local backup sets ------------------------------------------------------------------------------------------------
@@ -469,11 +99,11 @@ class Member:
                 for chunk in iter(lambda: handle.read(_fileio.CHUNK), b""):
                     out.write(chunk)
         else:
-            stats["tree"] = write_tar(self.path, out)
+            stats["tree"] = _tarstream.write_tar(self.path, out)
 
     def plain_digest(self):
         """{'sha256-plain': ..., ['sha256-tree': ...]} of the plaintext, computed locally (one read of everything)."""
-        writer, stats = _HashingWriter(), {}
+        writer, stats = _fileio.HashingWriter(), {}
         self.produce(writer, stats)
         found = {"sha256-plain": writer.digest.hexdigest()}
         if "tree" in stats:
@@ -483,7 +113,7 @@ class Member:
     def size_estimate(self):
         if self.kind == "file":
             return os.path.getsize(self.path)
-        return sum(os.lstat(path).st_size for _rel, path in _walk(self.path))
+        return sum(os.lstat(path).st_size for _rel, path in _fileio.walk_tree(self.path))
 
 
 class LocalSet:
@@ -534,11 +164,11 @@ class LocalSet:
         """Digest of every entry's names, types, sizes and mtimes: cheap evidence that the set did not change."""
         digest = hashlib.sha256()
         for entry in self.entries:
-            for rel, path in _walk(os.path.join(self.src, entry)):
+            for rel, path in _fileio.walk_tree(os.path.join(self.src, entry)):
                 info = os.lstat(path)
                 link = os.readlink(path) if stat.S_ISLNK(info.st_mode) else ""
                 line = "%s/%s\0%o\0%d\0%d\0%s\n" % (entry, rel, stat.S_IFMT(info.st_mode), info.st_size, info.st_mtime_ns, link)
-                digest.update(line.encode())
+                digest.update(line.encode("utf-8", "surrogateescape"))
         return digest.hexdigest()
 
 
@@ -570,194 +200,18 @@ def local_sets(src, prefixes):
             for prefix in prefixes}
 
 
-# --- tar streams ----------------------------------------------------------------------------------------------------
-
-def _walk(root):
-    """(relative path, path) of `root` ('.') and everything under it, depth first in name order; links not followed."""
-    yield ".", root
-    if not stat.S_ISDIR(os.lstat(root).st_mode):
-        return
-    pending = [("", root)]
-    while pending:
-        rel_dir, directory = pending.pop()
-        entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
-        subdirs = []
-        for entry in entries:
-            rel = rel_dir + entry.name
-            yield rel, entry.path
-            if entry.is_dir(follow_symlinks=False):
-                subdirs.append((rel + "/", entry.path))
-        pending.extend(reversed(subdirs))
-
-
-def tree_digest_of(per_file):
-    """The digest _fileio.sha256_tree computes, from {relpath: sha256} of the regular files."""
-    digest = hashlib.sha256()
-    for rel, file_digest in sorted(per_file.items()):
-        digest.update(("%s\0%s\n" % (rel, file_digest)).encode())
-    return digest.hexdigest()
-
-
-def tree_digest(root):
-    """Digest of the regular files under `root` (what a tar stream's sha256-tree records)."""
-    return tree_digest_of({rel: _fileio.sha256_file(path) for rel, path in _walk(root)
-                           if rel != "." and stat.S_ISREG(os.lstat(path).st_mode)})
-
-
-class _HashingFile:
-    def __init__(self, handle):
-        self.handle = handle
-        self.sha256 = hashlib.sha256()
-
-    def read(self, size=-1):
-        data = self.handle.read(size)
-        self.sha256.update(data)
-        return data
-
-
-def write_tar(root, out):
-    """Write the directory `root` as a tar stream (PAX, name order, hard links within it kept) to `out`.
-
-    Member names are relative to `root` ('.' is root itself). Returns the tree digest of its regular files.
-    """
-    per_file = {}
-    tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT)  # pylint: disable=consider-using-with
-    try:
-        for rel, path in _walk(root):
-            info = tar.gettarinfo(path, arcname=rel)
-            if info is None or not (info.isdir() or info.isfile() or info.issym() or info.islnk()):
-                raise OffsiteError("%s is not a regular file, directory or symbolic link: cannot ship it" % path)
-            if info.isfile():
-                with os.fdopen(_fileio.open_file(path), "rb") as handle:
-                    hashing = _HashingFile(handle)
-                    tar.addfile(info, hashing)
-                per_file[rel] = hashing.sha256.hexdigest()
-            else:
-                tar.addfile(info)
-                if info.islnk():
-                    per_file[rel] = per_file[info.linkname]
-    finally:
-        tar.close()
-    return tree_digest_of(per_file)
-
-
-def _safe_name(name, what):
-    """A member name or hard link target as a relative path inside the extraction root, or OffsiteError."""
-    if name == ".":
-        return name
-    parts = name.split("/")
-    if name.startswith("/") or "\\" in name or any(part in ("", ".", "..") for part in parts):
-        raise OffsiteError("the archive has an unsafe %s %r (absolute, '..' or not normalised): refused" % (what, name))
-    return name
-
-
-def _owner_ids(member):
-    import grp  # pylint: disable=import-outside-toplevel
-    import pwd  # pylint: disable=import-outside-toplevel
-    try:
-        uid = pwd.getpwnam(member.uname).pw_uid
-    except KeyError:
-        uid = member.uid
-    try:
-        gid = grp.getgrnam(member.gname).gr_gid
-    except KeyError:
-        gid = member.gid
-    return uid, gid
-
-
-def _link_inside(name, target, symlinks):
-    """Whether symlink `name` -> `target` stays inside the tree: walked from its directory, the target never leaves
-    the root and never passes through another symlink of the tree (whose own target would decide where '..' goes)."""
-    if target.startswith("/") or not target:
-        return False
-    parts = name.split("/")[:-1]
-    steps = [part for part in target.split("/") if part not in ("", ".")]
-    for index, part in enumerate(steps):
-        if part == "..":
-            if not parts:
-                return False
-            parts.pop()
-            continue
-        parts.append(part)
-        if index < len(steps) - 1 and "/".join(parts) in symlinks:
-            return False
-    return True
-
-
-def extract_tar(stream, root):
-    """Extract a tar stream written by write_tar into the existing, empty directory `root`.
-
-    Refuses absolute names, '..', a name twice, links leading out of `root` (also by way of another link), writing
-    through a symbolic link and special files. Modes (without set-id bits) and mtimes are restored, owners too when
-    running as root.
-    """
-    as_root = os.geteuid() == 0
-    files, symlinks, directories, seen = set(), {}, [], set()
-    with tarfile.open(fileobj=stream, mode="r|") as tar:
-        for member in tar:
-            name = _safe_name(member.name, "member name")
-            if name in seen:
-                raise OffsiteError("the archive has %r twice: refused" % name)
-            seen.add(name)
-            parents = name.split("/")[:-1]
-            if any("/".join(parents[:depth]) in symlinks for depth in range(1, len(parents) + 1)):
-                raise OffsiteError("the archive writes %r through a symbolic link: refused" % name)
-            path = os.path.join(root, name)
-            if parents:
-                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            if member.isdir():
-                os.makedirs(path, mode=0o700, exist_ok=True)
-                directories.append((path, member))
-                continue
-            if name == ".":
-                raise OffsiteError("the archive's root entry is not a directory: refused")
-            if member.isfile():
-                source = tar.extractfile(member)
-                with open(path, "xb") as handle:
-                    for chunk in iter(lambda: source.read(_fileio.CHUNK), b""):
-                        handle.write(chunk)
-                files.add(name)
-            elif member.islnk():
-                target = _safe_name(member.linkname, "hard link target")
-                if target not in files:
-                    raise OffsiteError("the archive links %r to %r, which is not a file extracted before it: refused"
-                                       % (name, target))
-                os.link(os.path.join(root, target), path)
-                continue
-            elif member.issym():
-                if not _link_inside(name, member.linkname, symlinks):
-                    raise OffsiteError("the archive has a symbolic link %r to %r, outside the snapshot: refused"
-                                       % (name, member.linkname))
-                os.symlink(member.linkname, path)
-                symlinks[name] = member.linkname
-                continue
-            else:
-                raise OffsiteError("the archive has a special file %r: refused" % name)
-            if as_root:
-                os.chown(path, *_owner_ids(member))
-            os.chmod(path, member.mode & 0o777)
-            os.utime(path, (member.mtime, member.mtime))
-    # A link checked before a later link it passes through was known: check them all again, with every link known.
-    for name, target in sorted(symlinks.items()):
-        if not _link_inside(name, target, symlinks):
-            raise OffsiteError("the archive has a symbolic link %r to %r, which leads outside the snapshot through another "
-                               "link: refused" % (name, target))
-    # Directories last, deepest first: their mtimes would change with every file written into them. None of them is a
-    # link: a name is extracted once, and nothing is written through a link.
-    for path, member in reversed(directories):
-        if as_root:
-            os.chown(path, *_owner_ids(member))
-        os.chmod(path, member.mode & 0o777)
-        os.utime(path, (member.mtime, member.mtime))
-
-
 # --- upload -----------------------------------------------------------------------------------------------------------
 
-def _part_size(estimate):
-    size = PART_SIZE
-    while estimate > size * MAX_PARTS:
-        size *= 2
-    return size
+def _read_full(stream, size):
+    """Up to `size` bytes: fewer only at the end of the stream."""
+    pieces, missing = [], size
+    while missing:
+        data = stream.read(missing)
+        if not data:
+            break
+        pieces.append(data)
+        missing -= len(data)
+    return b"".join(pieces)
 
 
 def upload_member(store, member, recipient_argv, extra_meta=None, accept=None):
@@ -766,18 +220,18 @@ def upload_member(store, member, recipient_argv, extra_meta=None, accept=None):
     `accept(meta)` sees the plaintext digests before the object becomes visible and raises to refuse it.
     """
     stats = {}
-    plain = _HashingWriter()
+    plain = _fileio.HashingWriter()
 
     def feed(stdin, child):
         del child
         plain.sink = stdin
         member.produce(plain, stats)
 
-    child = _Child(recipient_argv, feed)
+    child = _age.Child(recipient_argv, feed)
     upload_id, name = None, member.object
     try:
-        part_size = _part_size(member.size_estimate())
-        cipher = _Digest()
+        part_size = _s3store.part_size(member.size_estimate())
+        cipher = _fileio.Digest()
         data = _read_full(child.proc.stdout, part_size)
         parts = []
         if len(data) == part_size:
@@ -793,7 +247,7 @@ def upload_member(store, member, recipient_argv, extra_meta=None, accept=None):
         if child.feed_error is not None:
             raise OffsiteError("reading %s failed: %s" % (member.path, child.feed_error))
         if code != 0:
-            raise OffsiteError("age failed encrypting %s: %s" % (member.path, _first_line(child.stderr)))
+            raise OffsiteError("age failed encrypting %s: %s" % (member.path, _age.first_line(child.stderr)))
         meta = {"kind": member.kind, "sha256-plain": plain.digest.hexdigest(), "size-plain": str(plain.digest.size),
                 "sha256-cipher": cipher.hexdigest()}
         if "tree" in stats:
@@ -814,7 +268,7 @@ def upload_member(store, member, recipient_argv, extra_meta=None, accept=None):
         raise
     head = store.head(name)
     if head is None or head.size != cipher.size or any(head.meta.get(key) != value for key, value in meta.items()):
-        with contextlib.suppress(OffsiteError):
+        with contextlib.suppress(_s3store.StoreError):
             store.delete(name)
         raise OffsiteError("%s does not hold what was uploaded (size %s, expected %d; sha256-cipher %s, expected %s): "
                            "it was deleted" % (store.url(name), head and head.size, cipher.size,
@@ -1005,7 +459,7 @@ def sync(store, src, prefixes, recipient, keep=None, check_mode=False, result=No
     check_prefixes(prefixes)
     if keep is not None:
         _retention.validate(prefixes[0], keep[0], keep[1], keep[2], 0)
-    recipient_argv = check_recipient(recipient)
+    recipient_argv = _age.check_recipient(recipient)
     local = local_sets(src, prefixes)
     listing = store.list()
     remote = remote_sets(listing, prefixes)
@@ -1054,7 +508,7 @@ def _entry_of(store, name, kind):
         entry = entry[:-len(TAR_SUFFIX)]
     if entry in (".", "") or "/" in entry or entry.startswith(".") or any(ord(char) < 32 or ord(char) == 127 for char in entry):
         raise OffsiteError("%s does not name a backup entry" % store.url(name))
-    return _safe_name(entry, "object name")
+    return _tarstream.safe_name(entry, "object name")
 
 
 def _listed_members(store, remote_set, marker):
@@ -1141,8 +595,24 @@ def _local_matches(dest_fd, wanted):
     except FileNotFoundError:
         return None
     if wanted.kind == "tar":
-        return stat.S_ISDIR(mode) and tree_digest(_fd_path(dest_fd, wanted.entry)) == wanted.meta.get("sha256-tree")
+        return stat.S_ISDIR(mode) and _tree_digest_at(dest_fd, wanted.entry) == wanted.meta.get("sha256-tree")
     return stat.S_ISREG(mode) and _sha256_at(dest_fd, wanted.entry) == wanted.meta["sha256-plain"]
+
+
+def _tree_digest_at(dir_fd, name):
+    """The tree digest of the directory `name` in the directory of `dir_fd` (a symlink there is not followed)."""
+    with _dir_at(dir_fd, name) as root:
+        return _fileio.sha256_tree(root)[0]
+
+
+@contextlib.contextmanager
+def _dir_at(dir_fd, name):
+    """A path (_fd_path) to the directory `name` in the directory of `dir_fd`, opened without following a symlink."""
+    fd = os.open(name, os.O_RDONLY | _fileio.O_DIRECTORY | _fileio.O_NOFOLLOW | _fileio.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        yield _fd_path(fd)
+    finally:
+        os.close(fd)
 
 
 def _decrypt(store, wanted, identity, consume):
@@ -1154,7 +624,7 @@ def _decrypt(store, wanted, identity, consume):
     cause: the download, a ciphertext that is not the one uploaded, a wrong key, age, the consumer, a plaintext
     that is not the one encrypted.
     """
-    cipher = _Digest()
+    cipher = _fileio.Digest()
     outcome = {}
     body = store.body(wanted.object)
 
@@ -1176,13 +646,13 @@ def _decrypt(store, wanted, identity, consume):
         finally:
             body.close()
 
-    child = _Child([age_binary(), "-d", "-i", identity], feed)
-    plain = _HashingReader(child.proc.stdout)
+    child = _age.Child([_age.age_binary(), "-d", "-i", identity], feed)
+    plain = _fileio.HashingReader(child.proc.stdout)
     try:
         try:
             consume(plain)
             plain.drain()
-        except OffsiteError as exc:
+        except ERRORS as exc:
             outcome["consume"] = exc
             plain.drain()
         except (OSError, tarfile.TarError) as exc:
@@ -1197,16 +667,16 @@ def _decrypt(store, wanted, identity, consume):
     if "download" in outcome:
         raise OffsiteError("downloading %s failed: %s" % (url, outcome["download"]))
     if cipher.hexdigest() != wanted.meta["sha256-cipher"]:
-        said = " (age: %s)" % _first_line(stderr).replace("age: error: ", "") if code != 0 else ""
+        said = " (age: %s)" % _age.first_line(stderr).replace("age: error: ", "") if code != 0 else ""
         raise OffsiteError("sha256 mismatch: %s is not the object that was uploaded (ciphertext sha256 %s, recorded %s): "
                            "it was damaged or replaced, not a key problem%s" % (url, cipher.hexdigest()[:16],
                                                                                 wanted.meta["sha256-cipher"][:16], said))
-    if NO_IDENTITY in stderr:
+    if _age.NO_IDENTITY in stderr:
         raise OffsiteError("the age key at %s cannot decrypt this backup (%s), which is intact (its ciphertext is the one "
                            "uploaded): wrong key? It was encrypted to other recipients" % (identity, url))
     if code != 0:
         raise OffsiteError("age could not decrypt %s although it is the object uploaded (it was damaged before the upload): %s"
-                           % (url, _first_line(stderr)))
+                           % (url, _age.first_line(stderr)))
     if "consume" in outcome:
         raise outcome["consume"]
     if plain.digest.hexdigest() != wanted.meta["sha256-plain"] or str(plain.digest.size) != wanted.meta.get("size-plain"):
@@ -1280,8 +750,8 @@ def fetch(store, dest, identity, prefixes, select="latest", list_only=False, che
         names = ", ".join(item["name"] for item in result["available"]) or "none"
         raise OffsiteError("no complete %s set %s off-host in %s (complete sets: %s)"
                            % ("/".join(missing), "at all" if select == "latest" else "of " + select, store.url(), names))
-    check_identity(identity)
-    age_binary()
+    _age.check_identity(identity)
+    _age.age_binary()
     dest_fd = _open_dest(dest)
     try:
         plans = []
@@ -1392,13 +862,9 @@ def _stage_file(dest_fd, partial, write):
 def _stage_tree(store, wanted, identity, dest_fd, partial):
     """Extract into a new directory `partial` of the destination; its files must match the recorded tree digest."""
     os.mkdir(partial, 0o700, dir_fd=dest_fd)
-    root_fd = os.open(partial, os.O_RDONLY | _fileio.O_DIRECTORY | _fileio.O_NOFOLLOW | _fileio.O_CLOEXEC, dir_fd=dest_fd)
-    try:
-        root = _fd_path(root_fd)
-        _decrypt(store, wanted, identity, lambda reader: extract_tar(reader, root))
-        found = tree_digest(root)
-    finally:
-        os.close(root_fd)
+    with _dir_at(dest_fd, partial) as root:
+        _decrypt(store, wanted, identity, lambda reader: _tarstream.extract_tar(reader, root))
+        found = _fileio.sha256_tree(root)[0]
     if found != wanted.meta.get("sha256-tree"):
         raise OffsiteError("sha256 mismatch: the files extracted from %s do not match the recorded tree digest (%s, "
                            "recorded %s)" % (store.url(wanted.object), found[:16], str(wanted.meta.get("sha256-tree"))[:16]))

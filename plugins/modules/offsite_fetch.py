@@ -127,7 +127,7 @@ available:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _offsite, _params
+from ansible_collections.runbooks.incident.plugins.module_utils import _offsite, _params, _s3store
 
 
 def main():
@@ -141,16 +141,16 @@ def main():
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            required_together=_params.S3_REQUIRED_TOGETHER)
-    boto3_error = _offsite.boto3_missing()
+    boto3_error = _s3store.boto3_missing()
     if boto3_error:
         module.fail_json(msg=missing_required_lib("boto3"), exception=boto3_error)
     _params.refuse_nul(module)
     params = module.params
     try:
-        store = _offsite.store_from(params)
+        store = _s3store.store_from(params)
         result = _offsite.fetch(store, params["dest"], params["identity"], params["prefixes"], select=params["select"],
                                 list_only=params["list_only"], check_mode=module.check_mode)
-    except (_offsite.OffsiteError, OSError) as exc:
+    except _offsite.ERRORS + (OSError,) as exc:
         module.fail_json(msg="fetching the off-host backups from s3://%s/%s failed: %s; no partial or unverified file was "
                              "left in %s" % (params["bucket"], params["prefix"], exc, params["dest"]))
     module.exit_json(**result)

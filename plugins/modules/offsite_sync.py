@@ -157,7 +157,7 @@ aborted_uploads:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _offsite, _params, _retention
+from ansible_collections.runbooks.incident.plugins.module_utils import _offsite, _params, _retention, _s3store
 
 
 def main():
@@ -174,7 +174,7 @@ def main():
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            required_together=_params.S3_REQUIRED_TOGETHER)
-    boto3_error = _offsite.boto3_missing()
+    boto3_error = _s3store.boto3_missing()
     if boto3_error:
         module.fail_json(msg=missing_required_lib("boto3"), exception=boto3_error)
     _params.refuse_nul(module)
@@ -182,12 +182,12 @@ def main():
     keep = (params["keep_daily"], params["keep_monthly"], params["keep_yearly"]) if params["retention"] else None
     result = {}
     try:
-        store = _offsite.store_from(params)
+        store = _s3store.store_from(params)
         if params["create_bucket"] and store.ensure_bucket(params["region"], module.check_mode):
             result["bucket_created"] = True
         _offsite.sync(store, params["src"], params["prefixes"], params["recipient"], keep=keep,
                       check_mode=module.check_mode, result=result)
-    except (_offsite.OffsiteError, _retention.RetentionError, OSError) as exc:
+    except _offsite.ERRORS + (_retention.RetentionError, OSError) as exc:
         done = [] if module.check_mode else result.get("uploaded", []) + result.get("removed", [])
         if done:
             after = ("%d object(s) were uploaded or removed before the failure; a set whose marker is missing is "

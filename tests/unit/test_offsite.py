@@ -27,7 +27,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _fileio, _offsite
+from ansible_collections.runbooks.incident.plugins.module_utils import _fileio, _s3store, _tarstream
 from conftest import planted_link, require  # pylint: disable=import-error
 
 SECRET = "s3cr3t-Off-Host-Key-0f9a7c"
@@ -76,14 +76,14 @@ def keys(tmp_path_factory):
 def calls(monkeypatch):
     """Every S3 call the modules make, in order: [(operation, key)]."""
     made = []
-    real = _offsite.s3_client
+    real = _s3store.s3_client
 
     def recording(*args, **kwargs):
         s3 = real(*args, **kwargs)
         s3.meta.events.register("provide-client-params.s3",
                                 lambda params, model, **extra: made.append((model.name, params.get("Key"))))
         return s3
-    monkeypatch.setattr(_offsite, "s3_client", recording)
+    monkeypatch.setattr(_s3store, "s3_client", recording)
     return made
 
 
@@ -384,14 +384,14 @@ def test_endpoint_lost_mid_upload_leaves_an_incomplete_set_the_next_run_complete
     src = backup_dir(tmp_path, identity)
     ship(run_module, moto, bucket, src, recipient)
     media_snapshot(src, "2026-11-23", big=14 << 20)
-    monkeypatch.setattr(_offsite, "PART_SIZE", 5 << 20)  # three parts (S3's smallest part size)
+    monkeypatch.setattr(_s3store, "PART_SIZE", 5 << 20)  # three parts (S3's smallest part size)
     proxy = CuttingProxy(int(moto.rsplit(":", 1)[1]), cut_after=8 << 20, stay_down=True)
     try:
         failed = run_module("offsite_sync", s3_params(proxy.url, bucket, src=str(src), recipient=recipient))
         # Bounded retries, not a wait for the endpoint: no request is sent more than once plus max_attempts retries
         # (botocore's max_attempts counts the retries).
         attempts = collections.Counter(proxy.refused)
-        assert proxy.cut.is_set() and attempts and max(attempts.values()) <= 1 + _offsite.RETRIES["max_attempts"], attempts
+        assert proxy.cut.is_set() and attempts and max(attempts.values()) <= 1 + _s3store.RETRIES["max_attempts"], attempts
     finally:
         proxy.close()
     assert failed.get("failed") and failed["changed"] is False
@@ -432,7 +432,7 @@ def test_a_connection_cut_once_is_retried(run_module, moto, bucket, keys, tmp_pa
     src = tmp_path / "backups"
     src.mkdir()
     media_snapshot(src, "2026-11-23", big=12 << 20)
-    monkeypatch.setattr(_offsite, "PART_SIZE", 5 << 20)
+    monkeypatch.setattr(_s3store, "PART_SIZE", 5 << 20)
     proxy = CuttingProxy(int(moto.rsplit(":", 1)[1]), cut_after=7 << 20, stay_down=False)
     try:
         result = run_module("offsite_sync", s3_params(proxy.url, bucket, src=str(src), recipient=recipient))
@@ -571,8 +571,8 @@ def test_unsafe_archive_members_are_refused(tmp_path, evil):
     root = tmp_path / "root" / "extract"
     root.mkdir(parents=True)
     mode = stat.S_IMODE((tmp_path / "root").stat().st_mode)
-    with pytest.raises(_offsite.OffsiteError, match="refused"):
-        _offsite.extract_tar(io.BytesIO(buffer.getvalue()), str(root))
+    with pytest.raises(_tarstream.TarStreamError, match="refused"):
+        _tarstream.extract_tar(io.BytesIO(buffer.getvalue()), str(root))
     assert sorted(os.listdir(tmp_path)) == ["root"] and os.listdir(tmp_path / "root") == ["extract"]
     assert stat.S_IMODE((tmp_path / "root").stat().st_mode) == mode
     assert not Path("/tmp/absolute").exists()
