@@ -174,4 +174,5 @@ def test_a_restore_on_which_health_stays_red_is_rolled_back_with_the_service_up(
         assert json.loads(host.check_output("curl -fsS http://127.0.0.1/health"))["status"] == "ok"
     finally:
         for name in set(databases(host)) - set(present):
-            host.check_output(f'{PSQL} -d postgres -c "ALTER DATABASE {name} ALLOW_CONNECTIONS true"')
+            # Quoted: the kept database's name has upper-case letters (its UTC stamp).
+            host.check_output(f"{PSQL} -d postgres -c 'ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true'")

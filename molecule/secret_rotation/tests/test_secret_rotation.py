@@ -172,6 +172,9 @@ def test_a_rerun_after_a_crash_between_rotating_and_restarting_restarts_the_serv
     assert after["previous_pepper"]["fingerprint"] == before["pepper_fingerprint"] and after["previous_pepper"]["accepted"]
     assert decrypted(host) == rotated  # nothing rotated twice
     assert status(host, key) == "200"  # a key of the replaced pepper still works during the grace
+    # No rotation left in its grace window for the tests after this one (a second soft rotation would be refused).
+    rc, out = runs(PEPPER, "incident_id=MOLECULE-CRASH-RETIRE", "pepper_state=retired", "force=true", "confirm=true")
+    assert rc == 0 and health(host).get("previous_pepper") is None, out
 
 
 # ------------------------------------------------------------------------------------------------ access token
