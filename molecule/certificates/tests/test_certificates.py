@@ -27,7 +27,8 @@ testinfra_hosts = ["app"]
 
 APP, DNS_API, NAME = "172.29.7.10", "http://172.29.7.20:8055", "wa.sandbox.test"  # whatsapp_mcp_domain of the sandbox
 CA_API = "https://172.29.7.20:15000"  # pebble's management interface (managementListenAddress in prepare.yml)
-RECORDS = f"/var/lib/runbooks-incident/certificates/{NAME}"  # the role's key-compromise records, one per incident
+# The role's key-compromise records (runbooks.incident.cert_rekey): <incident id>/<step>.json, written by incident_steps.
+RECORDS = f"/var/lib/runbooks-incident/certificates/{NAME}"
 RENEW, CHECK = "renew_certificate.yml", "check_certificates.yml"
 CERTBOT_TIMER_RUN = ("REQUESTS_CA_BUNDLE=/etc/ssl/pebble-ca.pem certbot renew --force-renewal --no-random-sleep-on-renew "
                      "--non-interactive")
@@ -51,6 +52,12 @@ def spki(cert):
     return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+def fingerprint(cert):
+    """The public key's SHA-256 as the role records it (aa:bb:...)."""
+    digest = hashlib.sha256(spki(cert)).hexdigest()
+    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+
+
 def ca_status(serial):
     """What the CA says of a certificate: pebble's {"Status": "Valid" | "Revoked", "Reason": <CRLReason>, ...}."""
     context = ssl.create_default_context(cafile=os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "lab-ca.pem"))
@@ -63,6 +70,18 @@ def dns(path, **body):
     request = urllib.request.Request(DNS_API + path, data=json.dumps(body).encode())
     with urllib.request.urlopen(request, timeout=10):
         pass
+
+
+def record(host, incident, step):
+    """The record of a step of the re-key of an incident (replaced, new_key, revoked), None when there is none."""
+    found = host.file(f"{RECORDS}/{incident}/{step}.json")
+    return json.loads(found.content_string) if found.exists else None
+
+
+def plant(host, incident, step, entry):
+    """Write the record of a step as the module would have (a run that died after it)."""
+    entry = dict(entry, incident_id=incident)
+    host.check_output(f"install -d -m 0700 {RECORDS}/{incident} && printf %s '{json.dumps(entry)}' > {RECORDS}/{incident}/{step}.json")
 
 
 def pages(host):
@@ -258,6 +277,7 @@ def test_the_private_key_stays_private(host):
 # gives a fresh one. The tests below run in this order and share the incident.
 KEY_INCIDENT = "MOLECULE-KEY-COMPROMISE"
 KEY_COMPROMISE = ("force=true", "new_key=true", "revoke_reason=keycompromise")
+REVOKE_TASK = "Revoke the replaced certificate at the CA"  # the role's task that revokes
 
 
 def test_a_key_compromise_dry_run_changes_nothing(host):
@@ -273,7 +293,7 @@ def test_a_key_compromise_dry_run_changes_nothing(host):
     assert f"Would revoke certificate {before.serial_number:x} (/etc/letsencrypt/archive/{NAME}/cert" in out
     assert served().serial_number == before.serial_number and ca_status(before.serial_number)["Status"] == "Valid"
     assert host.check_output(f"ls -l /etc/letsencrypt/archive/{NAME}") == archive
-    assert not host.file(f"{RECORDS}/MOLECULE-KEY-CHECK.json").exists
+    assert not host.file(f"{RECORDS}/MOLECULE-KEY-CHECK").exists
 
 
 def test_a_revocation_is_confirmed_before_anything_changes(host):
@@ -281,7 +301,7 @@ def test_a_revocation_is_confirmed_before_anything_changes(host):
     rc, out = playbook(RENEW, "incident_id=MOLECULE-KEY-UNCONFIRMED", *KEY_COMPROMISE)
     assert rc != 0 and "a revocation cannot be undone" in out and "-e confirm=true" in out
     assert served().serial_number == before and ca_status(before)["Status"] == "Valid"
-    assert not host.file(f"{RECORDS}/MOLECULE-KEY-UNCONFIRMED.json").exists
+    assert not host.file(f"{RECORDS}/MOLECULE-KEY-UNCONFIRMED").exists
 
 
 def test_a_key_compromise_serves_a_new_key_then_revokes_the_replaced_certificate(host):
@@ -298,46 +318,45 @@ def test_a_key_compromise_serves_a_new_key_then_revokes_the_replaced_certificate
     assert ca_status(fresh.serial_number)["Status"] == "Valid"
     assert f"Revoked certificate {before.serial_number:x} ({previous})" in out
     # Revoked only after the new certificate was verified on the wire.
-    assert out.index("The new certificate is served for every name") < out.index("Revoke it")
-    record = json.loads(host.file(f"{RECORDS}/{KEY_INCIDENT}.json").content_string)
-    assert record["replaced"]["path"] == previous and record["replaced"]["serial"] == f"{before.serial_number:x}"
-    assert record["revoked"]["reason"] == "keycompromise" and not record["revoked"]["already_revoked"]
+    assert out.index("The new certificate is served for every name") < out.index(REVOKE_TASK)
+    replaced = record(host, KEY_INCIDENT, "replaced")["certificate"]
+    assert replaced["path"] == previous and replaced["serial"] == f"{before.serial_number:x}"
+    revoked = record(host, KEY_INCIDENT, "revoked")
+    assert revoked["reason"] == "keycompromise" and not revoked["already_revoked"] and revoked["serial"] == replaced["serial"]
+    assert record(host, KEY_INCIDENT, "new_key")["public_keys"] == [fingerprint(fresh)]
 
 
 def test_the_same_incident_again_neither_renews_nor_revokes(host):
     before = served().serial_number
-    record = host.file(f"{RECORDS}/{KEY_INCIDENT}.json").content_string
+    records = host.check_output(f"tail -n +1 {RECORDS}/{KEY_INCIDENT}/*.json")
     rc, out = playbook(RENEW, f"incident_id={KEY_INCIDENT}", *KEY_COMPROMISE, "confirm=true")
     assert rc == 0, out
     assert re.search(r"\bapp : ok=\d+ changed=0 ", out), out
     assert f"Incident {KEY_INCIDENT} already replaced certificate" in out and "Renewing:" not in out
     assert served().serial_number == before and ca_status(before)["Status"] == "Valid"
-    assert host.file(f"{RECORDS}/{KEY_INCIDENT}.json").content_string == record
+    assert host.check_output(f"tail -n +1 {RECORDS}/{KEY_INCIDENT}/*.json") == records
 
 
 def test_a_revocation_the_ca_already_made_is_recorded_not_failed(host):
-    # A run that revoked but died before recording it: the record without "revoked", the CA has revoked.
-    record = json.loads(host.file(f"{RECORDS}/{KEY_INCIDENT}.json").content_string)
-    del record["revoked"]
-    host.check_output(f"printf %s '{json.dumps(record)}' > {RECORDS}/MOLECULE-KEY-DIED.json")
+    # A run that revoked but died before recording it: the certificate it replaced recorded, no revocation recorded,
+    # the CA has revoked.
+    plant(host, "MOLECULE-KEY-DIED", "replaced", record(host, KEY_INCIDENT, "replaced"))
     before = served().serial_number
     rc, out = playbook(RENEW, "incident_id=MOLECULE-KEY-DIED", *KEY_COMPROMISE, "confirm=true")
     assert rc == 0, out
     assert "the CA had revoked it already" in out and "Renewing:" not in out and served().serial_number == before
-    assert json.loads(host.file(f"{RECORDS}/MOLECULE-KEY-DIED.json").content_string)["revoked"]["already_revoked"]
+    assert record(host, "MOLECULE-KEY-DIED", "revoked")["already_revoked"]
 
 
 def test_a_key_that_did_not_change_fails_and_nothing_is_revoked(host):
     # As if the served key were the one of the compromised certificate (certbot kept it): the run must say so.
-    record = json.loads(host.file(f"{RECORDS}/{KEY_INCIDENT}.json").content_string)
-    del record["revoked"]
-    digest = hashlib.sha256(spki(served())).hexdigest()
-    record["served_public_keys_before"].append(":".join(digest[i:i + 2] for i in range(0, len(digest), 2)))
-    host.check_output(f"printf %s '{json.dumps(record)}' > {RECORDS}/MOLECULE-KEY-KEPT.json")
+    replaced = record(host, KEY_INCIDENT, "replaced")
+    replaced["served_public_keys_before"].append(fingerprint(served()))
+    plant(host, "MOLECULE-KEY-KEPT", "replaced", replaced)
     rc, out = playbook(RENEW, "incident_id=MOLECULE-KEY-KEPT", *KEY_COMPROMISE, "confirm=true")
     assert rc != 0
-    assert "The key did not change" in out and "Nothing was revoked" in out and "Revoke it" not in out
-    assert "revoked" not in json.loads(host.file(f"{RECORDS}/MOLECULE-KEY-KEPT.json").content_string)
+    assert "The key did not change" in out and "Nothing was revoked" in out and REVOKE_TASK not in out
+    assert record(host, "MOLECULE-KEY-KEPT", "revoked") is None
 
 
 def test_the_key_compromise_playbook_reissues_with_a_new_key_and_revokes_once(host):
