@@ -1,7 +1,8 @@
 # Copyright: contributors to runbooks.incident
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Read-only questions to the service's database: what its audit log holds since a mark, and which sessions hold or
-wait for the locks that block a backup. PRIVATE to the collection: no compatibility promise.
+"""Read-only questions to the service's database server: which sessions hold or wait for the locks that block a
+backup, and the read-only connection audit_log_info reads the audit log on (_service_db.audit_log). PRIVATE to the
+collection: no compatibility promise.
 
 Every session runs with `default_transaction_read_only=on` (PGOPTIONS), so nothing these questions send can write.
 Each answer is one statement (one snapshot) returning one JSON value: names and query texts travel JSON-escaped, so
@@ -15,8 +16,6 @@ import re
 from ansible_collections.runbooks.incident.plugins.module_utils import _pg
 
 READ_ONLY = (("default_transaction_read_only", "on"),)
-INTEGER_TYPES = ("smallint", "integer", "bigint", "numeric")
-JSON_TYPES = ("json", "jsonb")
 # A statement of another session that may carry a secret in its text is not shown, only that it was hidden.
 SECRET_WORDS = re.compile(r"password|passwd|secret|token|pgp_sym_|encrypt", re.IGNORECASE)
 MAX_QUERY_CHARS = 10000
@@ -35,73 +34,6 @@ def answer(runtime, db, sql):
     if value is None:
         raise _pg.PgError("the server returned no answer")
     return json.loads(value)
-
-
-# ---------------------------------------------------------------------------------------------------- audit log
-def table_columns(runtime, db, table):
-    """{column: type} of `table` (a table key, see _pg.table_key), or None when there is no such table or view."""
-    rows = runtime.query(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_class c LEFT JOIN pg_attribute a "
-        "ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped WHERE c.oid = to_regclass(%s)"
-        % _pg.quote_literal(_pg.qualified(table)), db)
-    if not rows:
-        return None
-    return {name: kind for name, kind in rows if name is not None}
-
-
-def check_audit_table(runtime, db, table, need_details):
-    """Refuse, naming what is wrong, a table that is not an audit log this module can read."""
-    columns = table_columns(runtime, db, table)
-    if columns is None:
-        raise _pg.PgError("%s has no table %s" % (db, table))
-    missing = [name for name in ("id", "action", "outcome") + (("details",) if need_details else ()) if name not in columns]
-    if missing:
-        raise _pg.PgError("table %s has no column %s (an audit log has id, action, outcome and details)" % (table, ", ".join(missing)))
-    if columns["id"].split("(")[0] not in INTEGER_TYPES:
-        raise _pg.PgError("column id of %s is %s, not a number" % (table, columns["id"]))
-    if need_details and columns["details"] not in JSON_TYPES:
-        raise _pg.PgError("column details of %s is %s, not json or jsonb" % (table, columns["details"]))
-
-
-def detail_text(key, value):
-    """How `details->>key` reads `value` (JSON's true/false, numbers as written)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (str, int)):
-        return str(value)
-    raise _pg.PgError("the value of details key %r is %r: match a string, a whole number or true/false" % (key, value))
-
-
-def audit_log_sql(table, since_id=None, actions=None, details=None):
-    """One statement: the last id, and with since_id the entries after it by action and outcome."""
-    source = _pg.qualified(table)
-    parts = ["'last_id', (SELECT coalesce(max(id), 0) FROM %s)" % source]
-    if since_id is not None:
-        where = ["id > %d" % since_id]
-        if actions:
-            where.append("action::text IN (%s)" % ", ".join(_pg.quote_literal(action) for action in actions))
-        for key, value in sorted((details or {}).items()):
-            where.append("details->>%s = %s" % (_pg.quote_literal(key), _pg.quote_literal(detail_text(key, value))))
-        parts.append(
-            "'counts', (SELECT coalesce(jsonb_object_agg(action, outcomes), '{}') FROM ("
-            "SELECT action, jsonb_object_agg(outcome, entries) AS outcomes FROM ("
-            "SELECT coalesce(action::text, ''), coalesce(outcome::text, ''), count(*) FROM %s WHERE %s GROUP BY 1, 2"
-            ") AS per_outcome (action, outcome, entries) GROUP BY action) AS per_action)" % (source, " AND ".join(where)))
-    return "SELECT jsonb_build_object(%s)" % ", ".join(parts)
-
-
-def audit_log(runtime, db, table, since_id=None, actions=None, details=None):
-    """{'last_id': int, 'counts': {action: {outcome: entries}}} (counts only with since_id)."""
-    if since_id is not None and since_id < 0:
-        raise _pg.PgError("since_id is %d: an id to count from is 0 or more" % since_id)
-    if not (table or "").strip():
-        raise _pg.PgError("audit_table is empty")
-    sql = audit_log_sql(table, since_id, actions, details)  # refuses an unusable details value before connecting
-    runtime.ping()
-    check_audit_table(runtime, db, table, bool(details) and since_id is not None)
-    result = answer(runtime, db, sql)
-    result["last_id"] = int(result["last_id"])
-    return result
 
 
 # ------------------------------------------------------------------------------------------------------ locks

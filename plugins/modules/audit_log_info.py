@@ -93,7 +93,7 @@ counts:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _params, _pg, _pg_info
+from ansible_collections.runbooks.incident.plugins.module_utils import _params, _pg, _pg_info, _service_db
 
 
 def main():
@@ -112,8 +112,8 @@ def main():
     params = module.params
     try:
         _pg.check_name(params["db"])
-        result = _pg_info.audit_log(_pg_info.read_only_runtime(params), params["db"], params["audit_table"],
-                                    params["since_id"], params["actions"], params["match_details"])
+        result = _service_db.audit_log(_pg_info.read_only_runtime(params), params["db"], params["audit_table"],
+                                       params["since_id"], params["actions"], params["match_details"])
     except (_pg.PgError, OSError, ValueError) as exc:
         module.fail_json(msg="cannot read the audit log %s of %s: %s (read-only: nothing was changed)"
                          % (params["audit_table"], params["db"], exc))
