@@ -179,11 +179,13 @@ def _fsync_dir_fd(fd):
 
 
 def _owner_ids(owner, group):
+    """(uid, gid) of a user and group given by name, or as numeric ids (kept as they are: a copy keeps the owner of
+    its original even when the id has no name on this host); None leaves that one unchanged (-1)."""
     import grp  # pylint: disable=import-outside-toplevel
     import pwd  # pylint: disable=import-outside-toplevel
     try:
-        uid = pwd.getpwnam(owner).pw_uid if owner is not None else -1
-        gid = grp.getgrnam(group).gr_gid if group is not None else -1
+        uid = owner if isinstance(owner, int) else pwd.getpwnam(owner).pw_uid if owner is not None else -1
+        gid = group if isinstance(group, int) else grp.getgrnam(group).gr_gid if group is not None else -1
     except KeyError as exc:
         raise OSError(errno.EINVAL, "no such user or group: %s" % exc.args[0]) from None
     return uid, gid

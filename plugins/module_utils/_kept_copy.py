@@ -8,9 +8,7 @@ back are written atomically with the owner and mode of what they copy.
 """
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 import stat
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _fileio
@@ -31,11 +29,7 @@ def _read(path):
 
 
 def _write_like(path, data, info):
-    try:
-        owner, group = pwd.getpwuid(info.st_uid).pw_name, grp.getgrgid(info.st_gid).gr_name
-    except KeyError:
-        raise KeptCopyError("%s belongs to uid %d / gid %d, which have no name on this host" % (path, info.st_uid, info.st_gid)) from None
-    _fileio.write_bytes(path, data, mode=stat.S_IMODE(info.st_mode), owner=owner, group=group)
+    _fileio.write_bytes(path, data, mode=stat.S_IMODE(info.st_mode), owner=info.st_uid, group=info.st_gid)
 
 
 def keep(path, copy, check_mode=False):

@@ -62,6 +62,17 @@ def test_restored_puts_back_owner_and_mode_and_check_mode_changes_nothing(run_mo
     assert files(secrets_file.parent) == {secrets_file.name: (b"token: ENC[AES256_GCM,data:old]\n", 0o640, NOBODY)}
 
 
+def test_an_owner_without_a_name_on_this_host_is_kept(run_module, secrets_file):
+    """A file restored from a backup may belong to an id no user here has: the copy and the file put back keep it."""
+    os.chown(secrets_file, 4242, 4343)
+    assert run_module("kept_copy", params(secrets_file))["changed"]
+    secrets_file.write_bytes(b"changed")
+    assert run_module("kept_copy", params(secrets_file, "restored"))["changed"]
+    info = secrets_file.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (4242, 4343, 0o640)
+    assert secrets_file.read_bytes() == b"token: ENC[AES256_GCM,data:old]\n"
+
+
 def test_dropped_removes_the_copy_once(run_module, secrets_file):
     run_module("kept_copy", params(secrets_file))
     assert run_module("kept_copy", params(secrets_file, "dropped"), check_mode=True)["changed"]
