@@ -7,12 +7,8 @@ Used by the pg_restore module only (it needs Ansible's URL code; the host-side j
 from __future__ import annotations
 
 import subprocess
-import time
-from urllib.error import HTTPError, URLError
 
-from ansible.module_utils.urls import open_url
-
-from ansible_collections.runbooks.incident.plugins.module_utils import _pg, _pg_restore
+from ansible_collections.runbooks.incident.plugins.module_utils import _pg, _pg_restore, _service
 
 
 class AppCycle:
@@ -50,25 +46,11 @@ class AppCycle:
 
     def healthy(self):
         """Whether /health answers 200 now (True when there is no health URL: nothing to wait for)."""
-        if not self.health_url:
-            return True
-        try:
-            return open_url(self.health_url, timeout=5, validate_certs=False).getcode() == 200
-        except (HTTPError, URLError, OSError, ValueError):
-            return False
+        return not self.health_url or _service.health(self.health_url)[0] == 200
 
     def wait_healthy(self):
-        deadline = time.monotonic() + self.health_timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            try:
-                response = open_url(self.health_url, timeout=5, validate_certs=False)
-                if response.getcode() == 200:
-                    return
-                last = "HTTP %d" % response.getcode()
-            except HTTPError as exc:
-                last = "HTTP %d" % exc.code
-            except (URLError, OSError, ValueError) as exc:
-                last = str(exc)
-            time.sleep(0.2)
-        raise _pg_restore.RestoreError("%s did not answer 200 within %d s (last: %s)" % (self.health_url, self.health_timeout, last))
+        try:
+            _service.wait(self.health_url, {}, self.health_timeout, interval=0.2)
+        except _service.ServiceError as exc:
+            raise _pg_restore.RestoreError("%s did not answer 200 within %d s (last: %s)"
+                                           % (self.health_url, self.health_timeout, exc.last)) from None

@@ -3,7 +3,8 @@
 """The service around a change of its secrets: restart its units, wait until /health reports what the change expects.
 PRIVATE to the collection: no compatibility promise.
 
-Used by the service_restart module (the rotations and the key-compromise steps restart the same way).
+Used by the service_restart module (the rotations and the key-compromise steps restart the same way), and by
+_appcycle to wait for the service after a database swap.
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ MISSING = object()
 
 
 class ServiceError(Exception):
-    pass
+    def __init__(self, msg, last=None):
+        super().__init__(msg)
+        self.last = last  # what /health last reported, for a caller that words the failure its own way
 
 
 def lookup(document, path):
@@ -85,5 +88,5 @@ def wait(url, expect, timeout, interval=1.0):
             return document
         if time.monotonic() >= deadline:
             last = (note or "HTTP %s" % status) if status != 200 else "; ".join(missing)
-            raise ServiceError("%s did not report what was expected within %d s (last: %s)" % (url, timeout, last))
+            raise ServiceError("%s did not report what was expected within %d s (last: %s)" % (url, timeout, last), last)
         time.sleep(interval)
