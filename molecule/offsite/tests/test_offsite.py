@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from conftest import eventually, other, playbook, received_alerts  # pylint: disable=import-error
+from conftest import eventually, fed, inventory_s3_secret_key, other, playbook, received_alerts  # pylint: disable=import-error
 
 testinfra_hosts = ["app"]
 
@@ -27,14 +27,17 @@ def sql(host, query):
 
 
 def s3_objects(host, body=False):
-    """The bucket's objects, listed (and read) from the app host with its configured credentials."""
+    """The bucket's objects, listed (and read) from the app host with its configured credentials. The script (it
+    holds the S3 secret key) goes in on stdin: an argv is seen by every exec scan on the machine."""
     script = (
         "import boto3, json, base64; s3 = boto3.client('s3', endpoint_url='http://s3:9000', region_name='us-east-1', "
-        "aws_access_key_id='sandbox-access-key', aws_secret_access_key='sandbox-secret-key'); "
+        f"aws_access_key_id='sandbox-access-key', aws_secret_access_key={inventory_s3_secret_key()!r}); "
         "keys = [o['Key'] for p in s3.get_paginator('list_objects_v2').paginate(Bucket='wa-mcp-backups') for o in p.get('Contents', [])]; "
         f"print(json.dumps({{k: base64.b64encode(s3.get_object(Bucket='wa-mcp-backups', Key=k)['Body'].read()[:4096]).decode() "
         f"if {body} else '' for k in keys}}))")
-    return json.loads(host.check_output(f'python3 -c "{script}"'))
+    res = fed(host, "python3 -", script.encode())
+    assert res.returncode == 0, res.stderr.decode(errors="replace")
+    return json.loads(res.stdout)
 
 
 def test_the_database_is_back_and_equals_the_manifest(host):
