@@ -202,24 +202,48 @@ def atomic_writer(final_path, mode=0o600, owner=None, group=None):
     The directory is reached safely; a symlink at `final_path` itself is replaced, never followed.
     """
     with parent_dir(final_path) as (dir_fd, name):
-        ids = _owner_ids(owner, group) if owner is not None or group is not None else None
-        tmp = _temp_name(name)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600, dir_fd=dir_fd)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                yield handle
-                handle.flush()
-                os.fsync(handle.fileno())
-                if ids is not None:
-                    os.fchown(handle.fileno(), *ids)
-                if mode is not None:
-                    os.fchmod(handle.fileno(), mode)
-            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            _fsync_dir_fd(dir_fd)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp, dir_fd=dir_fd)
-            raise
+        with atomic_writer_at(dir_fd, name, mode, owner, group) as handle:
+            yield handle
+
+
+@contextlib.contextmanager
+def atomic_writer_at(dir_fd, name, mode=0o600, owner=None, group=None):
+    """atomic_writer for the file `name` in the directory of descriptor `dir_fd` (from open_dir or subdir)."""
+    ids = _owner_ids(owner, group) if owner is not None or group is not None else None
+    tmp = _temp_name(name)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+            if ids is not None:
+                os.fchown(handle.fileno(), *ids)
+            if mode is not None:
+                os.fchmod(handle.fileno(), mode)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        _fsync_dir_fd(dir_fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+
+
+def subdir(dir_fd, name, create_mode=None):
+    """A descriptor of the directory `name` in the directory of `dir_fd`, never through a symlink, wherever it is
+    (open_dir follows a link in a trusted directory; a directory this process creates and writes into must be its
+    own). With `create_mode` it is created when missing. The caller closes it."""
+    if not name or "/" in name or name in (".", ".."):
+        raise UnsafePathError(errno.EINVAL, "not a directory name", name)
+    if create_mode is not None:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, create_mode, dir_fd=dir_fd)
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            raise UnsafePathError(errno.ELOOP, "is a symlink: refusing to follow it", name) from None
+        raise
 
 
 def write_bytes(final_path, data, mode=0o600, owner=None, group=None):
