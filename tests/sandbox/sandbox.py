@@ -87,6 +87,8 @@ APT_PACKAGES = [
     "openssh-client", "git", "bind9-dnsutils", "util-linux", "shellcheck",
     # The secret scans read every exec from the kernel's audit records (molecule/exec_audit.py).
     "auditd",
+    # The timeline callback's Gantt page is opened and screenshotted headless (tests/unit/test_timeline.py).
+    "chromium",
 ]
 # Phone number id of the sandbox's WhatsApp Business number (Graph API stand-in).
 SANDBOX_PHONE_ID = "109876543210987"
