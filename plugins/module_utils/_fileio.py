@@ -223,10 +223,9 @@ def atomic_writer_at(dir_fd, name, mode=0o600, owner=None, group=None):
                 os.fchmod(handle.fileno(), mode)
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         _fsync_dir_fd(dir_fd)
-    except BaseException:
+    finally:  # on success the temp file is renamed: nothing left to remove
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=dir_fd)
-        raise
 
 
 def subdir(dir_fd, name, create_mode=None):

@@ -71,8 +71,8 @@ def timeline_rows(timeline):
         for task in run.get("tasks", []):
             where = "%s: %s" % (task.get("host"), task.get("task"))
             if task.get("status") == "failed":
-                rows.append((task.get("end"), "Task failed%s: %s%s" % (" (ignored)" if task.get("ignored") else "", where,
-                                                                         " — %s" % task["msg"] if task.get("msg") else "")))
+                ignored = " (ignored)" if task.get("ignored") else ""
+                rows.append((task.get("end"), "Task failed%s: %s%s" % (ignored, where, " — %s" % task["msg"] if task.get("msg") else "")))
             elif task.get("status") == "unreachable":
                 rows.append((task.get("end"), "Host unreachable: %s%s" % (where, " — %s" % task["msg"] if task.get("msg") else "")))
             elif _timeline.is_remediation(task):
@@ -300,9 +300,9 @@ def gantt(timeline):
             status = task.get("status") if task.get("status") in _timeline.STATUSES else "ok"
             style = "censored" if task.get("censored") else status
             left, width = _position(run, task)
-            title = "%s · %s (%s) %s → %s: %s%s%s" % (task.get("host"), task.get("task"), task.get("action"), clock(task.get("start")),
-                                                    clock(task.get("end")), status, " (ignored)" if task.get("ignored") else "",
-                                                    " — %s" % task["msg"] if task.get("msg") else "")
+            title = "%s · %s (%s) %s → %s: %s%s%s" % (
+                task.get("host"), task.get("task"), task.get("action"), clock(task.get("start")), clock(task.get("end")), status,
+                " (ignored)" if task.get("ignored") else "", " — %s" % task["msg"] if task.get("msg") else "")
             out.append('<div class="row" data-row="%d" data-status="%s" title="%s"><span class="mark">%s</span>'
                        '<span class="label">%s · %s</span><span class="track"><span class="bar %s" style="left:%.2f%%;width:%.2f%%">'
                        "</span></span></div>" % (number, esc(status), esc(title), esc(MARKS[status]), esc(str(task.get("host"))),

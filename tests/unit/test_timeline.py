@@ -131,7 +131,7 @@ def test_every_task_and_host_is_recorded_with_its_status(recorded):
 
 
 def test_a_no_log_task_is_censored_and_its_secret_is_in_no_file(recorded):
-    incidents, timeline, _ = recorded
+    incidents, timeline, _outputs = recorded
     for run in timeline["runs"]:
         for name in ("a secret task", "a secret result"):
             task = by_task(run)[("localhost", name)]
@@ -154,7 +154,7 @@ def test_a_check_run_and_the_real_run_append_to_one_timeline(recorded):
 
 
 def test_a_collection_module_s_whitelisted_results_are_recorded(recorded):
-    _incidents, timeline, _ = recorded
+    _incidents, timeline, _outputs = recorded
     check, apply = timeline["runs"]
     step = by_task(apply)[("localhost", "record the step")]
     assert step["action"] == "runbooks.incident.incident_steps"
@@ -164,7 +164,7 @@ def test_a_collection_module_s_whitelisted_results_are_recorded(recorded):
 
 
 def test_the_post_mortem_and_the_gantt_page_render_from_the_runs(recorded):
-    incidents, timeline, _ = recorded
+    incidents, timeline, _outputs = recorded
     text = (incidents / "INC-2026-0042" / "postmortem.md").read_text()
     for section in ("# Post-Mortem: Incident INC-2026-0042", "## Summary", "## Timeline", "## Root Cause", "## Resolution",
                     "## Impact", "## Metrics", "## Action Items", "## Lessons Learned", "## Post-Incident Checklist",
@@ -277,7 +277,7 @@ def lifecycle_events(run_id: str, start: str) -> list:
 
 
 def test_checklist_items_are_ticked_only_when_the_timeline_shows_them(recorded):
-    _incidents, timeline, _ = recorded
+    _incidents, timeline, _outputs = recorded
     timeline = json.loads(json.dumps(timeline))
     check, apply = timeline["runs"]
     post_incident, war_room = _postmortem.checklists(timeline)
@@ -309,7 +309,7 @@ def test_checklist_items_are_ticked_only_when_the_timeline_shows_them(recorded):
 
 
 def test_the_gantt_page_opens_in_headless_chromium(recorded, tmp_path):
-    incidents, timeline, _ = recorded
+    incidents, timeline, _outputs = recorded
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     require(chromium, "chromium (Debian package chromium)", "make deps installs it (tests/sandbox/sandbox.py APT_PACKAGES)")
     page = incidents / "INC-2026-0042" / "timeline.html"
