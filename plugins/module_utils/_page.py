@@ -25,6 +25,8 @@ SEVERITIES = ("critical", "error", "warning", "info")
 JOB_LABEL = "runbooks.incident"
 MASK = "********"
 BODY_EXCERPT = 200
+# What is kept of a 2xx answer (a Statuspage incident's id is in it).
+MAX_ANSWER = 1 << 16
 JOURNAL_LINES = 20
 # A page that cannot be delivered within an hour is not a page; longer bounds only hide a stuck receiver.
 MAX_TIMEOUT = 3600
@@ -116,27 +118,35 @@ def check_timeout(timeout):
     return timeout
 
 
-def _post(opener, request, url, timeout, secret):
-    """One POST through urllib, each read bounded by `timeout`; the 2xx status, or PageError."""
+def _exchange(opener, request, shown, timeout, secret):
+    """One request through urllib, each read bounded by `timeout`; (the 2xx status, the answer's first bytes), or
+    PageError naming the receiver as `shown`."""
     try:
         with opener.open(request, timeout=timeout) as response:
-            return response.status
+            return response.status, response.read(MAX_ANSWER)
     except urllib.error.HTTPError as exc:
         try:
             body = exc.read(4 * BODY_EXCERPT).decode("utf-8", errors="replace")
         except (OSError, HTTPException):
             body = ""
         raise PageError("%s answered HTTP %d, the alert was not accepted: %s"
-                        % (url, exc.code, _hide(body, secret)[:BODY_EXCERPT] or "(empty body)")) from None
+                        % (shown, exc.code, _hide(body, secret)[:BODY_EXCERPT] or "(empty body)")) from None
     except urllib.error.URLError as exc:
-        raise PageError("could not reach %s, no alert was delivered: %s" % (url, _hide(str(exc.reason), secret))) from None
+        raise PageError("could not reach %s, no alert was delivered: %s" % (shown, _hide(str(exc.reason), secret))) from None
     except (OSError, HTTPException, ValueError) as exc:
         # Timeouts while reading the answer and broken connections after the request went out.
-        raise PageError("no answer from %s, the alert may not have been delivered: %s" % (url, _hide(str(exc), secret))) from None
+        raise PageError("no answer from %s, the alert may not have been delivered: %s" % (shown, _hide(str(exc), secret))) from None
 
 
 def send(url, payload, timeout=10, validate_certs=True, secret=None):
-    """POST `payload` as JSON to `url`; the HTTP status when it is 2xx, PageError otherwise. `secret` is never shown.
+    """POST `payload` as JSON to `url`; the HTTP status when it is 2xx, PageError otherwise. `secret` is never shown."""
+    return exchange(url, payload, timeout=timeout, validate_certs=validate_certs, secret=secret)[0]
+
+
+def exchange(url, payload, timeout=10, validate_certs=True, secret=None, method="POST", headers=None, shown=None):
+    """Send `payload` as JSON to `url` with `method` and extra `headers`; (HTTP status, the answer's first
+    MAX_ANSWER bytes) when the status is 2xx, PageError otherwise. `secret` is never shown; messages name the
+    receiver as `shown` (default `url`: a URL holding a token, such as a Slack webhook's, is shown by its host).
 
     `timeout` bounds the whole request (name lookup, connect, send, the answer's status and headers, an error's
     body): socket timeouts bound each read only, and a receiver sending a byte now and then would hold a read open
@@ -145,6 +155,7 @@ def send(url, payload, timeout=10, validate_certs=True, secret=None):
     """
     parts = check_url(url)
     check_timeout(timeout)
+    shown = shown or url
     handlers = [_NoRedirect()]
     if parts.scheme == "https":
         context = ssl.create_default_context()
@@ -152,28 +163,28 @@ def send(url, payload, timeout=10, validate_certs=True, secret=None):
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         handlers.append(urllib.request.HTTPSHandler(context=context))
-    request = urllib.request.Request(url, data=json.dumps(payload).encode("utf-8"), method="POST",
-                                     headers={"Content-Type": "application/json", "User-Agent": JOB_LABEL})
+    request = urllib.request.Request(url, data=json.dumps(payload).encode("utf-8"), method=method,
+                                     headers=dict(headers or {}, **{"Content-Type": "application/json", "User-Agent": JOB_LABEL}))
     outcome = {}
 
     def attempt():
         try:
-            outcome["status"] = _post(urllib.request.build_opener(*handlers), request, url, timeout, secret)
+            outcome["answer"] = _exchange(urllib.request.build_opener(*handlers), request, shown, timeout, secret)
         except PageError as exc:
             outcome["error"] = exc
         except Exception as exc:  # pylint: disable=broad-exception-caught
             # The thread's boundary: whatever went wrong is reported by the caller, not printed by the thread.
             outcome["error"] = PageError("sending to %s failed, the alert may not have been delivered: %s"
-                                         % (url, _hide(str(exc), secret)))
+                                         % (shown, _hide(str(exc), secret)))
 
     worker = threading.Thread(target=attempt, name="page-request", daemon=True)
     worker.start()
     worker.join(timeout)
     if worker.is_alive():
-        raise PageError("no complete answer from %s within %s s, the alert may not have been delivered" % (url, timeout))
+        raise PageError("no complete answer from %s within %s s, the alert may not have been delivered" % (shown, timeout))
     if "error" in outcome:
         raise outcome["error"]
-    return outcome["status"]
+    return outcome["answer"]
 
 
 def journal_tail(unit, lines=JOURNAL_LINES, journalctl="journalctl"):
