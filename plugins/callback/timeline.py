@@ -89,6 +89,11 @@ class CallbackModule(CallbackBase):
 
     @_guarded
     def v2_playbook_on_start(self, playbook):
+        if self._run is not None:  # one command, several playbooks: a run each
+            self._run.finish_without_stats()
+            self._save(after=_postmortem.write_at)
+            self._run = None
+        self._decided = False
         self._playbook = str(getattr(playbook, "_file_name", "") or "").rsplit("/", 1)[-1]
         self._started = _timeline.utc_now()
 

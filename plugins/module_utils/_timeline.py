@@ -296,6 +296,13 @@ class Run:
                 self.events.append(journal_event(journal_message, end, self.run_id, host, record["task"]))
         return record
 
+    def finish_without_stats(self, moment=None):
+        """The run ended before Ansible's stats (the next playbook of one ansible-playbook command began): the outcome
+        from its records, failed when a task failed (not ignored) or a host was unreachable."""
+        self.data["end"] = stamp(moment or utc_now())
+        failed = any(task["status"] == "unreachable" or (task["status"] == "failed" and not task.get("ignored")) for task in self.data["tasks"])
+        self.data["outcome"] = "failed" if failed else "ok"
+
     def finish(self, host_stats, moment=None):
         """The run ended: per-host stats ({host: {ok, changed, failures, unreachable, ...}}) decide the outcome."""
         self.data["end"] = stamp(moment or utc_now())

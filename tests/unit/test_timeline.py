@@ -237,6 +237,19 @@ def test_an_awx_job_records_its_launcher(tmp_path):
     assert run["outcome"] == "ok"
 
 
+def test_two_playbooks_of_one_command_are_two_runs(tmp_path):
+    incidents = tmp_path / "incidents"
+    second = tmp_path / "second.yml"
+    second.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False, "tasks": [{"name": "two", "ansible.builtin.command": "false"}]}]))
+    result = run_playbook(tmp_path, [{"hosts": "localhost", "gather_facts": False, "tasks": [{"name": "one", "ansible.builtin.debug": {}}]}],
+                          incidents, str(second), "-e", "incident_id=INC-2")
+    assert result.returncode != 0
+    runs = timeline_of(incidents, "INC-2")["runs"]
+    assert [(run["playbook"], run["outcome"], [task["task"] for task in run["tasks"]]) for run in runs] == [
+        ("incident_play.yml", "ok", ["one"]), ("second.yml", "failed", ["two"])]
+    assert runs[0]["end"] <= runs[1]["start"]
+
+
 def test_a_killed_run_leaves_what_it_did_so_far(tmp_path):
     incidents = tmp_path / "incidents"
     proc = run_playbook(tmp_path, [{"hosts": "localhost", "gather_facts": False, "tasks": [
