@@ -375,8 +375,8 @@ def email_body(event, incident, levels):
     if incident.get("severity"):
         level = levels[incident["severity"]]
         examples = ", ".join(level.get("examples") or [])
-        lines += ["", "%s %s: %s (e.g. %s); response target %d min." % (incident["severity"], level["name"], level["meaning"], examples,
-                                                                         level["response_minutes"])]
+        about = (incident["severity"], level["name"], level["meaning"], examples, level["response_minutes"])
+        lines += ["", "%s %s: %s (e.g. %s); response target %d min." % about]
     lines += ["", "Sent by %s." % SOURCE]
     return "\n".join(lines) + "\n"
 
