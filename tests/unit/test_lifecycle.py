@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import socketserver
+import ssl
 import subprocess
 import sys
 import threading
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import COLLECTIONS, REPO_ROOT, planted_link  # pylint: disable=import-error
+from conftest import COLLECTIONS, REPO_ROOT, planted_link, start_module  # pylint: disable=import-error
 
 ROUTING_KEY = "R0UT1NGKEYlifecycle0123456789abc"
 SLACK_TOKEN = "xoxWEBHOOKt0kenLifecycle0123456789"
@@ -177,9 +178,9 @@ class SmtpSink(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self):
+    def __init__(self, tls_context=None):
         super().__init__(("127.0.0.1", 0), SmtpHandler)
-        self.messages, self.logins = [], []
+        self.messages, self.logins, self.tls_context = [], [], tls_context
 
     @property
     def port(self):
@@ -199,7 +200,14 @@ class SmtpHandler(socketserver.StreamRequestHandler):
                 return
             verb = line.split(" ", 1)[0].upper()
             if verb == "EHLO":
-                self.wfile.write(b"250-sink\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n")
+                offer = b"250-STARTTLS\r\n" if self.server.tls_context and not isinstance(self.connection, ssl.SSLSocket) else b""
+                self.wfile.write(b"250-sink\r\n" + offer + b"250-AUTH PLAIN\r\n250 8BITMIME\r\n")
+            elif verb == "STARTTLS":
+                self.reply("220 2.0.0 Ready to start TLS")
+                self.connection = self.server.tls_context.wrap_socket(self.connection, server_side=True)
+                self.rfile, self.wfile = self.connection.makefile("rb"), self.connection.makefile("wb", buffering=0)
+            elif verb == "AUTH" and self.server.tls_context and not isinstance(self.connection, ssl.SSLSocket):
+                self.reply("530 5.7.0 Must issue a STARTTLS command first")
             elif verb == "HELO":
                 self.reply("250 sink")
             elif verb == "AUTH":
@@ -576,3 +584,55 @@ def test_the_outcome_entry_point(ansible_play, providers, smtp, tmp_path):
     state = json.loads((incidents / "INC-OUT-1" / "incident.json").read_text())
     assert state["declared"] is None and state["history"][0]["outcome"] == "failed" and state["history"][0]["playbook"] == "test"
     assert_no_secret(result.stdout, result.stderr)
+
+
+def test_email_through_starttls(run_module, tmp_path):
+    """The relay wants STARTTLS before AUTH (a self-signed certificate: validate_certs=false)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    sink = SmtpSink(context)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    try:
+        params = dict(incident_id="INC-TLS-1", incident_dir=str(tmp_path / "incidents"), event="declare", severity="P3", summary="Cosmetic",
+                      email_host="127.0.0.1", email_port=sink.port, email_recipients=["oncall@example.test"], email_starttls=True,
+                      email_username="alerts", email_password=SMTP_PASSWORD)
+        verified = run_module("incident_lifecycle", params)
+        assert verified["failed_notifications"] == 1 and "CERTIFICATE_VERIFY_FAILED" in verified["notifications"][0]["error"]
+        assert sink.messages == [] and sink.logins == []
+        sent = run_module("incident_lifecycle", dict(params, incident_id="INC-TLS-2", validate_certs=False))
+        assert sent["failed_notifications"] == 0 and sink.logins == [("alerts", SMTP_PASSWORD)]
+        assert "[P3] INC-TLS-2 declared" in sink.messages[0]["message"]["Subject"]
+    finally:
+        sink.shutdown()
+        sink.server_close()
+
+
+class SlowProviders(Providers):
+    """Each answer comes after a second: two concurrent declarations overlap for sure."""
+
+    def finish_request(self, request, client_address):
+        threading.Event().wait(1)
+        super().finish_request(request, client_address)
+
+
+def test_two_concurrent_declarations_page_once(tmp_path):
+    """Two jobs declare the same incident at once (an AWX retry, two operators): the lock makes one the declaration
+    and the other a join."""
+    slow = SlowProviders()
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    try:
+        params = dict(incident_id="INC-RACE-1", incident_dir=str(tmp_path / "incidents"), event="declare", severity="P1", summary="Down",
+                      pagerduty_url=slow.base + "/v2/enqueue", pagerduty_routing_key=ROUTING_KEY)
+        procs = []
+        for name in ("one", "two"):
+            (tmp_path / name).mkdir()
+            procs.append(start_module("incident_lifecycle", params, tmp_path / name))
+        results = [json.loads(proc.communicate(timeout=60)[0].decode()) for proc in procs]
+    finally:
+        slow.shutdown()
+        slow.server_close()
+    assert sorted(result["changed"] for result in results) == [False, True], results
+    assert [request["body"]["event_action"] for request in slow.requests] == ["trigger"] and not slow.problems
