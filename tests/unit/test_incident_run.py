@@ -73,3 +73,82 @@ def test_destructive_step_needs_confirmation_except_in_check_mode(ansible_play, 
     assert ansible_play(gate, check=True).rc == 0
     confirmed = ansible_play(gate, extra_vars={"confirm": True})
     assert confirmed.rc == 0 and confirmed["destroy"]["msg"] == "destroying"
+
+
+def with_timeline(tmp_path):
+    """The environment of a run with the timeline callback on, keeping incidents in tmp_path/incidents."""
+    return {"ANSIBLE_CALLBACKS_ENABLED": "runbooks.incident.timeline", "RUNBOOKS_INCIDENT_DIR": str(tmp_path / "incidents")}
+
+
+def records(tmp_path, incident_id):
+    """(the lifecycle state or None, the timeline) the run left for the incident."""
+    directory = tmp_path / "incidents" / incident_id
+    state = directory / "incident.json"
+    return (json.loads(state.read_text()) if state.exists() else None), json.loads((directory / "timeline.json").read_text())
+
+
+def test_a_run_with_a_severity_declares_the_incident_and_records_its_outcome(ansible_play, tmp_path):
+    lock = tmp_path / "run.lock"
+    body = [{"name": "remediate", "ansible.builtin.command": "true"}]
+    result = ansible_play(guarded(body, lock), extra_vars={"incident_id": "INC-8", "severity": "P1", "incident_run_lock_path": str(lock)},
+                          env=dict(with_timeline(tmp_path), ANSIBLE_SHOW_CUSTOM_STATS="true"))
+    assert result.rc == 0, result.stdout
+    state, timeline = records(tmp_path, "INC-8")
+    assert state["severity"] == "P1" and state["declared"] and state["status"] == "investigating"
+    assert [entry["event"] for entry in state["history"]] == ["declare", "outcome"]
+    assert state["history"][-1]["outcome"] == "ok" and state["history"][-1]["playbook"] == "test"
+    kinds = [event["kind"] for event in timeline["events"]]
+    assert kinds.count("declared") == 1 and kinds.count("outcome") == 1 and kinds.count("journal") == 2
+    assert [event["ok"] for event in timeline["events"] if event["kind"] == "outcome"] == [True]
+    (run,) = timeline["runs"]
+    assert run["mode"] == "apply" and run["outcome"] == "ok"
+    assert any(task["task"] == "remediate" and task["status"] == "changed" for task in run["tasks"])
+    stats = json.loads(result.stdout)["global_custom_stats"]  # what AWX shows as the job's artifacts
+    assert stats["incident_id"] == "INC-8" and stats["outcome"] == "success" and stats["mode"] == "apply"
+    assert stats["playbook"] == "test" and stats["run_id"]
+
+    # A second run of the same incident joins it: no second declaration, a second outcome, one timeline.
+    again = ansible_play(guarded(body, lock), extra_vars={"incident_id": "INC-8", "severity": "P1", "incident_run_lock_path": str(lock)},
+                         env=with_timeline(tmp_path))
+    assert again.rc == 0, again.stdout
+    state, timeline = records(tmp_path, "INC-8")
+    assert [entry["event"] for entry in state["history"]] == ["declare", "outcome", "outcome"]
+    assert len(timeline["runs"]) == 2 and [event["kind"] for event in timeline["events"]].count("declared") == 1
+
+
+def test_a_failed_run_without_severity_records_a_failed_outcome_and_declares_nothing(ansible_play, tmp_path):
+    lock = tmp_path / "run.lock"
+    body = [{"name": "broken step", "ansible.builtin.fail": {"msg": "disk on fire"}}]
+    result = ansible_play(guarded(body, lock), extra_vars={"incident_id": "CHG-9", "incident_run_lock_path": str(lock)},
+                          env=with_timeline(tmp_path))
+    assert result.rc != 0 and "broken step failed: disk on fire" in result.stdout
+    state, timeline = records(tmp_path, "CHG-9")
+    assert state["declared"] is None and [entry["outcome"] for entry in state["history"]] == ["failed"]
+    assert [event["ok"] for event in timeline["events"] if event["kind"] == "outcome"] == [False]
+    assert "declared" not in [event["kind"] for event in timeline["events"]]
+    assert timeline["runs"][0]["outcome"] == "failed" and not lock.exists()
+
+
+def test_a_check_run_declares_and_records_nothing_but_its_timeline(ansible_play, tmp_path):
+    lock = tmp_path / "run.lock"
+    body = [{"name": "remediate", "ansible.builtin.command": "true"}]
+    result = ansible_play(guarded(body, lock), check=True, env=with_timeline(tmp_path),
+                          extra_vars={"incident_id": "INC-10", "severity": "P0", "incident_run_lock_path": str(lock)})
+    assert result.rc == 0, result.stdout
+    state, timeline = records(tmp_path, "INC-10")
+    assert state is None  # the lifecycle only predicts in check mode
+    assert timeline["runs"][0]["mode"] == "check"
+    assert not [event for event in timeline["events"] if event["kind"] != "journal"]
+
+
+def test_a_broken_incident_record_never_fails_the_run(ansible_play, tmp_path):
+    lock = tmp_path / "run.lock"
+    (tmp_path / "incidents" / "INC-11").mkdir(parents=True)
+    (tmp_path / "incidents" / "INC-11" / "incident.json").write_text("{ not json")
+    body = [{"name": "remediate", "ansible.builtin.command": "true"}]
+    result = ansible_play(guarded(body, lock), extra_vars={"incident_id": "INC-11", "incident_run_lock_path": str(lock)},
+                          env=with_timeline(tmp_path))
+    assert result.rc == 0, result.stdout
+    assert "the outcome could not be recorded in incident INC-11" in result.stdout
+    assert (tmp_path / "incidents" / "INC-11" / "incident.json").read_text() == "{ not json"
+    assert not lock.exists()
