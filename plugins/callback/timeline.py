@@ -25,14 +25,12 @@ options:
   incident_dir:
     description:
       - The directory of the incidents' timelines, created with mode 0700 when missing.
-      - A relative path is relative to the controller's working directory (to the ansible.cfg's directory when set there).
+      - A relative path is relative to the controller's working directory.
+      - Only the environment sets it, as it does for the C(incident_lifecycle) module's records beside the timelines.
     type: path
     default: incidents
     env:
       - name: RUNBOOKS_INCIDENT_DIR
-    ini:
-      - section: runbooks_incident
-        key: dir
 author:
   - runbooks.incident contributors (@runbooks)
 """

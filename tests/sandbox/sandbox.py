@@ -349,6 +349,7 @@ def cmd_converge(_args: argparse.Namespace) -> None:
                 "ansible_connection": "community.docker.docker", "ansible_host": name, "ansible_user": "root"}}}}}}))
             (Path(tmp) / "group_vars").symlink_to(ROOT / "inventories" / "sandbox" / "group_vars")
             env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), RUNBOOKS_SANDBOX_DIR=str(STATE),
+                       RUNBOOKS_INCIDENT_DIR=str(Path(tmp) / "incidents"),
                        ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".build" / "collections"), ANSIBLE_PIPELINING="true")
             res = run(str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory),
                       str(ROOT / "playbooks" / "rebootstrap.yml"), "-e", "incident_id=SANDBOX-CONVERGED",
