@@ -105,9 +105,29 @@ def held_secrets(hosts):
     return {value: place for value, place in found.items() if len(value) >= 12}
 
 
+def incident_dir():
+    """Where the timeline callback, enabled for every playbook() run, keeps the scenario's incidents: timelines,
+    post-mortems, lifecycle records (RUNBOOKS_INCIDENT_DIR)."""
+    return os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "incidents")
+
+
+def incident_records():
+    """{path: text} of every file the runs left in incident_dir()."""
+    records = {}
+    for directory, _dirs, files in os.walk(incident_dir()):
+        for name in files:
+            path = os.path.join(directory, name)
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                records[path] = handle.read()
+    return records
+
+
 def leaks(secrets, out, execs):
-    """Where each secret appears: in a run's output, or in the argv of a program started during it."""
+    """Where each secret appears: in a run's output, in the incident records (timeline, post-mortem), or in the argv
+    of a program started during it."""
     found = [f"the secret held in {place} appears in the output" for value, place in secrets.items() if value in out]
+    for path, text in incident_records().items():
+        found += [f"the secret held in {place} appears in {path}" for value, place in secrets.items() if value in text]
     for value, place in secrets.items():
         programs = sorted({os.path.basename((args or [b"?"])[0]).decode(errors="replace") for _stamp, args in execs if value.encode() in b" ".join(args)})
         if programs:
@@ -137,8 +157,9 @@ def playbook(name, *extra, check=False, vars_files=(), artifacts=None, secrets=(
     over, in env/extravars, never on a command line (the runner reads env/ only once: one directory per run).
 
     A check-mode run must leave every host as it found it (unchanged()); and no run may show a secret the hosts
-    hold before or after it (held_secrets()), or one of `secrets`, in its output or in the argv of any program
-    started during it (exec_audit: on the controller, on the hosts, in their containers). Either fails the test."""
+    hold before or after it (held_secrets()), or one of `secrets`, in its output, in the incident records the
+    timeline callback keeps (incident_dir()), or in the argv of any program started during it (exec_audit: on the
+    controller, on the hosts, in their containers). Either fails the test."""
     if check:
         with unchanged():
             return _scanned(name, extra, ["--check"], vars_files, artifacts, secrets)
@@ -165,7 +186,8 @@ def _playbook(name, extra, flags, vars_files, artifacts):
     for path in vars_files:
         flags += ["-e", "@" + os.path.join(project, path)]
     extravars = [item for item in extra if not item.startswith("--")]
-    env = {"ANSIBLE_COLLECTIONS_PATH": os.path.join(project, ".build", "collections"), **PLAYBOOK_ENV}
+    env = {"ANSIBLE_COLLECTIONS_PATH": os.path.join(project, ".build", "collections"), **PLAYBOOK_ENV,
+           "ANSIBLE_CALLBACKS_ENABLED": "runbooks.incident.timeline", "RUNBOOKS_INCIDENT_DIR": incident_dir()}
     path = os.path.join(project, "playbooks", name)
     if artifacts is None:
         argv = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], path] + flags

@@ -10,7 +10,7 @@ import json
 import os
 import re
 
-from conftest import playbook, restored  # pylint: disable=import-error
+from conftest import incident_dir, playbook, restored  # pylint: disable=import-error
 
 PSQL = "docker compose --project-directory /opt/whatsapp-mcp exec -T postgres psql -U wa -At"
 TABLES = ("clients", "api_keys", "messages")
@@ -101,6 +101,32 @@ def test_a_restore_that_fails_after_the_swap_is_rolled_back(host):
     assert counts(host) == before  # the database from before this restore is live again, canary included
     assert any(name.startswith("wa_mcp_failed_restore_") for name in databases(host))
     assert json.loads(host.check_output("curl -fsS http://127.0.0.1/health"))["status"] == "ok"
+
+
+def test_the_timeline_shows_what_the_rolled_back_restore_did():
+    """The timeline callback is on for every playbook() run (molecule/conftest.py), as on an on-call controller: the
+    restore rolled back above is one failed apply run in its incident's timeline, with the swap (and the app's
+    downtime it measured), the failed smoke check and the rollback; the post-mortem and the Gantt page are drawn."""
+    directory = os.path.join(incident_dir(), "MOLECULE-ROLLBACK")
+    with open(os.path.join(directory, "timeline.json"), encoding="utf-8") as handle:
+        timeline = json.load(handle)
+    (run,) = timeline["runs"]
+    assert run["mode"] == "apply" and run["outcome"] == "failed" and run["playbook"] == "restore_database.yml"
+    tasks = {task["task"]: task for task in run["tasks"] if task["host"] == "app"}
+    swap = tasks["Stop the app, swap the verified staging database into place, start the app"]
+    assert swap["status"] == "changed" and swap["action"] == "runbooks.incident.pg_restore"
+    assert swap["results"]["app_downtime_s"] >= 0
+    assert tasks["Run the smoke checks"]["status"] == "failed"
+    assert tasks["Put the previous database back"]["status"] == "changed"
+    markers = [event["summary"] for event in timeline["events"] if event["kind"] == "journal"]
+    assert any(marker.startswith("BEGIN incident=MOLECULE-ROLLBACK") for marker in markers)
+    assert any("outcome=failed" in marker for marker in markers)
+    assert [event["ok"] for event in timeline["events"] if event["kind"] == "outcome"] == [False]
+    with open(os.path.join(directory, "postmortem.md"), encoding="utf-8") as handle:
+        postmortem = handle.read()
+    assert "MOLECULE-ROLLBACK" in postmortem and "Run the smoke checks" in postmortem
+    with open(os.path.join(directory, "timeline.html"), encoding="utf-8") as handle:
+        assert handle.read().count("data-row=") == len(run["tasks"])
 
 
 def test_without_confirmation_the_restore_refuses_and_changes_nothing(host):

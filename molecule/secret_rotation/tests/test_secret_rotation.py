@@ -9,11 +9,12 @@ from __future__ import annotations
 import email
 import hashlib
 import json
+import os
 import uuid
 
 import pytest
 
-from conftest import fed, playbook  # pylint: disable=import-error
+from conftest import fed, incident_dir, incident_records, playbook  # pylint: disable=import-error
 
 testinfra_hosts = ["app"]
 
@@ -345,7 +346,14 @@ def test_no_secret_in_runner_artifacts_output_journal_or_argv(host, runs, tokens
     assert len([run for run in directory.iterdir() if (run / "artifacts").is_dir()]) == runs.count > 10
     scanned = [path.read_bytes() for path in directory.rglob("*") if path.is_file() and "env" not in path.relative_to(directory).parts]
     # (Each run's output and the argv of the programs started during it: playbook() looked at them.)
+    # The timeline callback recorded every run (in check mode too): timelines, post-mortems and Gantt pages.
+    records = incident_records()
+    for incident in ("LEAK-SOFT", "LEAK-HARD", "LEAK-TOKEN"):
+        timeline = json.loads(records[os.path.join(incident_dir(), incident, "timeline.json")])
+        assert "check" in {run["mode"] for run in timeline["runs"]} and all(run["tasks"] for run in timeline["runs"])
+    assert {run["mode"] for run in json.loads(records[os.path.join(incident_dir(), "LEAK-SOFT", "timeline.json")])["runs"]} == {"check", "apply"}
     places = {"ansible-runner artifacts, stdout, job events and facts cache": b"\n".join(scanned),
+              "incident records (timelines, post-mortems, Gantt pages)": "\n".join(records.values()).encode(),
               "journal": host.check_output(f"journalctl --since '{runs.since}' --no-pager").encode()}
     for place, content in places.items():
         for value in values:
