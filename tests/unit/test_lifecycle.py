@@ -537,7 +537,9 @@ def test_the_playbooks_declare_update_and_resolve_without_leaking(providers, smt
     dry = run_playbook("incident_declare.yml", tmp_path, declare, secrets_file, check=True, env=env)
     outputs.append(dry)
     assert dry.returncode == 0, dry.stdout + dry.stderr
-    assert not incidents.exists() and providers.requests == [] and smtp.messages == []
+    # Nothing declared, sent or recorded in the lifecycle; the timeline (ansible.cfg enables it) keeps the dry run.
+    assert not (incidents / "INC-2026-0099" / "incident.json").exists() and providers.requests == [] and smtp.messages == []
+    assert [run["mode"] for run in json.loads((incidents / "INC-2026-0099" / "timeline.json").read_text())["runs"]] == ["check"]
 
     run = run_playbook("incident_declare.yml", tmp_path, declare, secrets_file, env=env)
     outputs.append(run)
@@ -564,9 +566,19 @@ def test_the_playbooks_declare_update_and_resolve_without_leaking(providers, smt
     outputs.append(refused)
     assert refused.returncode != 0 and "is not declared: declare it first" in " ".join(refused.stdout.split())
 
+    # The timeline callback (enabled in ansible.cfg) kept the lifecycle's events from the real runs, and the
+    # post-mortem ticks what they did.
+    timeline = json.loads((incidents / "INC-2026-0099" / "timeline.json").read_text())
+    kinds = [event["kind"] for event in timeline["events"]]
+    assert kinds.count("declared") == 1 and kinds.count("resolved") == 1 and "updated" in kinds
+    sent = {(event["channel"], event["ok"]) for event in timeline["events"] if event["kind"] == "notification"}
+    assert {("pagerduty", True), ("slack", True), ("statuspage", True), ("email", True)} <= sent
+    postmortem = (incidents / "INC-2026-0099" / "postmortem.md").read_text()
+    assert "[x] Status page updated" in postmortem or re.search(r"\[x\][^\n]*[Ss]tatus page", postmortem)
+
     for result in outputs:
         assert_no_secret(result.stdout, result.stderr)
-    assert_no_secret(files_text(incidents))
+    assert_no_secret(files_text(incidents))  # incident.json, the timeline, the post-mortem, the Gantt page
 
 
 def test_the_outcome_entry_point(ansible_play, providers, smtp, tmp_path):
