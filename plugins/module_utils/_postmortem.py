@@ -75,7 +75,7 @@ def timeline_rows(timeline):
                 rows.append((task.get("end"), "Task failed%s: %s%s" % (ignored, where, " — %s" % task["msg"] if task.get("msg") else "")))
             elif task.get("status") == "unreachable":
                 rows.append((task.get("end"), "Host unreachable: %s%s" % (where, " — %s" % task["msg"] if task.get("msg") else "")))
-            elif _timeline.is_remediation(task):
+            elif _timeline.changed_by_collection(task):
                 verb = "Would change (check mode)" if run.get("mode") == "check" else "Changed"
                 rows.append((task.get("end"), "%s: %s (%s)" % (verb, where, task.get("action"))))
         if run.get("end"):

@@ -431,9 +431,19 @@ def load(base, incident_id):
 
 # --- what the timeline says ----------------------------------------------------------------------------------------
 
-def is_remediation(record):
-    """A task of the collection that changed something."""
+# The collection's bookkeeping: what they change is the run's own record (the incident, a step done, the lock, the
+# evidence chain), never the service, so they mitigate nothing.
+BOOKKEEPING = frozenset(NAMESPACE + name for name in ("incident_lifecycle", "incident_steps", "run_lock", "evidence_log"))
+
+
+def changed_by_collection(record):
+    """A task of the collection that changed something (or would, in check mode)."""
     return record.get("status") == "changed" and str(record.get("action", "")).startswith(NAMESPACE) and not record.get("censored")
+
+
+def is_remediation(record):
+    """A task of the collection that changed something on the service, not only its bookkeeping."""
+    return changed_by_collection(record) and record.get("action") not in BOOKKEEPING
 
 
 def mitigating_run(timeline):

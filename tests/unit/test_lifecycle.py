@@ -574,7 +574,9 @@ def test_the_playbooks_declare_update_and_resolve_without_leaking(providers, smt
     sent = {(event["channel"], event["ok"]) for event in timeline["events"] if event["kind"] == "notification"}
     assert {("pagerduty", True), ("slack", True), ("statuspage", True), ("email", True)} <= sent
     postmortem = (incidents / "INC-2026-0099" / "postmortem.md").read_text()
-    assert "[x] Status page updated" in postmortem or re.search(r"\[x\][^\n]*[Ss]tatus page", postmortem)
+    for item in ("Incident logged in tracker", "Status page updated", "Stakeholders notified", "Resolution confirmed"):
+        assert "- [x] " + item in postmortem, item
+    assert "- [ ] Mitigation deployed" in postmortem  # no remediation ran: the declare, update and resolve runs only
 
     for result in outputs:
         assert_no_secret(result.stdout, result.stderr)

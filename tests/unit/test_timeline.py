@@ -56,7 +56,12 @@ def run_playbook(tmp_path: Path, plays: list, incidents: Path, *extra: str, chec
 
 
 def incident_plays(steps_dir: Path) -> list:
-    """One play of every kind of task on localhost, then one on the unreachable host."""
+    """One play of every kind of task on localhost, then one on the unreachable host. Of the collection's modules:
+    incident_steps (bookkeeping) and media_snapshot (a remediation: a snapshot of a media directory)."""
+    media = steps_dir.parent / "media"
+    media.mkdir(exist_ok=True)
+    (media / "photo.jpg").write_bytes(b"jpeg")
+    (steps_dir.parent / "snapshots").mkdir(exist_ok=True)
     return [
         {"name": "local work", "hosts": "localhost", "gather_facts": False, "tasks": [
             {"name": "an ok task", "ansible.builtin.debug": {"msg": "hello"}},
@@ -70,6 +75,8 @@ def incident_plays(steps_dir: Path) -> list:
              "changed_when": False, "check_mode": False},
             {"name": "record the step", "runbooks.incident.incident_steps": {
                 "dir": str(steps_dir), "incident_id": "{{ incident_id }}", "step": "sessions", "details": {"revoked": 3}}},
+            {"name": "snapshot the media", "runbooks.incident.media_snapshot": {
+                "src": str(media), "dest": str(steps_dir.parent / "snapshots")}},
             {"name": "a loop", "ansible.builtin.command": "echo {{ item }}", "loop": ["a", "b"]},
             {"name": ODD_NAME, "ansible.builtin.debug": {"msg": "odd"}},
         ]},
@@ -116,6 +123,7 @@ def test_every_task_and_host_is_recorded_with_its_status(recorded):
         ("localhost", "a failing task"): "failed", ("localhost", "a skipped task"): "skipped",
         ("localhost", "a secret task"): "ok", ("localhost", "a secret result"): "changed",
         ("localhost", "journal marker"): "ok", ("localhost", "record the step"): "changed",
+        ("localhost", "snapshot the media"): "changed",
         ("localhost", "a loop"): "changed", ("localhost", ODD_NAME): "ok", ("ghost", "reach the ghost"): "unreachable"}
     failing = tasks[("localhost", "a failing task")]
     assert failing["ignored"] is True and failing["msg"] == "non-zero return code" and failing["action"] == "ansible.builtin.command"
@@ -330,7 +338,7 @@ def test_the_gantt_page_opens_in_headless_chromium(recorded, tmp_path):
     dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120, check=True).stdout
     rows = re.findall(r'<div class="row" data-row="(\d+)" data-status="(\w+)"', dom)
     records = [task for run in timeline["runs"] for task in run["tasks"]]
-    assert len(rows) == len(records) == 22
+    assert len(rows) == len(records) == 24
     assert [status for _number, status in rows] == [task["status"] for task in records]
     assert "<script" not in page.read_text() and "http" not in page.read_text()
     shot = tmp_path / "timeline.png"
