@@ -18,9 +18,24 @@ description:
   - Writes C(<incident_dir>/<incident_id>/timeline.json) after every task result and at the end of the run; several
     runs of one incident append to one timeline. At the end of the run it renders C(postmortem.md) and
     C(timeline.html) beside it, and C(<incident_dir>/metrics.json) across incidents.
-  - It never fails a playbook; a problem is shown once as a warning.
+  - With O(store) set (C(RUNBOOKS_INCIDENT_STORE=s3://bucket/prefix)), the incident's directory is also kept in an
+    S3-compatible bucket, for controllers that are thrown away after each job (an AWX execution environment, a CI
+    runner). When the run's incident id is known, before its first task, the bucket's C(timeline.json) is merged into
+    the local one (by run id) and its C(incident.json) taken when there is none locally or when its history is longer
+    (at equal length, when it was updated later), so that the lifecycle sees an incident declared on another
+    controller. At the end of the run, after rendering, it merges again and pushes C(timeline.json),
+    C(incident.json), C(postmortem.md) and C(timeline.html) to C(<prefix>/<incident_id>/). C(metrics.json) is not
+    pushed. A file of the bucket that does not parse is not merged, and is moved aside there
+    (C(<name>.corrupt-<stamp>)) before it is replaced.
+  - Credentials come from boto3's own chain only (C(AWS_ACCESS_KEY_ID) and C(AWS_SECRET_ACCESS_KEY), as the AWX
+    credential type of Amazon Web Services injects them, a profile, an instance role); they are never an option and
+    never recorded.
+  - It never fails a playbook; a problem is shown once as a warning, and a problem of the store (boto3 missing, the
+    network, credentials, access denied, a missing bucket, a corrupt file there) once more, naming the bucket and
+    prefix only. The local records stand.
 requirements:
   - enabled in C(callbacks_enabled) (ansible.cfg) or C(ANSIBLE_CALLBACKS_ENABLED)
+  - boto3 on the controller, for O(store) only
 options:
   incident_dir:
     description:
@@ -31,6 +46,30 @@ options:
     default: incidents
     env:
       - name: RUNBOOKS_INCIDENT_DIR
+  store:
+    description:
+      - Where the incidents' directories are also kept, C(s3://bucket) or C(s3://bucket/some/prefix) (no C(..) or empty
+        part, no leading C(/) in the prefix); the incident C(INC-1) is under C(some/prefix/INC-1/).
+      - Empty or unset, nothing is kept off the controller.
+      - Only the environment sets it.
+    type: str
+    env:
+      - name: RUNBOOKS_INCIDENT_STORE
+  store_endpoint_url:
+    description:
+      - The S3 endpoint of a service other than AWS S3 (Backblaze B2, MinIO, Ceph), such as
+        C(https://s3.eu-central-003.backblazeb2.com). Unset, AWS S3 of O(store_region).
+      - Never shown in a message but as its scheme, host and port.
+    type: str
+    env:
+      - name: RUNBOOKS_INCIDENT_STORE_ENDPOINT_URL
+  store_region:
+    description:
+      - The bucket's region.
+    type: str
+    default: us-east-1
+    env:
+      - name: RUNBOOKS_INCIDENT_STORE_REGION
 author:
   - runbooks.incident contributors (@runbooks)
 """
@@ -40,7 +79,7 @@ import getpass
 from ansible import context
 from ansible.plugins.callback import CallbackBase
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _postmortem, _timeline
+from ansible_collections.runbooks.incident.plugins.module_utils import _incident_store, _postmortem, _timeline
 
 
 def _guarded(method):
@@ -75,11 +114,62 @@ class CallbackModule(CallbackBase):
         self._play = None
         self._warned = False
         self._base = None
+        self._store = None
+        self._store_decided = False
+        self._store_warned = False
 
     def warn_once(self, message):
         if not self._warned:
             self._warned = True
             self._display.warning(message)
+
+    def _store_warn(self, message):
+        """The store's problems: one warning per ansible-playbook command (the first), apart from the timeline's."""
+        if not self._store_warned:
+            self._store_warned = True
+            self._display.warning("runbooks.incident.timeline: %s" % message)
+
+    def _incident_store(self):
+        """The IncidentStore of the environment's settings, or None (unset, or its settings refused: one warning)."""
+        if not self._store_decided:
+            self._store_decided = True
+            store = self.get_option("store")
+            if store:
+                try:
+                    self._store = _incident_store.IncidentStore(store, self.get_option("store_endpoint_url"), self.get_option("store_region"))
+                except _incident_store.StoreProblem as exc:
+                    self._store_warn("%s; the incident's records are kept on this controller only" % exc)
+        return self._store
+
+    def _pull(self):
+        """Before the run's first task: the bucket's records of the incident merged into the local ones."""
+        store = self._incident_store()
+        if store is None:
+            return
+        try:
+            _changed, problems = store.pull(self._base, self._run.incident_id)
+        except _incident_store.StoreProblem as exc:
+            problems = ["%s; the local records stand (the bucket is tried again at the end of the run)" % exc]
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            problems = ["the incident store %s: %s: %s; the local records stand"
+                        % (store.where(self._run.incident_id), type(exc).__name__, _incident_store.scrub(exc))]
+        for problem in problems:
+            self._store_warn(problem)
+
+    def _push(self):
+        """At the end of the run, after rendering: merged again with the bucket's, and pushed there."""
+        store = self._incident_store()
+        if store is None or self._run is None:
+            return
+        try:
+            _pushed, problems = store.push(self._base, self._run.incident_id)
+        except _incident_store.StoreProblem as exc:
+            problems = ["%s; the local records stand" % exc]
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            problems = ["the incident store %s: %s: %s; the local records stand"
+                        % (store.where(self._run.incident_id), type(exc).__name__, _incident_store.scrub(exc))]
+        for problem in problems:
+            self._store_warn(problem)
 
     def _save(self, after=None):
         if self._run is not None:
@@ -90,6 +180,7 @@ class CallbackModule(CallbackBase):
         if self._run is not None:  # one command, several playbooks: a run each
             self._run.finish_without_stats()
             self._save(after=_postmortem.write_at)
+            self._push()
             self._run = None
         self._decided = False
         self._playbook = str(getattr(playbook, "_file_name", "") or "").rsplit("/", 1)[-1]
@@ -125,6 +216,7 @@ class CallbackModule(CallbackBase):
         self._base = self.get_option("incident_dir")
         self._run = _timeline.Run(str(incident_id), self._playbook or "unknown", "check" if check else "apply", operator,
                                   severity=severity, start=self._started)
+        self._pull()
         self._save()
 
     @_guarded
@@ -179,3 +271,4 @@ class CallbackModule(CallbackBase):
             return
         self._run.finish({host: stats.summarize(host) for host in sorted(stats.processed)})
         self._save(after=_postmortem.write_at)
+        self._push()
