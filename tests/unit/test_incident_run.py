@@ -103,6 +103,9 @@ def test_a_run_with_a_severity_declares_the_incident_and_records_its_outcome(ans
     (run,) = timeline["runs"]
     assert run["mode"] == "apply" and run["outcome"] == "ok"
     assert any(task["task"] == "remediate" and task["status"] == "changed" for task in run["tasks"])
+    # Recording the outcome is a log entry: a run that changed nothing stays unchanged (molecule's idempotence).
+    assert result["runbooks.incident.incident_lifecycle : Record the incident event outcome"]["changed"] is False
+    assert json.loads(result.stdout)["stats"]["localhost"]["changed"] == 2  # `remediate` and the declaration
     stats = json.loads(result.stdout)["global_custom_stats"]  # what AWX shows as the job's artifacts
     assert stats["incident_id"] == "INC-8" and stats["outcome"] == "success" and stats["mode"] == "apply"
     assert stats["playbook"] == "test" and stats["run_id"]
