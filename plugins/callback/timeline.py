@@ -143,28 +143,21 @@ class CallbackModule(CallbackBase):
 
     def _pull(self):
         """Before the run's first task: the bucket's records of the incident merged into the local ones."""
-        store = self._incident_store()
-        if store is None:
-            return
-        try:
-            _changed, problems = store.pull(self._base, self._run.incident_id)
-        except _incident_store.StoreProblem as exc:
-            problems = ["%s; the local records stand (the bucket is tried again at the end of the run)" % exc]
-        except Exception as exc:  # pylint: disable=broad-exception-caught
-            problems = ["the incident store %s: %s: %s; the local records stand"
-                        % (store.where(self._run.incident_id), type(exc).__name__, _incident_store.scrub(exc))]
-        for problem in problems:
-            self._store_warn(problem)
+        self._sync("pull", "the bucket is tried again at the end of the run")
 
     def _push(self):
         """At the end of the run, after rendering: merged again with the bucket's, and pushed there."""
+        self._sync("push")
+
+    def _sync(self, operation, then=None):
+        """The store's pull or push for this run's incident; a problem is a warning, the local records stand."""
         store = self._incident_store()
         if store is None or self._run is None:
             return
         try:
-            _pushed, problems = store.push(self._base, self._run.incident_id)
+            _done, problems = getattr(store, operation)(self._base, self._run.incident_id)
         except _incident_store.StoreProblem as exc:
-            problems = ["%s; the local records stand" % exc]
+            problems = ["%s; the local records stand%s" % (exc, " (%s)" % then if then else "")]
         except Exception as exc:  # pylint: disable=broad-exception-caught
             problems = ["the incident store %s: %s: %s; the local records stand"
                         % (store.where(self._run.incident_id), type(exc).__name__, _incident_store.scrub(exc))]
