@@ -9,6 +9,7 @@ through ansible-playbook on localhost, as a user would (action plugins, no_log, 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import io
 import json
@@ -235,6 +236,34 @@ def moto(free_port) -> Iterator[str]:
     yield "http://127.0.0.1:%d" % port
     proc.terminate()
     proc.wait(10)
+
+
+AMBIENT_AWS = ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+               "AWS_PROFILE", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+
+
+def without_ambient_aws(monkeypatch, *more: str) -> None:
+    """S3 tests use plain http on loopback and explicit credentials: nothing from the machine's AWS settings or
+    proxies (nor the names in `more`)."""
+    for name in AMBIENT_AWS + more:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+
+
+def s3_test_client(endpoint: str, access: str, secret: str):
+    """A boto3 S3 client of the moto server with the test's own credentials."""
+    import boto3  # pylint: disable=import-outside-toplevel
+
+    return boto3.session.Session(aws_access_key_id=access, aws_secret_access_key=secret,
+                                 region_name="us-east-1").client("s3", endpoint_url=endpoint)
+
+
+def fresh_bucket(endpoint: str, request, prefix: str, access: str, secret: str) -> str:
+    """A new bucket named after the test (one per test), created on the moto server: its name."""
+    name = prefix + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:20]
+    s3_test_client(endpoint, access, secret).create_bucket(Bucket=name)
+    return name
 
 
 class BackupKey:

@@ -9,7 +9,6 @@ with credentials from the environment only, as AWX's credential type injects the
 ansible-playbook runs with the callback on."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -17,10 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import boto3
 import pytest
 
-from conftest import COLLECTIONS, REPO_ROOT  # pylint: disable=import-error
+from conftest import COLLECTIONS, REPO_ROOT, fresh_bucket, s3_test_client, without_ambient_aws  # pylint: disable=import-error
 from ansible_collections.runbooks.incident.plugins.module_utils import _incident_store, _lifecycle, _timeline
 
 ACCESS = "AKIAINCIDENTSTORE01"
@@ -30,25 +28,17 @@ PREFIX = "teams/ops"
 
 @pytest.fixture(autouse=True)
 def no_ambient_aws(monkeypatch):
-    """Nothing of the machine's AWS settings or proxies: the runs get the credentials the tests give them."""
-    for name in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                 "AWS_PROFILE", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "RUNBOOKS_INCIDENT_STORE",
-                 "RUNBOOKS_INCIDENT_STORE_ENDPOINT_URL", "RUNBOOKS_INCIDENT_STORE_REGION"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    without_ambient_aws(monkeypatch, "RUNBOOKS_INCIDENT_STORE", "RUNBOOKS_INCIDENT_STORE_ENDPOINT_URL", "RUNBOOKS_INCIDENT_STORE_REGION")
 
 
 def client(endpoint):
-    return boto3.session.Session(aws_access_key_id=ACCESS, aws_secret_access_key=SECRET,
-                                 region_name="us-east-1").client("s3", endpoint_url=endpoint)
+    return s3_test_client(endpoint, ACCESS, SECRET)
 
 
 @pytest.fixture
 def bucket(moto, request):
-    name = "inc-" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:20]
-    client(moto).create_bucket(Bucket=name)
-    return name
+    """A fresh bucket per test: its name."""
+    return fresh_bucket(moto, request, "inc-", ACCESS, SECRET)
 
 
 def objects(moto, bucket, incident_id):

@@ -24,11 +24,10 @@ import tarfile
 import threading
 from pathlib import Path
 
-import boto3
 import pytest
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _fileio, _s3store, _tarstream
-from conftest import planted_link, require  # pylint: disable=import-error
+from conftest import fresh_bucket, planted_link, require, s3_test_client, without_ambient_aws  # pylint: disable=import-error
 
 SECRET = "s3cr3t-Off-Host-Key-0f9a7c"
 ACCESS = "AKIAOFFSITETESTS"
@@ -37,25 +36,17 @@ require(shutil.which("age") and shutil.which("age-keygen"), "age and age-keygen"
 
 @pytest.fixture(autouse=True)
 def no_ambient_aws(monkeypatch):
-    """The tests use plain http on loopback and explicit credentials: nothing from the machine's environment."""
-    for name in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                 "AWS_SESSION_TOKEN", "AWS_PROFILE", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    without_ambient_aws(monkeypatch)
 
 
 def client(endpoint):
-    return boto3.session.Session(aws_access_key_id=ACCESS, aws_secret_access_key=SECRET,
-                                 region_name="us-east-1").client("s3", endpoint_url=endpoint)
+    return s3_test_client(endpoint, ACCESS, SECRET)
 
 
 @pytest.fixture
 def bucket(moto, request):
     """A fresh bucket per test: its name."""
-    name = "t-" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:20]
-    client(moto).create_bucket(Bucket=name)
-    return name
+    return fresh_bucket(moto, request, "t-", ACCESS, SECRET)
 
 
 @pytest.fixture(scope="module")
