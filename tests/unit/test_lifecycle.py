@@ -7,6 +7,7 @@ problem (and answered 400), and every test ends with no problem recorded."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.server
 import json
 import os
@@ -234,25 +235,28 @@ class SmtpHandler(socketserver.StreamRequestHandler):
                 self.reply("250 OK")
 
 
+@contextlib.contextmanager
+def serving(server):
+    """`server` answering on a daemon thread for the block; shut down and closed after it, however it ends."""
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture(name="providers")
 def providers_fixture():
-    server = Providers()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(Providers()) as server:
+        yield server
     assert not server.problems, "requests that break the providers' schemas:\n" + "\n".join(server.problems)
 
 
 @pytest.fixture(name="smtp")
 def smtp_fixture():
-    server = SmtpSink()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(SmtpSink()) as server:
+        yield server
 
 
 def closed_port():
@@ -607,9 +611,7 @@ def test_email_through_starttls(run_module, tmp_path):
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    sink = SmtpSink(context)
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
-    try:
+    with serving(SmtpSink(context)) as sink:
         params = dict(incident_id="INC-TLS-1", incident_dir=str(tmp_path / "incidents"), event="declare", severity="P3", summary="Cosmetic",
                       email_host="127.0.0.1", email_port=sink.port, email_recipients=["oncall@example.test"], email_starttls=True,
                       email_username="alerts", email_password=SMTP_PASSWORD)
@@ -619,9 +621,6 @@ def test_email_through_starttls(run_module, tmp_path):
         sent = run_module("incident_lifecycle", dict(params, incident_id="INC-TLS-2", validate_certs=False))
         assert sent["failed_notifications"] == 0 and sink.logins == [("alerts", SMTP_PASSWORD)]
         assert "[P3] INC-TLS-2 declared" in sink.messages[0]["message"]["Subject"]
-    finally:
-        sink.shutdown()
-        sink.server_close()
 
 
 class SlowProviders(Providers):
@@ -635,9 +634,7 @@ class SlowProviders(Providers):
 def test_two_concurrent_declarations_page_once(tmp_path):
     """Two jobs declare the same incident at once (an AWX retry, two operators): the lock makes one the declaration
     and the other a join."""
-    slow = SlowProviders()
-    threading.Thread(target=slow.serve_forever, daemon=True).start()
-    try:
+    with serving(SlowProviders()) as slow:
         params = dict(incident_id="INC-RACE-1", incident_dir=str(tmp_path / "incidents"), event="declare", severity="P1", summary="Down",
                       pagerduty_url=slow.base + "/v2/enqueue", pagerduty_routing_key=ROUTING_KEY)
         procs = []
@@ -645,8 +642,5 @@ def test_two_concurrent_declarations_page_once(tmp_path):
             (tmp_path / name).mkdir()
             procs.append(start_module("incident_lifecycle", params, tmp_path / name))
         results = [json.loads(proc.communicate(timeout=60)[0].decode()) for proc in procs]
-    finally:
-        slow.shutdown()
-        slow.server_close()
     assert sorted(result["changed"] for result in results) == [False, True], results
     assert [request["body"]["event_action"] for request in slow.requests] == ["trigger"] and not slow.problems
