@@ -98,19 +98,44 @@ def ensure_auditd() -> None:
         time.sleep(0.1)
 
 
+# A capture's rules carry its process id in their key: the rules of a process that died before stop() (a test run
+# killed) would go on recording every exec on the machine into the log for ever.
+KEY_PREFIX = "runbooks-molecule-"
+_RULE_KEY = re.compile(r"key=" + re.escape(KEY_PREFIX) + r"(\d+)-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_rules() -> list[str]:
+    """Delete the capture rules whose process is gone; the rules removed."""
+    stale = [line for line in _auditctl("-l").splitlines() if (found := _RULE_KEY.search(line)) and not _alive(int(found.group(1)))]
+    for line in stale:
+        _auditctl("-d", *line.split()[1:])
+    return stale
+
+
 class ExecAudit:
     """Every exec between start() and stop(): an audit rule on execve while it exists, and the records the log
     gained meanwhile (whichever rule made them: two captures may overlap). Needs root and the audit framework
     (Debian's auditd; ensure_auditd() starts one when none runs)."""
 
     def __init__(self) -> None:
-        self.key = "runbooks-molecule-" + uuid.uuid4().hex[:12]
+        self.key = f"{KEY_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.rules = [["-F", f"arch={arch}", "-S", "execve", "-k", self.key] for arch in ("b64", "b32")]
         self.lost = self.offset = self.inode = 0
         self.log = ""
 
     def start(self) -> "ExecAudit":
         ensure_auditd()
+        remove_stale_rules()
         # Room for the bursts of a playbook run: a full backlog loses records (counted below).
         _auditctl("-b", "65536")
         self.log = log_file()

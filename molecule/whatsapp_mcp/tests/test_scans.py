@@ -4,12 +4,13 @@
 container nested in the host, and unchanged() sees a change to a file's mode, a database row and a container."""
 from __future__ import annotations
 
+import subprocess
 import uuid
 
 import pytest
 
 from conftest import restored, unchanged  # pylint: disable=import-error
-from exec_audit import ExecAudit  # pylint: disable=import-error
+from exec_audit import KEY_PREFIX, ExecAudit  # pylint: disable=import-error
 
 PSQL = "docker compose --project-directory /opt/whatsapp-mcp exec -T postgres psql -U wa -d wa_mcp -At"
 
@@ -22,6 +23,20 @@ def test_the_exec_capture_sees_a_short_program_in_a_nested_container(host):
     finally:
         execs = audit.stop()
     assert [b"/bin/true", marker.encode()] in [argv for _stamp, argv in execs]
+
+
+
+def test_a_capture_killed_before_it_stopped_does_not_record_for_ever():
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    rule = ["always,exit", "-F", "arch=b64", "-S", "execve", "-k", f"{KEY_PREFIX}{dead.pid}-left"]
+    subprocess.run(["auditctl", "-a", *rule], check=True)
+    try:
+        ExecAudit().start().stop()
+        listed = subprocess.run(["auditctl", "-l"], capture_output=True, text=True, check=True).stdout
+    finally:
+        subprocess.run(["auditctl", "-d", *rule], capture_output=True, check=False)
+    assert f"{KEY_PREFIX}{dead.pid}-left" not in listed
 
 
 @pytest.mark.parametrize("change, seen", [
