@@ -4,7 +4,9 @@
 import from it (`from conftest import playbook`), as tests/unit do from theirs."""
 from __future__ import annotations
 
+import collections
 import contextlib
+import datetime
 import functools
 import json
 import os
@@ -22,6 +24,51 @@ from testinfra.utils.ansible_runner import AnsibleRunner
 
 import host_state
 from exec_audit import ExecAudit
+
+# Where the tests' time goes, by part of what playbook() does around each run: printed when the tests end, so a
+# scenario's verify says whether its cost is the runs themselves or the checks around them.
+SPENT = collections.defaultdict(lambda: [0, 0.0])
+
+
+@contextlib.contextmanager
+def spending(part):
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        SPENT[part][0] += 1
+        SPENT[part][1] += time.monotonic() - start
+
+
+def pytest_terminal_summary(terminalreporter):
+    if SPENT:
+        terminalreporter.section("where the tests' time went")
+        for part, (count, seconds) in sorted(SPENT.items(), key=lambda item: -item[1][1]):
+            terminalreporter.write_line(f"{seconds:8.1f} s  {count:4d} x  {part}")
+        for seconds, units in host_state.WAITS:
+            terminalreporter.write_line(f"waited {seconds:.0f} s for the hosts to settle: {', '.join(units)}")
+        for seconds, count, task in slowest_tasks():
+            terminalreporter.write_line(f"{seconds:8.1f} s  {count:4d} x  task {task}")
+
+
+def slowest_tasks(limit=25):
+    """(seconds, runs, "playbook: task") of the tasks that took longest in all, from the timelines of the runs."""
+    spent = collections.defaultdict(lambda: [0.0, 0])
+    for path, text in incident_records().items():
+        if not path.endswith("timeline.json"):
+            continue
+        for run in json.loads(text).get("runs", []):
+            for task in run.get("tasks", []):
+                if task.get("start") and task.get("end"):
+                    entry = spent[f"{run.get('playbook')} ({run.get('mode')}): {task.get('task')}"]
+                    entry[0] += (stamp(task["end"]) - stamp(task["start"])).total_seconds()
+                    entry[1] += 1
+    return sorted(((seconds, count, task) for task, (seconds, count) in spent.items()), reverse=True)[:limit]
+
+
+def stamp(text):
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
+
 
 # Molecule's verifier forces colours (unfolded() removes what is left).
 PLAYBOOK_ENV = {"ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
@@ -140,9 +187,11 @@ def unchanged():
     """The block leaves every host of the scenario as it found it (molecule/host_state.py says what is compared):
     for dry runs, and for runs that must refuse before acting."""
     hosts = list(containers().values())
-    before = host_state.take(hosts)
+    with spending("the hosts' state before (settled)"):
+        before = host_state.take(hosts)
     yield
-    found = host_state.differences(before, host_state.take(hosts, settle=False))
+    with spending("the hosts' state after"):
+        found = host_state.differences(before, host_state.take(hosts, settle=False))
     assert not found, "changed on the hosts:\n" + host_state.summary(found)
 
 
@@ -168,14 +217,19 @@ def playbook(name, *extra, check=False, vars_files=(), artifacts=None, secrets=(
 
 def _scanned(name, extra, flags, vars_files, artifacts, given):
     hosts = containers().values()
-    secrets = {**dict.fromkeys(given, "the test's list of secrets"), **held_secrets(hosts)}
+    with spending("the secrets the hosts hold"):
+        secrets = {**dict.fromkeys(given, "the test's list of secrets"), **held_secrets(hosts)}
     audit = ExecAudit().start()
     try:
-        rc, out = _playbook(name, extra, flags, vars_files, artifacts)
+        with spending("playbook runs"):
+            rc, out = _playbook(name, extra, flags, vars_files, artifacts)
     finally:
-        execs = audit.stop()
-    secrets.update(held_secrets(hosts))
-    found = leaks(secrets, out, execs)
+        with spending("the exec capture read"):
+            execs = audit.stop()
+    with spending("the secrets the hosts hold"):
+        secrets.update(held_secrets(hosts))
+    with spending("the leak scan"):
+        found = leaks(secrets, out, execs)
     assert not found, "\n".join(found)
     return rc, out
 

@@ -36,6 +36,8 @@ COLLECTOR = Path(__file__).with_name("host_state_collector.py")
 # the dry run did not make. Check runs in the scenarios take about a minute.
 WINDOW = 150
 SETTLE_TIMEOUT = 900
+# (seconds, units) of each wait for the hosts to settle: what a scenario's check runs waited for.
+WAITS: list = []
 
 
 def inspect(host: str) -> dict:
@@ -89,12 +91,17 @@ def take_one(host: str) -> dict:
 def take(hosts: list[str], settle: bool = True) -> dict:
     """The state of `hosts`; with `settle`, once no unit is starting or stopping and no timer is due within WINDOW
     seconds (waits for them, up to SETTLE_TIMEOUT)."""
-    deadline = time.monotonic() + SETTLE_TIMEOUT
+    start = time.monotonic()
+    deadline = start + SETTLE_TIMEOUT
+    waited_for = set()
     while True:
         state = {host: take_one(host) for host in hosts}
         waiting = {host: part["due"] + part["busy"] for host, part in state.items() if part["due"] or part["busy"]}
         if not waiting or not settle:
+            if waited_for:
+                WAITS.append((time.monotonic() - start, sorted(waited_for)))
             return state
+        waited_for.update(f"{host}: {unit}" for host, units in waiting.items() for unit in units)
         if time.monotonic() > deadline:
             raise RuntimeError(f"the hosts did not settle in {SETTLE_TIMEOUT} s (units due or busy: {waiting})")
         time.sleep(5)
