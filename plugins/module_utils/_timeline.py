@@ -432,8 +432,9 @@ def load(base, incident_id):
 # --- what the timeline says ----------------------------------------------------------------------------------------
 
 # The collection's bookkeeping: what they change is the run's own record (the incident, a step done, the lock, the
-# evidence chain), never the service, so they mitigate nothing.
-BOOKKEEPING = frozenset(NAMESPACE + name for name in ("incident_lifecycle", "incident_steps", "run_lock", "evidence_log"))
+# evidence chain, the evidence collected), never the service, so they mitigate nothing.
+BOOKKEEPING = frozenset(NAMESPACE + name for name in ("incident_lifecycle", "incident_steps", "run_lock", "evidence_log",
+                                                      "evidence_bundle"))
 
 
 def changed_by_collection(record):
