@@ -25,7 +25,6 @@ def test_the_exec_capture_sees_a_short_program_in_a_nested_container(host):
     assert [b"/bin/true", marker.encode()] in [argv for _stamp, argv in execs]
 
 
-
 def test_a_capture_killed_before_it_stopped_does_not_record_for_ever():
     dead = subprocess.Popen(["true"])
     dead.wait()
