@@ -1,8 +1,8 @@
 # Copyright: contributors to runbooks.incident
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Read-only questions to the service's database server: which sessions hold or wait for the locks that block a
-backup, and the read-only connection audit_log_info reads the audit log on (_service_db.audit_log). PRIVATE to the
-collection: no compatibility promise.
+backup, what a session shows of itself (shared with _pg_sessions), and the read-only connection audit_log_info reads
+the audit log on (_service_db.audit_log). PRIVATE to the collection: no compatibility promise.
 
 Every session runs with `default_transaction_read_only=on` (PGOPTIONS), so nothing these questions send can write.
 Each answer is one statement (one snapshot) returning one JSON value: names and query texts travel JSON-escaped, so
@@ -16,9 +16,18 @@ import re
 from ansible_collections.runbooks.incident.plugins.module_utils import _pg
 
 READ_ONLY = (("default_transaction_read_only", "on"),)
-# A statement of another session that may carry a secret in its text is not shown, only that it was hidden.
-SECRET_WORDS = re.compile(r"password|passwd|secret|token|pgp_sym_|encrypt", re.IGNORECASE)
+# A statement of another session that may carry a secret in its text is not shown, only that it was hidden. The
+# server tests the whole statement (SECRET_SQL), so a word beyond the characters returned still hides it.
+SECRET_WORDS_PATTERN = "password|passwd|secret|token|pgp_sym_|encrypt"
+SECRET_WORDS = re.compile(SECRET_WORDS_PATTERN, re.IGNORECASE)
+HIDDEN = "(statement hidden: it may hold a secret)"
 MAX_QUERY_CHARS = 10000
+# The sessions of the database that wait for a lock, and the sessions they wait for: those holding the lock and
+# those queued ahead of them for it (pg_blocking_pids). A CTE named `waiting` (pid, blocked_by int[]).
+WAITING_CTE = """waiting AS (
+    SELECT a.pid, pg_blocking_pids(a.pid) AS blocked_by FROM pg_stat_activity a
+    WHERE a.datname = current_database() AND a.wait_event_type = 'Lock' AND a.pid <> pg_backend_pid()
+)"""
 
 
 def read_only_runtime(params):
@@ -36,14 +45,43 @@ def answer(runtime, db, sql):
     return json.loads(value)
 
 
+# --------------------------------------------------------------------------------------------------- sessions
+def check_query_chars(query_chars):
+    if isinstance(query_chars, bool) or not isinstance(query_chars, int) or not 0 <= query_chars <= MAX_QUERY_CHARS:
+        raise _pg.PgError("query_chars is %r: 0 (no statements) to %d" % (query_chars, MAX_QUERY_CHARS))
+    return query_chars
+
+
+def session_fields(query_chars):
+    """jsonb_build_object arguments: what a session of pg_stat_activity `a` shows of itself (role, application,
+    database, state, ages in whole seconds, the start of its statement and whether the whole statement may hold a
+    secret). shown_queries() turns the last two into what is returned."""
+    check_query_chars(query_chars)
+    return ("'user', a.usename, 'application', a.application_name, 'database', a.datname, 'state', a.state, "
+            "'transaction_seconds', floor(extract(epoch FROM now() - a.xact_start))::bigint, "
+            "'query_seconds', floor(extract(epoch FROM now() - a.query_start))::bigint, "
+            "'query', left(a.query, %d), 'query_secret', a.query ~* %s" % (query_chars, _pg.quote_literal(SECRET_WORDS_PATTERN)))
+
+
+def shown_query(query, secret=False):
+    if secret or (query and SECRET_WORDS.search(query)):
+        return HIDDEN
+    return query
+
+
+def shown_queries(items, query_chars):
+    """Each item's statement as returned: None with query_chars 0, hidden when it may hold a secret."""
+    for item in items:
+        secret = item.pop("query_secret", False)
+        item["query"] = shown_query(item["query"], secret) if query_chars else None
+    return items
+
+
 # ------------------------------------------------------------------------------------------------------ locks
 def locks_sql(query_chars):
     """One statement: who holds an ACCESS EXCLUSIVE lock on a relation of the database (what stops pg_dump), who
     waits for a lock there, and who those wait for. A prepared transaction has pid 0."""
-    session = ("'user', a.usename, 'application', a.application_name, 'database', a.datname, 'state', a.state, "
-               "'transaction_seconds', floor(extract(epoch FROM now() - a.xact_start))::bigint, "
-               "'query_seconds', floor(extract(epoch FROM now() - a.query_start))::bigint, "
-               "'query', left(a.query, %d)" % query_chars)
+    session = session_fields(query_chars)
     return """
 WITH exclusive AS (
     SELECT coalesce(l.pid, 0) AS pid,
@@ -54,10 +92,7 @@ WITH exclusive AS (
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
       AND l.pid IS DISTINCT FROM pg_backend_pid()
     GROUP BY 1
-), waiting AS (
-    SELECT a.pid, pg_blocking_pids(a.pid) AS blocked_by FROM pg_stat_activity a
-    WHERE a.datname = current_database() AND a.wait_event_type = 'Lock' AND a.pid <> pg_backend_pid()
-), blockers AS (
+), {waiting}, blockers AS (
     SELECT pid FROM exclusive UNION SELECT unnest(blocked_by) FROM waiting
 )
 SELECT jsonb_build_object(
@@ -77,13 +112,7 @@ SELECT jsonb_build_object(
                                           WHERE l.pid = w.pid AND NOT l.granted), '[]'))
                      ORDER BY w.pid)
     FROM waiting w JOIN pg_stat_activity a ON a.pid = w.pid), '[]'))
-""".format(session=session)
-
-
-def shown_query(query):
-    if query and SECRET_WORDS.search(query):
-        return "(statement hidden: it may hold a secret)"
-    return query
+""".format(session=session, waiting=WAITING_CTE)
 
 
 def _lock_names(locks):
@@ -130,12 +159,10 @@ def summary(blockers, waiting):
 def locks(runtime, db, query_chars=80):
     """{'blockers': [...], 'waiting': [...], 'summary': [lines]}: table names as table keys, secret-looking
     statements hidden."""
-    if isinstance(query_chars, bool) or not 0 <= query_chars <= MAX_QUERY_CHARS:
-        raise _pg.PgError("query_chars is %r: 0 (no statements) to %d" % (query_chars, MAX_QUERY_CHARS))
+    check_query_chars(query_chars)
     runtime.ping()
     found = answer(runtime, db, locks_sql(query_chars))
-    for item in found["blockers"] + found["waiting"]:
-        item["query"] = shown_query(item["query"]) if query_chars else None
+    shown_queries(found["blockers"] + found["waiting"], query_chars)
     for item in found["blockers"]:
         item["exclusive_locks"] = [dict(table=_pg.table_key(lock["schema"], lock["table"]), granted=lock["granted"])
                                    for lock in item["exclusive_locks"]]
