@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -82,3 +83,42 @@ def test_the_role_installs_every_module_the_jobs_import():
         assert "from ansible." not in source and "import ansible" not in source, f"{name} needs Ansible, which hosts do not have"
     installed = yaml.safe_load((REPO_ROOT / "roles" / "scheduled_jobs" / "vars" / "main.yml").read_text())["__scheduled_jobs_module_utils"]
     assert {f"{name}.py" for name in needed} == set(installed)
+
+
+def install_job_code(lib_dir, tmp_path):
+    """The role's job code install, through ansible-playbook on this machine (connection local, as root here)."""
+    from pathlib import Path  # pylint: disable=import-outside-toplevel
+    playbook = tmp_path / "install.yml"
+    playbook.write_text(
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.import_role:\n        name: runbooks.incident.scheduled_jobs\n"
+        f"      vars:\n        scheduled_jobs_lib_dir: {lib_dir}\n        scheduled_jobs_config_dir: {tmp_path / 'etc'}\n")
+    res = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local", "-e", f"ansible_python_interpreter={sys.executable}",
+                          str(playbook)], capture_output=True, text=True, check=False,
+                         env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_NOCOLOR="1"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    return int(re.search(r"changed=(\d+)", res.stdout).group(1))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the job code is installed owned by root")
+def test_the_role_copies_only_the_job_code_that_differs(tmp_path):
+    """One read of every installed file's digest, mode and owner; a copy only of a file that is missing, altered, of
+    another mode or a symlink - so a run on a host that has the code makes no copy, and a tampered file is put back."""
+    from conftest import REPO_ROOT  # pylint: disable=import-error,import-outside-toplevel
+    lib = tmp_path / "lib"
+    package = lib / "ansible_collections" / "runbooks" / "incident" / "plugins" / "module_utils"
+    assert install_job_code(lib, tmp_path) >= 2  # the directories and the files
+    source = REPO_ROOT / "plugins" / "module_utils"
+    installed = sorted(path.name for path in package.iterdir())
+    assert installed and all((package / name).read_bytes() == (source / name).read_bytes() for name in installed)
+    assert install_job_code(lib, tmp_path) == 0
+
+    (package / "_cli.py").write_text("import os; os.system('id')\n")
+    (package / "_pg.py").chmod(0o666)
+    (package / "_page.py").unlink()
+    (package / "_page.py").symlink_to(tmp_path / "elsewhere.py")
+    assert install_job_code(lib, tmp_path) == 1  # one task, three files
+    for name in ("_cli.py", "_pg.py", "_page.py"):
+        path = package / name
+        assert not path.is_symlink() and path.read_bytes() == (source / name).read_bytes() and (path.stat().st_mode & 0o777) == 0o644, name
+    assert install_job_code(lib, tmp_path) == 0
