@@ -77,7 +77,9 @@ options:
     type: str
     default: http://127.0.0.1/health
   required_files:
-    description: Absolute paths that must exist and be non-empty for the service to start (the TLS fullchain and private key, the secret files). Only their metadata is read.
+    description:
+      - Absolute paths that must exist and be non-empty for the service to start (the TLS fullchain and private key,
+        the secret files). Only their metadata is read.
     type: list
     elements: str
     default: []

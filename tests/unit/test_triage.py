@@ -351,12 +351,17 @@ app-1  | 2026-03-01T04:00:05.000000000Z OSError: [Errno 28] No space left on dev
 app-1  | 2026-03-01T04:00:06.000000000Z psycopg.OperationalError: connection failed: FATAL:  sorry, too many clients already
 app-1  | 2026-03-01T04:00:07.000000000Z ERROR upstream at https://wa:{PASSWORD}@graph.example.com/v1 said "{TOKEN}"
 """
-WEB_LOG = """nginx-1  | 2026-03-01T04:00:01.000000000Z 203.0.113.9 - - [01/Mar/2026:04:00:01 +0000] "GET /health HTTP/1.1" 200 15 "-" "curl/8.5.0"
-nginx-1  | 2026-03-01T04:00:02.000000000Z 203.0.113.9 - - [01/Mar/2026:04:00:02 +0000] "POST /mcp/error HTTP/1.1" 502 157 "-" "python-httpx/0.27"
-nginx-1  | 2026-03-01T04:00:02.500000000Z 198.51.100.2 - - [01/Mar/2026:04:00:02 +0000] "GET / HTTP/1.1" 200 612 "-" "Mozilla/5.0"
-nginx-1  | 2026-03-01T04:00:03.000000000Z 2026/03/01 04:00:03 [error] 29#29: *17 connect() failed (111: Connection refused) while connecting to upstream, client: 203.0.113.9, server: wa.example.com, request: "POST /mcp HTTP/1.1", upstream: "http://172.18.0.3:8000/mcp", host: "wa.example.com"
-nginx-1  | 2026-03-01T04:00:04.000000000Z 2026/03/01 04:00:04 [error] 29#29: *18 connect() failed (111: Connection refused) while connecting to upstream, client: 198.51.100.2, server: wa.example.com, request: "GET / HTTP/1.1", upstream: "http://172.18.0.3:8000/", host: "wa.example.com"
-"""
+WEB_LOG = "".join(line + "\n" for line in (
+    'nginx-1  | 2026-03-01T04:00:01.000000000Z 203.0.113.9 - - [01/Mar/2026:04:00:01 +0000] "GET /health HTTP/1.1" 200 15 "-" "curl/8.5.0"',
+    'nginx-1  | 2026-03-01T04:00:02.000000000Z 203.0.113.9 - - [01/Mar/2026:04:00:02 +0000] "POST /mcp/error HTTP/1.1" 502 157 "-" "python-httpx/0.27"',
+    'nginx-1  | 2026-03-01T04:00:02.500000000Z 198.51.100.2 - - [01/Mar/2026:04:00:02 +0000] "GET / HTTP/1.1" 200 612 "-" "Mozilla/5.0"',
+    'nginx-1  | 2026-03-01T04:00:03.000000000Z 2026/03/01 04:00:03 [error] 29#29: *17 connect() failed (111: Connection refused)'
+    ' while connecting to upstream, client: 203.0.113.9'
+    ', server: wa.example.com, request: "POST /mcp HTTP/1.1", upstream: "http://172.18.0.3:8000/mcp", host: "wa.example.com"',
+    'nginx-1  | 2026-03-01T04:00:04.000000000Z 2026/03/01 04:00:04 [error] 29#29: *18 connect() failed (111: Connection refused)'
+    ' while connecting to upstream, client: 198.51.100.2'
+    ', server: wa.example.com, request: "GET / HTTP/1.1", upstream: "http://172.18.0.3:8000/", host: "wa.example.com"',
+))
 DB_LOG = """postgres-1  | 2026-03-01T04:00:01.000000000Z 2026-03-01 04:00:01.000 UTC [88] ERROR:  invalid page in block 1234 of relation base/16384/16402
 postgres-1  | 2026-03-01T04:00:02.000000000Z 2026-03-01 04:00:02.000 UTC [89] FATAL:  sorry, too many clients already
 postgres-1  | 2026-03-01T04:00:03.000000000Z 2026-03-01 04:00:03.000 UTC [90] LOG:  checkpoint complete: wrote 3 buffers (0.0%)
