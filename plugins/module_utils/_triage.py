@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import fnmatch
+import ipaddress
 import json
 import os
 import re
@@ -824,8 +825,13 @@ def judge_logs(obs, _thresholds, observations=None):
         found.append(_finding("logs", "high", CRASH, "the database refuses connections: too many clients",
                               evidence("connections"), "db"))
     if classes.get("upstream"):
-        found.append(_finding("logs", "high", CRASH, "nginx cannot reach the app (connection refused)", evidence("upstream"),
-                              "service"))
+        if ((observations or {}).get("health") or {}).get("http_status") == 200:
+            # Refused within the window, answering now: a restart that is over, worth a look but not a playbook.
+            found.append(_finding("logs", "warning", SYMPTOM, "nginx could not reach the app (connection refused); /health answers now",
+                                  evidence("upstream")))
+        else:
+            found.append(_finding("logs", "high", CRASH, "nginx cannot reach the app (connection refused)", evidence("upstream"),
+                                  "service"))
     other = [item for item in obs["signatures"] if item["class"] is None]
     if other and not found:
         total = sum(item["errors"] for item in obs["services"].values())
@@ -949,11 +955,19 @@ def judge_audit_integrity(obs, _thresholds):
                      "audit")]
 
 
+def _loopback(address):
+    """The host's own requests (its health checks, a local probe) are never a flood."""
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 def judge_requests(obs, thresholds):
     found = []
     total = obs["total"]
-    flood = [item for item in obs["top_clients"]
-             if item["count"] > thresholds["flood_requests"] and item["count"] >= thresholds["flood_share"] * total]
+    flood = [item for item in obs["top_clients"] if not _loopback(item["address"])
+             and item["count"] > thresholds["flood_requests"] and item["count"] >= thresholds["flood_share"] * total]
     if flood:
         found.append(_finding("requests", "high", CAUSE, "%d client%s sent most requests (flood suspect%s)" % (
             len(flood), "" if len(flood) == 1 else "s", "" if len(flood) == 1 else "s"),

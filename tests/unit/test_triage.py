@@ -245,6 +245,22 @@ def test_a_flood_suspect_needs_both_the_count_and_the_share():
                                     '{"connection_flood_sources": ["203.0.113.9"]}']
 
 
+def test_the_hosts_own_requests_are_never_a_flood():
+    """Health checks and local probes come from loopback: on the sandbox, nginx's own check is one request a second."""
+    for address in ("127.0.0.1", "127.0.0.53", "::1"):
+        clients = [dict(address=address, count=900), dict(address="203.0.113.9", count=3)]
+        found, _checks = judged(requests=ok(total=903, errors_5xx=0, top_clients=clients, since_minutes=15))
+        assert found == [], address
+
+
+def test_refusals_of_the_past_window_are_a_warning_once_health_answers():
+    signature = dict(service="nginx", signature="connect() failed", count=3, **{"class": "upstream"})
+    found, _checks = judged(logs=logs_observation({"upstream": 3}, [signature]),
+                            health=ok(url="http://127.0.0.1/health", http_status=200, error=None))
+    assert [(item["severity"], item["playbook"]) for item in found] == [("warning", None)]
+    assert "answers now" in found[0]["title"]
+
+
 def test_checks_that_did_not_run_keep_their_status_and_only_warnings_are_healthy():
     result = _triage.run(params(checks=["units", "health", "backups"]), collectors=dict(
         units=lambda *_: (_ for _ in ()).throw(_triage.Skipped("systemd is not running on this host")),
