@@ -110,6 +110,7 @@ def containers():
                    "networks": sorted(docker("network", "ls", "-q", "--no-trunc"))}, inspected
 
 
+LOCK_WAIT = "10s"
 TABLES = r"""SELECT format('SELECT %L, count(*), md5(coalesce(string_agg(t::text, E''\n'' ORDER BY t::text), '''')) FROM %s t',
                      c.oid::regclass, c.oid::regclass)
               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -124,7 +125,11 @@ def databases(inspected):
         if "PGDATA" not in env or item["State"]["Status"] != "running":
             continue
         user, name = env.get("POSTGRES_USER", "postgres"), item["Name"]
-        psql = ["docker", "exec", "-i", item["Id"], "psql", "-X", "-q", "-U", user, "-At", "-v", "ON_ERROR_STOP=1"]
+        # A session holding a lock (a fault a scenario injects) must not stall the reads for as long as it holds it:
+        # they give up after LOCK_WAIT and the database is recorded as unreadable with the error (a dry run that
+        # released the lock then shows as a change).
+        exec_ = ["docker", "exec", "-i", "-e", f"PGOPTIONS=-c lock_timeout={LOCK_WAIT}", item["Id"]]
+        psql = exec_ + ["psql", "-X", "-q", "-U", user, "-At", "-v", "ON_ERROR_STOP=1"]
         res = run(*psql, "-d", "postgres", "-c", "SELECT datname, datallowconn FROM pg_database WHERE NOT datistemplate ORDER BY 1")
         if res.returncode != 0:
             found[name] = {"error": res.stderr.strip()}
@@ -136,12 +141,17 @@ def databases(inspected):
             if allowed != "t":  # nobody can connect to it (ALLOW_CONNECTIONS false): its content cannot change either
                 cluster["databases"][db] = {"schema": "not connectable", "tables": {}}
                 continue
-            dump = run("docker", "exec", item["Id"], "pg_dump", "-U", user, "--schema-only", "-d", db).stdout
+            dumped = run(*exec_, "pg_dump", "-U", user, "--schema-only", "-d", db)
+            tables = subprocess.run(psql + ["-d", db], input=TABLES, capture_output=True, text=True, check=False)
+            if dumped.returncode != 0 or tables.returncode != 0:
+                error = next((line for line in (dumped.stderr + tables.stderr).splitlines() if "ERROR" in line), "failed")
+                cluster["databases"][db] = {"schema": f"unreadable: {error}", "tables": {}}
+                continue
+            dump = dumped.stdout
             # pg_dump 15.14+ fences its output with a random key (\restrict KEY ... \unrestrict KEY).
             schema = "\n".join(line for line in dump.splitlines() if not line.startswith(("\\restrict ", "\\unrestrict ")))
-            tables = subprocess.run(psql + ["-d", db], input=TABLES, capture_output=True, text=True, check=False).stdout
             cluster["databases"][db] = {"schema": hashlib.sha256(schema.encode()).hexdigest(),
-                                        "tables": {row.split("|")[0]: row.split("|")[1:] for row in tables.splitlines()}}
+                                        "tables": {row.split("|")[0]: row.split("|")[1:] for row in tables.stdout.splitlines()}}
         found[name] = cluster
     return found
 
