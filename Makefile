@@ -20,7 +20,7 @@ SANDBOX := $(BIN)/python tests/sandbox/sandbox.py
 TIMED := $(BIN)/python tests/timings.py run
 COLLECTION_LINK := .build/collections/ansible_collections/runbooks/incident
 # Molecule scenarios, in the order `make test` runs them.
-SCENARIOS ?= whatsapp_mcp db_restore offsite audit_integrity secret_rotation certificates
+SCENARIOS ?= whatsapp_mcp db_restore offsite audit_integrity secret_rotation certificates incidents
 # Scenarios at a time. Each has hosts and a network of its own (molecule/instances.py), so they can run side by side;
 # on two cores they do not gain (a scenario keeps a core busy and the next one halves its speed), on more they do.
 MOLECULE_JOBS ?= 1
