@@ -118,7 +118,7 @@ class Runtime:
 
     def __init__(self, login_user="postgres", login_password=None, login_host=None, login_port=None,
                  login_unix_socket=None, compose_project_dir=None, compose_service="postgres",
-                 maintenance_db="postgres", pg_bin_dir=None, connect_timeout=10, pgoptions=None):
+                 maintenance_db="postgres", pg_bin_dir=None, connect_timeout=10, pgoptions=None, timeout=None):
         self.login_user = login_user
         self.login_password = login_password or None
         self.login_host = login_unix_socket or login_host
@@ -130,6 +130,9 @@ class Runtime:
         self.connect_timeout = connect_timeout
         # Session settings for every connection of the tools (PGOPTIONS), e.g. a restore's maintenance_work_mem.
         self.pgoptions = pgoptions
+        # Seconds a client tool may run before it is killed (None: no limit). A reader that must answer in bounded
+        # time sets it: connect_timeout does not bound a `docker compose exec` that hangs on a stuck engine.
+        self.timeout = timeout
 
     @classmethod
     def from_params(cls, params):
@@ -200,7 +203,9 @@ class Runtime:
             raise PgError("the SQL holds a NUL character, which PostgreSQL text cannot hold; nothing was run")
         try:
             res = subprocess.run(argv, input=stdin_text, capture_output=True, encoding="utf-8", errors="replace",
-                                 env=self.env(), check=False)
+                                 env=self.env(), check=False, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            raise PgError("%s gave no answer within %s s (killed)" % (os.path.basename(argv[0]), self.timeout))
         except OSError as exc:
             raise PgError("cannot run %s: %s" % (argv[0], exc.strerror or exc))
         if res.returncode != 0:

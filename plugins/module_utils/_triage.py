@@ -627,6 +627,7 @@ def database_runtime(params):
     """_pg_info's read-only runtime, with a short connect timeout and statement timeout."""
     runtime = _pg_info.read_only_runtime(params)
     runtime.connect_timeout = CONNECT_TIMEOUT
+    runtime.timeout = 2 * COMMAND_TIMEOUT
     runtime.pgoptions = _pg.session_options(_pg_info.READ_ONLY + (("statement_timeout", STATEMENT_TIMEOUT),
                                                                   ("lock_timeout", "2s")))
     return runtime

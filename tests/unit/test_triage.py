@@ -662,6 +662,19 @@ def test_a_database_that_cannot_be_reached_is_a_critical_finding(pg_server):
     assert result["checks"]["database"]["status"] == "problem" and result["healthy"] is False
 
 
+def test_a_database_client_that_hangs_is_killed_and_reported_unreachable(tmp_path, monkeypatch):
+    """A client that never answers (as `docker compose exec` does on a stuck engine) is killed after the runtime's
+    timeout. A program that sleeps stands in for the stuck client: a hung Docker engine cannot be made here."""
+    hung = tmp_path / "bin"
+    hung.mkdir()
+    (hung / "psql").write_text("#!/bin/sh\nexec sleep 600\n")
+    (hung / "psql").chmod(0o755)
+    monkeypatch.setattr(_triage, "COMMAND_TIMEOUT", 0.5)
+    result = _triage.run(params(checks=["database"], login_host="127.0.0.1", pg_bin_dir=str(hung)))
+    assert [(item["severity"], item["playbook"]) for item in result["findings"]] == [("critical", "service_not_starting.yml")]
+    assert "no answer within 1.0 s" in result["findings"][0]["evidence"][0]
+
+
 # ------------------------------------------------------------------------------------------------- module
 def test_the_module_returns_findings_checks_and_next_steps(run_module, tmp_path):
     backups = tmp_path / "backups"
