@@ -184,3 +184,57 @@ def test_preserve_evidence_contains_only_when_confirmed(host):
         assert not healthy(host)
         assert len(bundles(host, "SEC-2")) == 2, "the evidence is kept before containment, at each run"
     assert eventually(lambda: healthy(host), timeout=120)
+
+
+def test_service_not_starting_restarts_a_stopped_app_only_when_confirmed(host):
+    host.check_output(f"{COMPOSE} stop app")
+    try:
+        rc, out = playbook("service_not_starting.yml", "incident_id=SNS-DOWN", check=True)
+        assert rc == 0, out
+        assert "restart_service: true" in out
+        rc, out = playbook("service_not_starting.yml", "incident_id=SNS-DOWN")
+        assert rc != 0 and "Nothing was changed" in out and "confirm=true" in out
+        assert not healthy(host)
+        rc, out = playbook("service_not_starting.yml", "incident_id=SNS-DOWN", "confirm=true")
+        assert rc == 0, out
+        assert healthy(host)
+    finally:
+        host.check_output(f"{COMPOSE} start app")
+        assert eventually(lambda: healthy(host), timeout=120)
+
+
+def test_service_not_starting_frees_a_port_another_process_holds_only_when_asked(host):
+    def holder():
+        return host.run("pgrep -f '^python3 -m http.server 80'").stdout.split()
+    host.check_output(f"{COMPOSE} stop nginx")
+    host.check_output("setsid nohup python3 -m http.server 80 >/dev/null 2>&1 < /dev/null &")
+    try:
+        assert eventually(holder)
+        rc, out = playbook("triage.yml", "incident_id=TRI-PORT")
+        assert rc == 0, out
+        assert "port 80 is held by python3" in out
+        assert "playbooks/service_not_starting.yml -e incident_id=TRI-PORT" in out
+
+        rc, out = playbook("service_not_starting.yml", "incident_id=SNS-PORT", "confirm=true")
+        assert rc != 0
+        assert "nginx cannot start. Nothing was changed" in out and "service_not_starting_free_ports=true" in out
+        assert holder()
+
+        rc, out = playbook("service_not_starting.yml", "incident_id=SNS-PORT", "service_not_starting_free_ports=true", "confirm=true")
+        assert rc == 0, out
+        assert not holder()
+        assert healthy(host)
+    finally:
+        host.run("pkill -f 'http.server 80'")
+        host.check_output(f"{COMPOSE} start nginx")
+        assert eventually(lambda: healthy(host), timeout=120)
+
+
+def test_service_not_starting_decrypts_a_missing_secret_again(host):
+    with restored(host, "/run/secrets/auth_jwt_secret"):
+        before = host.file("/run/secrets/auth_jwt_secret").sha256sum
+        host.check_output("rm /run/secrets/auth_jwt_secret")
+        rc, out = playbook("service_not_starting.yml", "incident_id=SNS-SECRET", "confirm=true")
+        assert rc == 0, out
+        assert host.file("/run/secrets/auth_jwt_secret").sha256sum == before, "the same secret, from the sops file"
+        assert healthy(host)
