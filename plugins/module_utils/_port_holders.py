@@ -484,12 +484,13 @@ def run(params, check_mode=False, guard=None, read=listening, proc=PROC):
         newcomers = sorted({_who(holder) for holder in remaining if _identity(holder) not in acted})
         why = []
         if stubborn:
-            why.append("%s did not exit (%s)" % (", ".join(stubborn), "even after SIGKILL" if params["force"]
-                                                else "it ignores SIGTERM? force=true sends SIGKILL after timeout"))
+            hint = "even after SIGKILL" if params["force"] else "it ignores SIGTERM? force=true sends SIGKILL after timeout"
+            why.append("%s did not exit (%s)" % (", ".join(stubborn), hint))
         if newcomers:
             why.append("%s took the port since (restarted by a supervisor?)" % ", ".join(newcomers))
-        raise NotFreed("%s still held after %d s: %s; done: %s" % (_ports(held), params["timeout"], "; ".join(why),
-                                                                   ", ".join(done) if done else "nothing"), result)
-    result["msg"] = "freed %s for %s: %s%s" % (_ports(result["freed"]) if result["freed"] else "no port", params["incident_id"],
-                                              ", ".join(done) if done else "the holders had exited already", _kept_text(not_freed))
+        raise NotFreed("%s still held after %d s: %s; done: %s" % (
+            _ports(held), params["timeout"], "; ".join(why), ", ".join(done) if done else "nothing"), result)
+    result["msg"] = "freed %s for %s: %s%s" % (
+        _ports(result["freed"]) if result["freed"] else "no port", params["incident_id"],
+        ", ".join(done) if done else "the holders had exited already", _kept_text(not_freed))
     return result

@@ -849,8 +849,8 @@ def judge_memory(obs, _thresholds, observations=None):
     if obs.get("oom_kills") or killed:
         evidence = []
         if obs.get("oom_kills"):
-            evidence.append("%d OOM kill%s in the kernel log%s" % (obs["oom_kills"], "" if obs["oom_kills"] == 1 else "s",
-                                                                  ": %s" % ", ".join(obs["oom_processes"]) if obs["oom_processes"] else ""))
+            victims = ": %s" % ", ".join(obs["oom_processes"]) if obs["oom_processes"] else ""
+            evidence.append("%d OOM kill%s in the kernel log%s" % (obs["oom_kills"], "" if obs["oom_kills"] == 1 else "s", victims))
         if killed:
             evidence.append("OOMKilled container%s: %s" % ("" if len(killed) == 1 else "s", ", ".join(killed)))
         found.append(_finding("memory", "critical", CAUSE, "processes were killed for lack of memory", evidence, "node"))
@@ -970,10 +970,10 @@ def judge_requests(obs, thresholds):
     flood = [item for item in obs["top_clients"] if not _loopback(item["address"])
              and item["count"] > thresholds["flood_requests"] and item["count"] >= thresholds["flood_share"] * total]
     if flood:
-        found.append(_finding("requests", "high", CAUSE, "%d client%s sent most requests (flood suspect%s)" % (
-            len(flood), "" if len(flood) == 1 else "s", "" if len(flood) == 1 else "s"),
-                              ["%s: %d of %d requests in %d min" % (item["address"], item["count"], total, obs["since_minutes"])
-                               for item in flood], "flood", dict(connection_flood_sources=[item["address"] for item in flood])))
+        plural = "" if len(flood) == 1 else "s"
+        evidence = ["%s: %d of %d requests in %d min" % (item["address"], item["count"], total, obs["since_minutes"]) for item in flood]
+        found.append(_finding("requests", "high", CAUSE, "%d client%s sent most requests (flood suspect%s)" % (len(flood), plural, plural),
+                              evidence, "flood", dict(connection_flood_sources=[item["address"] for item in flood])))
     if total >= 10 and obs["errors_5xx"] * 10 >= total:
         found.append(_finding("requests", "warning", SYMPTOM, "%d of %d requests answered 5xx" % (obs["errors_5xx"], total),
                               ["in the last %d min" % obs["since_minutes"]]))

@@ -93,8 +93,8 @@ def install_job_code(lib_dir, tmp_path):
         "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
         "    - ansible.builtin.import_role:\n        name: runbooks.incident.scheduled_jobs\n"
         f"      vars:\n        scheduled_jobs_lib_dir: {lib_dir}\n        scheduled_jobs_config_dir: {tmp_path / 'etc'}\n")
-    res = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local", "-e", f"ansible_python_interpreter={sys.executable}",
-                          str(playbook)], capture_output=True, text=True, check=False,
+    res = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+                          "-e", f"ansible_python_interpreter={sys.executable}", str(playbook)], capture_output=True, text=True, check=False,
                          env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_NOCOLOR="1"))
     assert res.returncode == 0, res.stdout + res.stderr
     return int(re.search(r"changed=(\d+)", res.stdout).group(1))

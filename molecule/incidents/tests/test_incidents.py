@@ -60,7 +60,7 @@ def lock_chains(host):
     finally:
         host.run("pkill -f 'exec sleep 900'; pkill -f 'sleep 900'")
         sql(host, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'analyst' OR "
-                  f"(usename = 'wa' AND state = 'idle in transaction' AND query LIKE '%maintenance_log%')")
+                  "(usename = 'wa' AND state = 'idle in transaction' AND query LIKE '%maintenance_log%')")
         assert eventually(lambda: healthy(host), timeout=60)
 
 
