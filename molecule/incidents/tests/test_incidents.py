@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 
 import pytest
@@ -238,3 +239,42 @@ def test_service_not_starting_decrypts_a_missing_secret_again(host):
         assert rc == 0, out
         assert host.file("/run/secrets/auth_jwt_secret").sha256sum == before, "the same secret, from the sops file"
         assert healthy(host)
+
+
+def answer(host, url):
+    """(status, Retry-After, body) of a GET from the host itself."""
+    out = host.check_output(f"curl -ksS -o /tmp/answer.body -D - {shlex.quote(url)}")
+    status = int(out.split()[1])
+    retry = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.lower().startswith("retry-after:")), None)
+    return status, retry, host.file("/tmp/answer.body").content_string
+
+
+def unchanged_run(out):
+    return re.search(r"\bapp\s*: ok=\d+\s+changed=0\b", out) is not None
+
+
+def test_maintenance_mode_answers_503_with_retry_after_and_leaves_a_verified_service(host):
+    page = json.dumps({"maintenance_retry_after": 1800, "maintenance_message": "Back at <b>06:00</b> UTC"})
+    rc, out = playbook("maintenance.yml", "incident_id=CHG-DRY", "confirm=true", check=True)
+    assert rc == 0, out
+    rc, out = playbook("maintenance.yml", "incident_id=CHG-1")
+    assert rc != 0 and "Nothing was changed" in out
+    assert healthy(host)
+    try:
+        rc, out = playbook("maintenance.yml", "incident_id=CHG-1", "confirm=true", page)
+        assert rc == 0, out
+        assert answer(host, "http://127.0.0.1/health")[:2] == (503, "1800")
+        status, retry, body = answer(host, "https://127.0.0.1/v1/messages")
+        assert (status, retry) == (503, "1800")
+        assert "Back at &lt;b&gt;06:00&lt;/b&gt; UTC" in body
+        assert host.run(f"{COMPOSE} ps --status running --quiet app").stdout.strip() == "", "the app is stopped"
+        # Entering again changes nothing and needs no confirmation.
+        rc, out = playbook("maintenance.yml", "incident_id=CHG-1", page)
+        assert rc == 0 and unchanged_run(out), out
+    finally:
+        rc, out = playbook("maintenance.yml", "incident_id=CHG-1", "maintenance_state=absent")
+    assert rc == 0, out
+    assert healthy(host)
+    assert host.run("docker inspect whatsapp-mcp-maintenance").rc != 0
+    rc, out = playbook("maintenance.yml", "incident_id=CHG-1", "maintenance_state=absent")
+    assert rc == 0 and unchanged_run(out), out
