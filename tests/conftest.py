@@ -214,6 +214,23 @@ def run_module(name: str, params: dict, *, check_mode: bool = False, diff: bool 
     return result
 
 
+def run_module_under(prefix: list[str], name: str, params: dict, *, check_mode: bool = False, tmpdir: str) -> dict:
+    """Run runbooks.incident.<name> as its own process (arguments in a file, as Ansible runs it on a host) under the
+    command `prefix`, for example `nsenter --net=/proc/<pid>/ns/net --`: a module that changes kernel state (the
+    firewall) then changes it in a namespace of the test's, never this machine's. Returns the module's JSON result."""
+    args = Path(tempfile.mkstemp(dir=tmpdir, prefix="args-", suffix=".json")[1])
+    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": dict(params, _ansible_check_mode=check_mode, _ansible_diff=False,
+                                                            _ansible_remote_tmp=tmpdir, _ansible_keep_remote_files=False)}))
+    env = dict(os.environ, PYTHONPATH=str(COLLECTIONS))
+    res = subprocess.run([*prefix, sys.executable, "-m", f"ansible_collections.runbooks.incident.plugins.modules.{name}", str(args)],
+                         env=env, capture_output=True, text=True, timeout=120, check=False)
+    args.unlink()
+    assert res.stdout.strip(), "module %s printed nothing (exit %d): %s" % (name, res.returncode, res.stderr[-2000:])
+    result = json.loads(res.stdout[res.stdout.index("{"):])
+    result["warnings"] = [w["event"]["msg"] if isinstance(w, dict) else w for w in result.get("warnings", [])]
+    return result
+
+
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 
 

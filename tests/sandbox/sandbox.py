@@ -89,6 +89,8 @@ APT_PACKAGES = [
     "auditd",
     # The timeline callback's Gantt page is opened and screenshotted headless (tests/unit/test_timeline.py).
     "chromium",
+    # nft_blocklist's tests change the firewall of network namespaces of their own (tests/unit/test_nft_blocklist.py).
+    "nftables",
 ]
 # Phone number id of the sandbox's WhatsApp Business number (Graph API stand-in).
 SANDBOX_PHONE_ID = "109876543210987"
