@@ -118,6 +118,10 @@ def check_timeout(timeout):
     return timeout
 
 
+def _unanswered(shown, timeout):
+    return "no complete answer from %s within %s s, the alert may not have been delivered" % (shown, timeout)
+
+
 def _exchange(opener, request, shown, timeout, secret):
     """One request through urllib, each read bounded by `timeout`; (the 2xx status, the answer's first bytes), or
     PageError naming the receiver as `shown`."""
@@ -133,8 +137,11 @@ def _exchange(opener, request, shown, timeout, secret):
                         % (shown, exc.code, _hide(body, secret)[:BODY_EXCERPT] or "(empty body)")) from None
     except urllib.error.URLError as exc:
         raise PageError("could not reach %s, no alert was delivered: %s" % (shown, _hide(str(exc.reason), secret))) from None
+    except TimeoutError:
+        # The same words whichever clock ran out first: this read's or the caller's bound on the whole exchange.
+        raise PageError(_unanswered(shown, timeout)) from None
     except (OSError, HTTPException, ValueError) as exc:
-        # Timeouts while reading the answer and broken connections after the request went out.
+        # Broken connections after the request went out.
         raise PageError("no answer from %s, the alert may not have been delivered: %s" % (shown, _hide(str(exc), secret))) from None
 
 
@@ -181,7 +188,7 @@ def exchange(url, payload, timeout=10, validate_certs=True, secret=None, method=
     worker.start()
     worker.join(timeout)
     if worker.is_alive():
-        raise PageError("no complete answer from %s within %s s, the alert may not have been delivered" % (shown, timeout))
+        raise PageError(_unanswered(shown, timeout))
     if "error" in outcome:
         raise outcome["error"]
     return outcome["answer"]
