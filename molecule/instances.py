@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -86,6 +87,9 @@ def instance_config(scenario: str, platforms: list[dict]) -> list[dict]:
 def create(scenario: str, platforms: list[dict], config: Path) -> None:
     args = {platform["name"]: run_args(scenario, platform) for platform in platforms}  # bad input fails before any change
     destroy(scenario, config)
+    # New hosts, new records: the incidents a killed run left in the ephemeral directory (molecule prunes it only at
+    # a destroy that ends a sequence) would add their runs to this run's timelines.
+    shutil.rmtree(config.parent / "incidents", ignore_errors=True)
     net = subnet(platforms)
     sandbox.docker("network", "create", "--label", f"{LABEL}={scenario}", *(["--subnet", net] if net else []),
                    network_name(scenario))
