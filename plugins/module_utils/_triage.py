@@ -34,7 +34,7 @@ import time
 from ansible_collections.runbooks.incident.plugins.module_utils import _certificate, _pg, _pg_info, _pg_sessions, _run_lock, _service
 
 CHECKS = ("units", "containers", "health", "required_files", "ports", "logs", "memory", "disk", "certificates", "database",
-          "backups", "audit_integrity", "requests")
+          "backups", "audit_integrity", "requests", "connections")
 SEVERITIES = ("critical", "high", "warning")
 # Ranking within a severity: a root cause (0) before a crash it causes (1) before the red /health it shows as (2).
 CAUSE, CRASH, SYMPTOM = 0, 1, 2
@@ -47,6 +47,10 @@ MAX_LOG_BYTES = 64 << 20
 TOP_SIGNATURES = 10
 TOP_CLIENTS = 5
 WEB_PORTS = (80, 443)
+# The kernel's connection tracking table of this network namespace (CONFIG_NF_CONNTRACK_PROCFS); `conntrack -L`
+# prints the same lines without the first two fields.
+CONNTRACK_PROC = "/proc/net/nf_conntrack"
+MAX_CONNTRACK_BYTES = 256 << 20
 # Programs that hold the web ports for the compose stack (a published port); any other is a foreign holder.
 DOCKER_PROXIES = ("docker-proxy", "dockerd", "rootlesskit", "rootlessport", "slirp4netns")
 # MemAvailable below this share of MemTotal is a node in trouble.
@@ -142,6 +146,7 @@ def check_params(params):
         since_minutes=_whole(params, "since_minutes", 1, 7 * 24 * 60), long_query_seconds=_whole(params, "long_query_seconds", 1),
         idle_in_transaction_seconds=_whole(params, "idle_in_transaction_seconds", 1),
         connections_percent=_whole(params, "connections_percent", 1, 100), flood_requests=_whole(params, "flood_requests", 1),
+        flood_connections=_whole(params, "flood_connections", 1),
         flood_share=float(share), app_service=params["app_service"], web_service=params["web_service"],
         db_service=params["compose_service"], health_url=url)
 
@@ -444,6 +449,32 @@ def count_requests(messages):
     return dict(total=total, errors_5xx=errors, top_clients=[dict(address=address, count=count) for address, count in top])
 
 
+def count_connections(text, ports=WEB_PORTS):
+    """{total, top_sources: [{address, count}] (the TOP_CLIENTS with most), states: {state: count}} of the tracked
+    TCP connections to `ports`, from conntrack lines (/proc/net/nf_conntrack or `conntrack -L`). The first
+    src/dport of a line are the original direction's: the client's address and the port it asked for, before any
+    DNAT to a container."""
+    total = 0
+    sources, states = {}, {}
+    for line in text.splitlines():
+        fields = line.split()
+        if "tcp" not in fields[:3]:
+            continue
+        original = {}
+        for field in fields:
+            key, sep, value = field.partition("=")
+            if sep and key not in original:
+                original[key] = value
+        if not original.get("dport", "").isdigit() or int(original["dport"]) not in ports or "src" not in original:
+            continue
+        state = next((field for field in fields[3:6] if field.isupper() and field.replace("_", "").isalpha()), "")
+        total += 1
+        sources[original["src"]] = sources.get(original["src"], 0) + 1
+        states[state] = states.get(state, 0) + 1
+    top = sorted(sources.items(), key=lambda item: (-item[1], item[0]))[:TOP_CLIENTS]
+    return dict(total=total, top_sources=[dict(address=address, count=count) for address, count in top], states=states)
+
+
 # ------------------------------------------------------------------------------------------------ collectors
 def collect_units(host, params, _observations):
     _systemd()
@@ -693,11 +724,22 @@ def collect_requests(host, params, _observations):
     return dict(count_requests(messages), since_minutes=params["since_minutes"])
 
 
+def collect_connections(host, _params, _observations):
+    try:
+        with open(CONNTRACK_PROC, "rb") as handle:
+            text = handle.read(MAX_CONNTRACK_BYTES).decode("ascii", "replace")
+    except FileNotFoundError:
+        text, _err = host.run(["conntrack", "-L", "-p", "tcp"])
+    except OSError as exc:
+        raise CheckFailed("cannot read %s: %s" % (CONNTRACK_PROC, exc.strerror or exc)) from None
+    return count_connections(text)
+
+
 COLLECTORS = {
     "units": collect_units, "containers": collect_containers, "health": collect_health,
     "required_files": collect_required_files, "ports": collect_ports, "logs": collect_logs, "memory": collect_memory,
     "disk": collect_disk, "certificates": collect_certificates, "database": collect_database, "backups": collect_backups,
-    "audit_integrity": collect_audit_integrity, "requests": collect_requests,
+    "audit_integrity": collect_audit_integrity, "requests": collect_requests, "connections": collect_connections,
 }
 
 
@@ -964,11 +1006,15 @@ def _loopback(address):
         return False
 
 
+def _flood_suspects(top, total, most, share):
+    """The busiest clients over `most` that also hold `share` of `total`, never the host's own loopback."""
+    return [item for item in top if not _loopback(item["address"]) and item["count"] > most and item["count"] >= share * total]
+
+
 def judge_requests(obs, thresholds):
     found = []
     total = obs["total"]
-    flood = [item for item in obs["top_clients"] if not _loopback(item["address"])
-             and item["count"] > thresholds["flood_requests"] and item["count"] >= thresholds["flood_share"] * total]
+    flood = _flood_suspects(obs["top_clients"], total, thresholds["flood_requests"], thresholds["flood_share"])
     if flood:
         plural = "" if len(flood) == 1 else "s"
         evidence = ["%s: %d of %d requests in %d min" % (item["address"], item["count"], total, obs["since_minutes"]) for item in flood]
@@ -980,10 +1026,23 @@ def judge_requests(obs, thresholds):
     return found
 
 
+def judge_connections(obs, thresholds):
+    total = obs["total"]
+    flood = _flood_suspects(obs["top_sources"], total, thresholds["flood_connections"], thresholds["flood_share"])
+    if not flood:
+        return []
+    plural = "" if len(flood) == 1 else "s"
+    evidence = ["%s: %d of %d tracked connections to ports %s" % (item["address"], item["count"], total, "/".join(map(str, WEB_PORTS)))
+                for item in flood]
+    title = "%d source%s %s most connections (flood suspect%s)" % (len(flood), plural, "hold" if plural else "holds", plural)
+    return [_finding("connections", "high", CAUSE, title, evidence, "flood", dict(connection_flood_sources=[item["address"] for item in flood]))]
+
+
 JUDGES = {
     "units": judge_units, "containers": judge_containers, "health": judge_health, "required_files": judge_required_files,
     "ports": judge_ports, "logs": judge_logs, "memory": judge_memory, "disk": judge_disk, "certificates": judge_certificates,
     "database": judge_database, "backups": judge_backups, "audit_integrity": judge_audit_integrity, "requests": judge_requests,
+    "connections": judge_connections,
 }
 NEEDS_ALL = ("logs", "memory")  # judges that read other checks' observations too
 
@@ -1039,6 +1098,8 @@ def summary(name, obs):
         return "newest %s, %s hours old" % (obs["newest"], obs["age_hours"])
     if name == "audit_integrity":
         return "%s: %s" % (obs["unit"], obs["result"])
+    if name == "connections":
+        return "%d tracked connections to ports %s" % (obs["total"], "/".join(map(str, WEB_PORTS)))
     return "%d requests, %d 5xx in %d min" % (obs["total"], obs["errors_5xx"], obs["since_minutes"])
 
 

@@ -12,7 +12,8 @@ description:
     systemd units, the compose containers, C(/health), the files the service needs to start, who holds ports 80 and
     443, the recent error lines of the containers' logs, memory and OOM kills, disk space and inodes, the TLS
     certificates, the database (reachable, connections, long queries, idle transactions, lock chains), the age of
-    the newest backup, the last audit integrity check and the requests nginx served, and returns RV(findings),
+    the newest backup, the last audit integrity check, the requests nginx served and the connections the kernel tracks
+    to ports 80 and 443 (per source address, before docker's DNAT), and returns RV(findings),
     ranked, each naming the playbook to run next and the variables to pass (RV(next_steps) has the commands).
   - Read-only, and bounded in time; every command and probe has a short timeout, and all of them together at most
     45 seconds (the database's statements 10 s each). A check that cannot run is that check's C(error) in RV(checks)
@@ -24,7 +25,8 @@ description:
     / ECONNREFUSED) errors; C(node_down.yml) for OOM kills (kernel log, log lines or a container C(OOMKilled)) and
     MemAvailable below 5%; C(storage_full.yml) with C(storage_full_path) (the mount point) for disk space or inodes
     over I(disk_percent) / I(inode_percent) and for C(No space left on device) in the logs;
-    C(connection_flood.yml) with C(connection_flood_sources) (the addresses) for a flood suspect; C(db_degraded.yml)
+    C(connection_flood.yml) with C(connection_flood_sources) (the addresses) for a flood suspect (by requests or by
+    tracked connections); C(db_degraded.yml)
     for lock chains (C(db_degraded_blocking=true)), sessions idle in a transaction (C(db_degraded_idle_for)), long
     queries (C(db_degraded_older_than)), connections over I(connections_percent) and C(too many clients) errors;
     C(db_corruption.yml) for the database's corruption errors (C(invalid page in block), C(could not read block),
@@ -146,8 +148,13 @@ options:
     description: A client address with more than this many requests in the window is a flood suspect (when it also has I(flood_share) of them).
     type: int
     default: 600
+  flood_connections:
+    description: A source address holding more than this many tracked TCP connections to ports 80 and 443 (any state,
+      C(TIME_WAIT) included) is a flood suspect (when it also holds I(flood_share) of them).
+    type: int
+    default: 300
   flood_share:
-    description: The share of all requests in the window (above 0, at most 1) a flood suspect must also have.
+    description: The share of all requests in the window, or of all tracked connections (above 0, at most 1), a flood suspect must also have.
     type: float
     default: 0.5
   checks:
@@ -156,8 +163,8 @@ options:
         is not running, and is skipped otherwise.
     type: list
     elements: str
-    choices: [units, containers, health, required_files, ports, logs, memory, disk, certificates, database, backups, audit_integrity, requests]
-    default: [units, containers, health, required_files, ports, logs, memory, disk, certificates, database, backups, audit_integrity, requests]
+    choices: [units, containers, health, required_files, ports, logs, memory, disk, certificates, database, backups, audit_integrity, requests, connections]
+    default: [units, containers, health, required_files, ports, logs, memory, disk, certificates, database, backups, audit_integrity, requests, connections]
   incident_id:
     description:
       - The incident's id (letters, digits and C(._:-), at most 64), only echoed in the commands of RV(next_steps);
@@ -166,7 +173,8 @@ options:
 notes:
   - Needs the Python cryptography library for the certificates check (without it that check is C(error)).
   - The logs are read with C(docker compose logs --since <since_minutes>m --no-color --timestamps); the kernel log with
-    C(journalctl -k); the listeners with C(ss -ltnpH); the units with C(systemctl show).
+    C(journalctl -k); the listeners with C(ss -ltnpH); the units with C(systemctl show); the tracked connections from
+    C(/proc/net/nf_conntrack) (or C(conntrack -L) where that file does not exist).
 author:
   - runbooks.incident contributors (@runbooks)
 """
@@ -288,6 +296,7 @@ def main():
         idle_in_transaction_seconds=dict(type="int", default=60),
         connections_percent=dict(type="int", default=80),
         flood_requests=dict(type="int", default=600),
+        flood_connections=dict(type="int", default=300),
         flood_share=dict(type="float", default=0.5),
         checks=dict(type="list", elements="str", choices=list(_triage.CHECKS), default=list(_triage.CHECKS)),
         incident_id=dict(type="str"),

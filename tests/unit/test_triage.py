@@ -42,7 +42,7 @@ def params(**overrides):
                 required_files=[], disk_paths=["/"], disk_percent=90, inode_percent=90, certificates=[], cert_days=14,
                 backup_dir="/nonexistent/backups", backup_pattern="db-*.manifest.json", backup_max_age_hours=26,
                 audit_integrity_unit="runbooks-audit-integrity.service", since_minutes=15, long_query_seconds=300,
-                idle_in_transaction_seconds=60, connections_percent=80, flood_requests=600, flood_share=0.5,
+                idle_in_transaction_seconds=60, connections_percent=80, flood_requests=600, flood_connections=300, flood_share=0.5,
                 checks=list(_triage.CHECKS), incident_id=None, login_user="postgres", login_password=None,
                 login_host="127.0.0.1", login_port=1, login_unix_socket=None, compose_project_dir=None,
                 maintenance_db="postgres", pg_bin_dir=None)
@@ -251,6 +251,60 @@ def test_the_hosts_own_requests_are_never_a_flood():
         clients = [dict(address=address, count=900), dict(address="203.0.113.9", count=3)]
         found, _checks = judged(requests=ok(total=903, errors_5xx=0, top_clients=clients, since_minutes=15))
         assert found == [], address
+
+
+# Lines as /proc/net/nf_conntrack prints them (conntrack -L: the same without the first two fields). The first tuple is
+# the client's, with the port it asked for before docker's DNAT to the web container (172.18.0.3:443).
+CONNTRACK = "\n".join(
+    ["ipv4     2 tcp      6 %d %s src=203.0.113.9 dst=172.29.0.10 sport=%d dport=443 src=172.18.0.3 dst=203.0.113.9 sport=443 "
+     "dport=%d [ASSURED] mark=0 zone=0 use=2" % (100 + i, "TIME_WAIT" if i % 2 else "ESTABLISHED", 40000 + i, 40000 + i) for i in range(6)]
+    + ["ipv4     2 tcp      6 80 SYN_RECV src=198.51.100.4 dst=172.29.0.10 sport=5000 dport=80 src=172.18.0.3 dst=198.51.100.4 "
+       "sport=80 dport=5000 mark=0 use=1",
+       "tcp      6 431999 ESTABLISHED src=198.51.100.4 dst=172.29.0.10 sport=5001 dport=80 src=172.18.0.3 dst=198.51.100.4 sport=80 "
+       "dport=5001 [ASSURED] mark=0 use=1",
+       # not the web ports, not TCP, a reply direction naming 443 second: none counts
+       "ipv4     2 tcp      6 431999 ESTABLISHED src=198.51.100.7 dst=172.29.0.10 sport=5002 dport=5432 src=172.18.0.2 "
+       "dst=198.51.100.7 sport=443 dport=5002 [ASSURED] mark=0 use=1",
+       "ipv4     2 udp      17 20 src=198.51.100.8 dst=172.29.0.10 sport=53 dport=443 src=172.29.0.10 dst=198.51.100.8 sport=443 dport=53 use=1",
+       "ipv6     10 tcp      6 300 ESTABLISHED src=2001:db8::7 dst=2001:db8::1 sport=6000 dport=443 src=2001:db8::1 dst=2001:db8::7 "
+       "sport=443 dport=6000 [ASSURED] mark=0 use=1", "", "garbage"])
+
+
+def test_connections_are_counted_per_source_from_the_tracking_table():
+    assert _triage.count_connections(CONNTRACK) == dict(
+        total=9, top_sources=[dict(address="203.0.113.9", count=6), dict(address="198.51.100.4", count=2), dict(address="2001:db8::7", count=1)],
+        states={"ESTABLISHED": 5, "TIME_WAIT": 3, "SYN_RECV": 1})
+
+
+def test_a_source_holding_most_connections_is_a_flood_suspect(monkeypatch, tmp_path):
+    table = tmp_path / "nf_conntrack"
+    table.write_text(CONNTRACK)
+    monkeypatch.setattr(_triage, "CONNTRACK_PROC", str(table))
+    result = _triage.run(params(checks=["connections"], flood_connections=5, incident_id="INC-4"))
+    assert result["checks"]["connections"] == dict(status="problem", detail="1 source holds most connections (flood suspect)")
+    assert [(item["check"], item["severity"], item["playbook"], item["extra_vars"]) for item in result["findings"]] == [
+        ("connections", "high", "connection_flood.yml", {"connection_flood_sources": ["203.0.113.9"]})]
+    assert "203.0.113.9: 6 of 9 tracked connections to ports 80/443" in result["findings"][0]["evidence"]
+    assert _triage.run(params(checks=["connections"], flood_connections=6))["findings"] == []  # more than, not as many as
+    assert _triage.run(params(checks=["connections"], flood_connections=5, flood_share=0.7))["findings"] == []
+    loopback = CONNTRACK.replace("203.0.113.9", "127.0.0.1")
+    table.write_text(loopback)
+    assert _triage.run(params(checks=["connections"], flood_connections=5))["findings"] == []
+
+
+def test_without_the_tracking_file_conntrack_is_asked_or_the_check_skipped(monkeypatch, tmp_path):
+    monkeypatch.setattr(_triage, "CONNTRACK_PROC", str(tmp_path / "absent"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    assert _triage.run(params(checks=["connections"]))["checks"]["connections"]["status"] == "skipped"
+    tool = bin_dir / "conntrack"
+    listed = "\n".join(line.split(None, 2)[2] for line in CONNTRACK.splitlines() if line.startswith("ipv"))
+    tool.write_text("#!/bin/sh\n[ \"$*\" = '-L -p tcp' ] || exit 2\n/bin/cat <<'EOF'\n%s\nEOF\n" % listed)
+    tool.chmod(0o755)
+    assert _triage.run(params(checks=["connections"]))["checks"]["connections"] == dict(status="ok", detail="8 tracked connections to ports 80/443")
+    found = _triage.run(params(checks=["connections"], flood_connections=5))
+    assert found["findings"][0]["extra_vars"] == {"connection_flood_sources": ["203.0.113.9"]}
 
 
 def test_refusals_of_the_past_window_are_a_warning_once_health_answers():
