@@ -23,7 +23,7 @@ import re
 import shutil
 import subprocess
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _run_lock
+from ansible_collections.runbooks.incident.plugins.module_utils import _fileio, _run_lock
 
 STATES = ("present", "absent")
 DEFAULT_TABLE = "runbooks_incident"
@@ -38,6 +38,10 @@ MAX_ADDRESSES = 1000  # the highest max_addresses accepted
 PREFIX_BOUNDS = {4: (8, 32), 6: (16, 128)}  # the values min_prefix4 / min_prefix6 may take
 NFT_TIMEOUT = 30  # seconds one nft call may take
 MAX_TEXT = 64  # an address longer than this is not one (and is not echoed whole)
+# The script that rebuilds the blocklist at boot (runbooks-nft-blocklist.service loads it), once persisting was asked.
+PERSIST_PATH = "/etc/runbooks-incident/nft_blocklist.nft"
+PERSISTED_MARK = "# elements: "  # the header line naming what the file blocks: a change of them rewrites it
+MAX_PERSISTED = 1 << 20
 
 # Never blocked, whatever `allow` says: blocking them cuts the host off from itself or from its own network.
 SPECIAL = [(ipaddress.ip_network(net), why) for net, why in (
@@ -144,6 +148,9 @@ def check_params(params):
     incident_id = params.get("incident_id")
     if incident_id is not None and (not isinstance(incident_id, str) or not _run_lock.INCIDENT_ID.match(incident_id)):
         raise BlocklistError("incident_id %s is not valid (letters, digits and ._:-, at most 64)" % _shown(incident_id))
+    persist_path = params.get("persist_path") or PERSIST_PATH
+    if not isinstance(persist_path, str) or not persist_path.startswith("/") or "\n" in persist_path:
+        raise BlocklistError("persist_path %s is not an absolute path" % _shown(persist_path))
     if (asked or params["all"]) and incident_id is None:
         raise BlocklistError("state=%s with addresses needs incident_id (the incident the addresses are %s for)"
                              % (state, "blocked" if state == "present" else "unblocked"))
@@ -363,6 +370,81 @@ def plan(state, params, addresses):
     return dict(add=add, remove=remove, refresh=refresh, kept=kept, lines=lines)
 
 
+# ------------------------------------------------------------------------------------------------- persist
+def _persisted_elements(state):
+    return ["%s %s" % (element["address"], element["incident_id"] or "") for version in (4, 6) for element in state["sets"][version] or []]
+
+
+def boot_script(state, table):
+    """The nft script that rebuilds the blocklist as `state` holds it (one transaction: the table is replaced whole,
+    so loading it twice gives the same table). Each element keeps the time it had left, counted again from the load:
+    a host down for an hour blocks an hour longer, never shorter."""
+    empty = dict(table=False, sets={4: None, 6: None}, chain=False, rules={4: False, 6: False})
+    lines = ["# runbooks.incident nft_blocklist: table inet %s as it was at the last change, loaded at boot by" % table,
+             "# runbooks-nft-blocklist.service. Written by the module; a hand edit is lost at its next change.",
+             PERSISTED_MARK + json.dumps(_persisted_elements(state)),
+             "add table inet %s" % table, "delete table inet %s" % table] + structure(empty, table)
+    for version, name in SETS.items():
+        items = []
+        for element in state["sets"][version] or []:
+            item = element["address"]
+            if element["timeout"]:
+                item += " timeout %ds" % element["timeout"]
+                if element["expires_in"]:
+                    item += " expires %ds" % max(1, element["expires_in"])
+            if element["incident_id"] and _run_lock.INCIDENT_ID.match(element["incident_id"]):
+                item += ' comment "%s"' % element["incident_id"]
+            items.append(item)
+        if items:
+            lines.append("add element inet %s %s { %s }" % (table, name, ", ".join(items)))
+    return "".join(line + "\n" for line in lines)
+
+
+def persisted(path):
+    """The elements line of the boot script at `path` (a list), or None when there is none; BlocklistError when
+    something else is there (a symlink, a FIFO, a file the module did not write)."""
+    try:
+        fd = _fileio.open_file(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BlocklistError("persist_path %s: %s" % (path, exc.strerror or exc)) from None
+    with os.fdopen(fd, "rb") as handle:
+        text = handle.read(MAX_PERSISTED).decode("utf-8", "replace")
+    for line in text.splitlines():
+        if line.startswith(PERSISTED_MARK):
+            try:
+                found = json.loads(line[len(PERSISTED_MARK):])
+            except ValueError:
+                break
+            if isinstance(found, list):
+                return found
+    raise BlocklistError("persist_path %s is not a blocklist the module wrote (no %r line): move it away" % (path, PERSISTED_MARK.strip()))
+
+
+def persist(nft, params, state, check_mode):
+    """Write the boot script of `state` when persisting was asked or was asked before (the file is there) and what
+    it blocks differs from `state`. The path written, or None."""
+    path = params.get("persist_path") or PERSIST_PATH
+    current = persisted(path)
+    if current is None and not params.get("persist"):
+        return None
+    if current == _persisted_elements(state):
+        return None
+    script = boot_script(state, params["table"])
+    try:
+        nft.run(["-c", "-f", "-"], script)
+    except NftFailed as exc:
+        raise BlocklistError("nft refused the boot script (nft -c): %s" % exc) from None
+    if not check_mode:
+        try:
+            _fileio.makedirs(os.path.dirname(path), 0o700)
+            _fileio.write_bytes(path, script.encode(), 0o600)
+        except OSError as exc:
+            raise BlocklistError("cannot write persist_path %s: %s" % (path, exc.strerror or exc)) from None
+    return path
+
+
 # ----------------------------------------------------------------------------------------------------- run
 def _texts(pairs, skip=()):
     return [text for _version, text in pairs if text not in skip]
@@ -397,6 +479,8 @@ def run(params, check_mode=False, nft=None):
     chosen = check_params(params)
     nft = nft or Nft()
     table = params["table"]
+    if chosen["addresses"] or params["all"] or params.get("persist"):
+        persisted(params.get("persist_path") or PERSIST_PATH)  # a path holding something else is refused before any change
     for attempt in (1, 2):
         before = read(nft, table)
         changes = plan(before, params, chosen["addresses"])
@@ -407,13 +491,20 @@ def run(params, check_mode=False, nft=None):
         if params.get("incident_id") is not None:
             result["incident_id"] = params["incident_id"]
         if not script:
+            result["persisted"] = persist(nft, params, before, check_mode)
+            result["changed"] = bool(result["persisted"])
             result["msg"] = "table inet %s: %s" % (table, _summary(changes, params, check_mode))
+            if result["persisted"]:
+                result["msg"] += "; %s %s" % ("would write" if check_mode else "wrote", result["persisted"])
             return result
         try:
             nft.run(["-c", "-f", "-"], script)
         except NftFailed as exc:
             raise BlocklistError("nft refused the change (nft -c): %s" % exc) from None
         if check_mode:
+            # The elements change, so the boot script would be written whenever persisting applies.
+            path = params.get("persist_path") or PERSIST_PATH
+            result["persisted"] = path if params.get("persist") or persisted(path) is not None else None
             result["msg"] = "check mode: table inet %s: %s; nothing was changed" % (table, _summary(changes, params, True))
             return result
         try:
@@ -424,9 +515,13 @@ def run(params, check_mode=False, nft=None):
             raise BlocklistError("nft refused the change: %s" % exc) from None
         break
     try:
-        result["blocked"] = blocked(read(nft, table))
+        after = read(nft, table)
+        result["blocked"] = blocked(after)
+        result["persisted"] = persist(nft, params, after, False)
     except BlocklistError as exc:
-        raise ReadAfterFailed("table inet %s: %s, but cannot read the sets after it: %s" % (
+        raise ReadAfterFailed("table inet %s: %s, but cannot read the sets or write the boot script after it: %s" % (
             table, _summary(changes, params, False), exc), result) from None
     result["msg"] = "table inet %s, incident %s: %s" % (table, params["incident_id"], _summary(changes, params, False))
+    if result["persisted"]:
+        result["msg"] += "; wrote %s" % result["persisted"]
     return result

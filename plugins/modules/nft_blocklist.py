@@ -104,9 +104,27 @@ options:
         Required with I(addresses) or I(all); it is the comment of each element blocked, returned in RV(blocked).
       - Letters, digits and C(._:-), at most 64 characters.
     type: str
+  persist:
+    description:
+      - Keep the blocklist across a reboot. After the run, the module writes I(persist_path) (mode 0600, atomically),
+        an nft script that rebuilds the table with what is blocked then, each element with the time it had left (counted
+        again from the load, so a block outlives the downtime rather than ending early). Something must load it at boot;
+        the role C(runbooks.incident.connection_flood) installs C(runbooks-nft-blocklist.service) for that.
+      - Once the file exists, every later run keeps it in step with the sets (an unblock is persisted too), with or
+        without I(persist); to stop persisting, remove the file (and the unit).
+      - The script is validated with C(nft -c) before it is written.
+    type: bool
+    default: false
+  persist_path:
+    description:
+      - Where the boot script is written. A symlink, a FIFO or a file at that path that the module did not write (no
+        C(# elements) header line) is refused, and nothing is changed.
+    type: path
+    default: /etc/runbooks-incident/nft_blocklist.nft
 notes:
   - Run it as root (nft needs C(CAP_NET_ADMIN)); C(nft) is in the package C(nftables).
-  - The blocks are kernel state and do not survive a reboot; they expire by themselves after I(timeout) anyway.
+  - The blocks are kernel state and do not survive a reboot unless I(persist=true); they expire by themselves after
+    I(timeout) anyway.
   - A connection already established from a blocked address is dropped from then on, packet by packet.
 author:
   - runbooks.incident contributors (@runbooks)
@@ -193,6 +211,12 @@ blocked:
   sample:
     - {address: 203.0.113.7/32, expires_in: 3599, timeout: 3600, incident_id: INC-2026-0042}
     - {address: "2001:db8:4::/64", expires_in: 3599, timeout: 3600, incident_id: INC-2026-0042}
+persisted:
+  description: The boot script written (in check mode, that would be written) by this run, or null when none was (not
+    persisting, or it already held what is blocked).
+  returned: success
+  type: str
+  sample: /etc/runbooks-incident/nft_blocklist.nft
 script:
   description: The nft script applied (in check mode, validated and not applied); empty when nothing changes.
   returned: success
@@ -219,6 +243,8 @@ def main():
             min_prefix6=dict(type="int", default=64),
             table=dict(type="str", default=_nft_blocklist.DEFAULT_TABLE),
             incident_id=dict(type="str"),
+            persist=dict(type="bool", default=False),
+            persist_path=dict(type="path", default=_nft_blocklist.PERSIST_PATH),
         ),
         supports_check_mode=True,
     )

@@ -188,6 +188,59 @@ def test_unblock_one_then_all(netns):
     assert ns.module(dict(state="absent", all=True, incident_id="INC-7"))["changed"] is False
 
 
+def test_persisting_writes_a_boot_script_that_rebuilds_the_blocklist(netns, tmp_path):
+    ns = netns()
+    boot = tmp_path / "etc" / "nft_blocklist.nft"
+    args = block("203.0.113.7", "198.51.100.0/24", "2001:db8::1", timeout=7200, persist=True, persist_path=str(boot))
+    assert ns.module(args, check_mode=True)["persisted"] == str(boot) and not boot.exists()
+    done = ns.module(args)
+    assert done["changed"] is True and done["persisted"] == str(boot) and "wrote %s" % boot in done["msg"]
+    assert oct(boot.stat().st_mode & 0o7777) == "0o600"
+    for check_mode in (True, False):  # idempotent: the file already holds what is blocked
+        again = ns.module(args, check_mode=check_mode)
+        assert again["changed"] is False and again["persisted"] is None, again
+
+    # A fresh host (namespace) loads it at boot: the same elements, the same incident, about the time they had left.
+    fresh = netns()
+    for _load in (1, 2):  # loading twice gives the same table
+        fresh.run("nft", "-f", str(boot))
+        loaded = fresh.elements()
+        expected = {"198.51.100.0/24": "INC-7", "203.0.113.7/32": "INC-7", "2001:db8::1/128": "INC-7"}
+        assert {address: item[1] for address, item in loaded.items()} == expected
+        assert all(item[0] == 7200 for item in loaded.values()), loaded
+    assert fresh.nft("list", "chain", "inet", "runbooks_incident", "prerouting").count("drop") == 2
+
+    # Once persisted, an unblock is persisted too, with or without persist; check mode writes nothing.
+    written = boot.read_text()
+    assert ns.module(block("203.0.113.7", state="absent", persist_path=str(boot)), check_mode=True)["persisted"] == str(boot)
+    assert boot.read_text() == written
+    unblocked = ns.module(block("203.0.113.7", state="absent", persist_path=str(boot)))
+    assert unblocked["persisted"] == str(boot) and "203.0.113.7" not in boot.read_text()
+    emptied = ns.module(dict(state="absent", all=True, incident_id="INC-7", persist_path=str(boot)))
+    assert emptied["persisted"] == str(boot)
+    fresh.run("nft", "-f", str(boot))
+    assert fresh.elements() == {}
+
+
+@pytest.mark.parametrize("planted, words", [("symlink", "symlink"), ("foreign", "not a blocklist the module wrote"), ("fifo", "not a regular file")])
+def test_a_boot_script_path_holding_something_else_is_refused(netns, tmp_path, planted, words):
+    ns = netns()
+    boot = tmp_path / "boot.nft"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("precious\n")
+    if planted == "symlink":
+        boot.symlink_to(elsewhere)
+    elif planted == "foreign":
+        boot.write_text("flush ruleset\n")
+    else:
+        os.mkfifo(boot)
+    failed = ns.module(block("203.0.113.7", persist=True, persist_path=str(boot)))
+    assert failed["failed"] and words in failed["msg"], failed
+    assert elsewhere.read_text() == "precious\n"
+    if planted == "foreign":
+        assert boot.read_text() == "flush ruleset\n" and ns.tables() == []  # refused before anything was blocked
+
+
 def test_unblocking_without_the_table_is_no_change_and_creates_nothing(netns):
     ns = netns()
     result = ns.module(block("203.0.113.7", state="absent"))
