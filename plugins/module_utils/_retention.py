@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import stat
 import time
 from collections import namedtuple
 
@@ -192,3 +193,37 @@ def apply(retention_plan):
                 continue
             done.append(path)
     return removed, removed_partials, failures
+
+
+def freed_bytes(paths):
+    """Allocated bytes (st_blocks * 512) that removing `paths` frees: entries and everything below a directory,
+    symlinks never followed; a hard-linked file only when all its names are among them (a media snapshot shares
+    its unchanged files with the next one: removing it frees only what no other snapshot links). An entry that
+    cannot be read counts 0."""
+    total, links = 0, {}
+
+    def count(info):
+        nonlocal total
+        if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+            key = (info.st_dev, info.st_ino)
+            links[key] = links.get(key, 0) + 1
+            if links[key] == info.st_nlink:
+                total += info.st_blocks * 512
+            return
+        total += info.st_blocks * 512
+
+    for path in paths:
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        count(info)
+        if not stat.S_ISDIR(info.st_mode):
+            continue
+        for top, dirs, files in os.walk(path, followlinks=False):
+            for name in dirs + files:
+                try:
+                    count(os.lstat(os.path.join(top, name)))
+                except OSError:
+                    continue
+    return total

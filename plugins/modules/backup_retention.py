@@ -97,6 +97,14 @@ removed_partials:
   type: list
   elements: str
   sample: [/var/backups/whatsapp-mcp/.db-2026-11-20.sql.gz.tmp]
+removed_bytes:
+  description:
+    - Allocated bytes the removal frees (in check mode, would free), measured before anything is removed. A
+      directory counts everything below it; a hard-linked file counts only when all its names are removed (a media
+      snapshot frees only the files no other snapshot links).
+  returned: success
+  type: int
+  sample: 734003200
 kept:
   description: The backup sets kept, newest first, with why (C(daily), C(monthly), C(yearly), C(newest)).
   returned: always
@@ -136,6 +144,7 @@ def main():
     except _retention.RetentionError as exc:
         module.fail_json(msg="%s; nothing was removed" % exc)
 
+    freed = _retention.freed_bytes([path for paths in _retention.planned_removals(plan) for path in paths])
     if module.check_mode:
         removed, removed_partials = _retention.planned_removals(plan)
         failures = []
@@ -145,6 +154,7 @@ def main():
         changed=bool(removed or removed_partials),
         removed=sorted(removed),
         removed_partials=sorted(removed_partials),
+        removed_bytes=freed,
         kept=[dict(stamp=stamp, reasons=reasons) for stamp, reasons in plan.kept],
         ignored=plan.ignored,
     )
