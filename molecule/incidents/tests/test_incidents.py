@@ -13,8 +13,9 @@ import shlex
 
 import pytest
 
-from conftest import eventually, playbook, restored  # pylint: disable=import-error
+from conftest import eventually, other, playbook, restored  # pylint: disable=import-error
 
+testinfra_hosts = ["app"]
 COMPOSE = "docker compose --project-directory /opt/whatsapp-mcp"
 PSQL = f"{COMPOSE} exec -T postgres psql -d wa_mcp -At"
 EVIDENCE = "/var/lib/runbooks-incident/evidence"
@@ -277,4 +278,198 @@ def test_maintenance_mode_answers_503_with_retry_after_and_leaves_a_verified_ser
     assert healthy(host)
     assert host.run("docker inspect whatsapp-mcp-maintenance").rc != 0
     rc, out = playbook("maintenance.yml", "incident_id=CHG-1", "maintenance_state=absent")
+    assert rc == 0 and unchanged_run(out), out
+
+
+# ------------------------------------------------------------------------------------------- connection flood
+BOOT_SCRIPT = "/etc/runbooks-incident/nft_blocklist.nft"
+
+
+def reaches(client):
+    """Whether the client host gets an answer from the app host's port 80 (a dropped SYN times out)."""
+    return client.run("curl -sS -m 3 -o /dev/null http://app/").rc == 0
+
+
+@pytest.fixture(name="client")
+def client_fixture(host):
+    """The second host, its address, and a blocklist removed however the test ends."""
+    client = other("client")
+    try:
+        yield client, client.check_output("hostname -I").split()[0]
+    finally:
+        host.run("nft delete table inet runbooks_incident")
+        host.run("systemctl disable runbooks-nft-blocklist.service; rm -f /etc/systemd/system/runbooks-nft-blocklist.service "
+                 f"{BOOT_SCRIPT}; systemctl daemon-reload")
+        assert reaches(client)
+
+
+def test_a_flood_from_another_host_is_named_and_blocked_only_when_confirmed(host, client):
+    client, address = client
+    assert reaches(client)
+    # 2,000 requests, each on a connection of its own: nginx logs them, the kernel tracks the connections.
+    client.check_output("curl -s -H 'Connection: close' 'http://app/?n=[1-2000]' >/dev/null")
+    rc, out = playbook("triage.yml", "incident_id=TRI-FLOOD")
+    assert rc == 0, out
+    assert "playbooks/connection_flood.yml -e incident_id=TRI-FLOOD -e ''{\"connection_flood_sources\": [\"%s\"]}''" % address in out
+    assert "1 client sent most requests" in out and "1 source holds most connections" in out
+
+    block = json.dumps({"connection_flood_sources": [address]})
+    rc, out = playbook("connection_flood.yml", "incident_id=FLOOD-1", block, check=True)
+    assert rc == 0 and f"{address}/32" in out, out
+    rc, out = playbook("connection_flood.yml", "incident_id=FLOOD-1", block)
+    assert rc != 0 and "Nothing was changed" in out and f"drop every packet from {address}/32 for 3600 s" in out
+    assert reaches(client)
+
+    rc, out = playbook("connection_flood.yml", "incident_id=FLOOD-1", block, "confirm=true")
+    assert rc == 0, out
+    assert not reaches(client), "the block holds for the published port (before docker's DNAT)"
+    assert healthy(host)
+    assert "FLOOD-1" in host.check_output("nft list set inet runbooks_incident blocked4")
+    rc, out = playbook("connection_flood.yml", "incident_id=FLOOD-1", block, "confirm=true")
+    assert rc == 0 and unchanged_run(out) and "already blocked" in out, out
+
+    rc, out = playbook("connection_flood.yml", "incident_id=FLOOD-1", json.dumps({"connection_flood_unblock": [address]}), "confirm=true")
+    assert rc == 0, out
+    assert reaches(client)
+
+
+def test_connection_flood_never_blocks_the_hosts_own_addresses_nor_the_allowed(host, client):
+    client, address = client
+    own = host.check_output("hostname -I").split()[0]
+    for sources, allow, refusal in (([own], [], f"refused to block {own}/32: it is in allowed {own}/32"),
+                                    ([address], [address.rsplit(".", 1)[0] + ".0/24"], f"refused to block {address}/32: it is in allowed"),
+                                    (["127.0.0.1"], [], "refused to block 127.0.0.1/32")):
+        rc, out = playbook("connection_flood.yml", "incident_id=FLOOD-2", "confirm=true",
+                           json.dumps({"connection_flood_sources": sources, "connection_flood_allow": allow}))
+        assert rc != 0 and refusal in out and "nothing was changed" in out, out
+    assert host.run("nft list table inet runbooks_incident").rc != 0  # nothing was created
+    assert reaches(client)
+
+
+def test_connection_flood_keeps_its_blocks_across_a_reboot_only_when_asked(host, client):
+    client, address = client
+    block = json.dumps({"connection_flood_sources": [address]})
+    rc, out = playbook("connection_flood.yml", "incident_id=FLOOD-3", block, "confirm=true")
+    assert rc == 0 and not host.file(BOOT_SCRIPT).exists, out
+    rc, out = playbook("connection_flood.yml", "incident_id=FLOOD-3", block, "connection_flood_persist=true", "confirm=true")
+    assert rc == 0, out
+    script = host.file(BOOT_SCRIPT)
+    assert script.mode == 0o600 and f"{address}/32" in script.content_string
+    assert host.service("runbooks-nft-blocklist.service").is_enabled
+    # What a reboot does: the kernel's tables are gone, and the unit loads the boot script before the network.
+    host.check_output("nft delete table inet runbooks_incident")
+    assert reaches(client)
+    host.check_output("systemctl restart runbooks-nft-blocklist.service")
+    assert not reaches(client)
+    assert "FLOOD-3" in host.check_output("nft list set inet runbooks_incident blocked4")
+    # Once persisted, unblocking is persisted too.
+    rc, out = playbook("connection_flood.yml", "incident_id=FLOOD-3", "connection_flood_unblock_all=true", "confirm=true")
+    assert rc == 0 and reaches(client), out
+    assert address not in host.file(BOOT_SCRIPT).content_string
+
+
+# ------------------------------------------------------------------------------------------- database corruption
+def wrote(host, statement):
+    """Whether a new session of the app's role may write (the read-only default refuses it)."""
+    res = host.run(f"{PSQL} -U wa -c {shlex.quote(statement)}")
+    assert res.rc == 0 or "read-only transaction" in res.stderr, res.stderr
+    return res.rc == 0
+
+
+@pytest.fixture()
+def damaged_table(host):
+    """A table of the test's own whose second page is overwritten on disk: written, checkpointed (its pages clean, so
+    nothing writes them again), its page header replaced by 0xff bytes, and PostgreSQL restarted so the next read
+    comes from disk."""
+    sql(host, "CREATE TABLE ledger (id serial PRIMARY KEY, note text); "
+              "INSERT INTO ledger (note) SELECT repeat('x', 200) FROM generate_series(1, 2000); CHECKPOINT")
+    path = sql(host, "SELECT current_setting('data_directory') || '/' || pg_relation_filepath('ledger')")
+    overwrite = f"head -c 24 /dev/zero | tr '\\0' '\\377' | dd of={path} bs=1 seek=8192 conv=notrunc status=none"
+    host.check_output(f"{COMPOSE} exec -T postgres sh -c {shlex.quote(overwrite)}")
+    host.check_output(f"{COMPOSE} restart postgres")
+    assert eventually(lambda: host.run(f"{PSQL} -U wa -c 'SELECT 1'").rc == 0, timeout=60)
+    assert "invalid page in block 1" in host.run(f"{PSQL} -U wa -c 'SELECT count(*) FROM ledger'").stderr
+    try:
+        yield "ledger"
+    finally:
+        sql(host, "BEGIN READ WRITE; ALTER DATABASE wa_mcp RESET default_transaction_read_only; COMMIT")
+        host.run(f"{PSQL} -U wa -c 'DROP TABLE IF EXISTS ledger'")
+        host.check_output(f"{COMPOSE} restart app")
+        assert eventually(lambda: healthy(host), timeout=90)
+
+
+def test_db_corruption_keeps_evidence_then_goes_read_only_and_back_only_when_confirmed(host, damaged_table):
+    rc, out = playbook("triage.yml", "incident_id=TRI-CORRUPT")
+    assert rc == 0, out
+    assert "playbooks/db_corruption.yml -e incident_id=TRI-CORRUPT" in out
+
+    rc, out = playbook("db_corruption.yml", "incident_id=DB-CORRUPT")
+    assert rc == 0, out
+    assert "DAMAGED: ledger" in out and "invalid page in block 1" in out
+    [bundle] = bundles(host, "DB-CORRUPT")
+    dump = host.check_output(f"grep -l 'PostgreSQL database dump' {bundle}/commands/*.stdout")
+    assert "CREATE TABLE public.ledger" in host.file(dump).content_string  # its definition, not its rows
+    assert "COPY public.ledger" not in host.file(dump).content_string and "COPY public.messages" in host.file(dump).content_string
+    assert host.run(f"cd {bundle} && sha256sum -c --quiet SHA256SUMS").rc == 0
+
+    read_only = "db_corruption_state=read_only"
+    rc, out = playbook("db_corruption.yml", "incident_id=DB-CORRUPT", read_only, "db_corruption_evidence=false", check=True)
+    assert rc == 0, out
+    rc, out = playbook("db_corruption.yml", "incident_id=DB-CORRUPT", read_only, "db_corruption_evidence=false")
+    assert rc != 0 and "Nothing was changed" in out and "refuse every write to wa_mcp" in out
+    assert wrote(host, "INSERT INTO maintenance_log (note) VALUES ('before')")
+
+    rc, out = playbook("db_corruption.yml", "incident_id=DB-CORRUPT", read_only, "db_corruption_evidence=false", "confirm=true")
+    assert rc == 0, out
+    assert "playbooks/restore_database.yml -e incident_id=DB-CORRUPT -e backup=latest -e confirm=true" in out
+    assert not wrote(host, "INSERT INTO maintenance_log (note) VALUES ('refused')")
+    assert sql(host, "SELECT count(*) FROM messages") == "2000"  # reads go on
+    assert healthy(host)
+
+    rc, out = playbook("db_corruption.yml", "incident_id=DB-CORRUPT", "db_corruption_state=read_write", "confirm=true")
+    assert rc == 0, out
+    assert wrote(host, "INSERT INTO maintenance_log (note) VALUES ('after')")
+    rc, out = playbook("db_corruption.yml", "incident_id=DB-CORRUPT", "db_corruption_state=read_write", "confirm=true")
+    assert rc == 0 and unchanged_run(out), out
+
+
+# ------------------------------------------------------------------------------------------------- storage full
+@pytest.fixture()
+def full_disk(host):
+    """A 32 MiB filesystem of its own in the data dir (tmpfs: the host container has no loop device), 94% full: an
+    export that must stay, the current log, and three rotated logs that may go."""
+    filled = "/var/lib/whatsapp-mcp/exports"
+    host.check_output(f"mkdir -p {filled} && mount -t tmpfs -o size=32m,mode=0750 runbooks-test-full {filled}")
+    try:
+        host.check_output(f"mkdir {filled}/logs && head -c 8M /dev/urandom > {filled}/current.export && head -c 1M /dev/urandom > "
+                          f"{filled}/logs/export.log && for n in 1 2 3; do head -c 7M /dev/urandom > {filled}/logs/export.log.$n.gz; done")
+        yield filled
+    finally:
+        host.run(f"umount {filled}; rmdir {filled}")
+
+
+def test_storage_full_names_what_fills_a_disk_and_reclaims_only_what_is_selected_and_confirmed(host, full_disk):
+    rc, out = playbook("triage.yml", "incident_id=TRI-FULL", json.dumps({"triage_disk_paths": [full_disk]}))
+    assert rc == 0, out
+    assert f"playbooks/storage_full.yml -e incident_id=TRI-FULL -e storage_full_path={full_disk}" in out
+
+    given = ("incident_id=DISK-1", f"storage_full_path={full_disk}", json.dumps({"storage_full_log_dirs": [f"{full_disk}/logs"]}),
+             "storage_full_docker=false", "storage_full_journal=false")
+    rc, out = playbook("storage_full.yml", *given)
+    assert rc == 0, out
+    assert f"{full_disk}/current.export" in out and "rotated_logs" in out
+    reclaim = json.dumps({"storage_full_reclaim": ["rotated_logs"]})
+    rc, out = playbook("storage_full.yml", *given, reclaim, check=True)
+    assert rc == 0, out
+    rc, out = playbook("storage_full.yml", *given, reclaim)
+    assert rc != 0 and "Nothing was changed" in out and "delete 3 rotated log file(s)" in out, out
+    assert host.file(f"{full_disk}/logs/export.log.1.gz").exists
+
+    rc, out = playbook("storage_full.yml", *given, reclaim, "confirm=true")
+    assert rc == 0, out
+    assert [host.file(f"{full_disk}/{name}").exists for name in ("current.export", "logs/export.log", "logs/export.log.1.gz",
+                                                                 "logs/export.log.3.gz")] == [True, True, False, False]
+    assert int(host.check_output(f"df --output=pcent {full_disk} | tail -1").strip().rstrip("%")) < 50
+    assert healthy(host)
+    rc, out = playbook("storage_full.yml", *given, reclaim, "confirm=true")
     assert rc == 0 and unchanged_run(out), out
