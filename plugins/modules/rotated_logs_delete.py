@@ -135,7 +135,7 @@ def main():
     result = _rotated_logs.run(module.params, check_mode=module.check_mode)
     if result["not_deleted"]:
         named = "; ".join("%s (%s)" % (item["path"], item["error"]) for item in result["not_deleted"][:10])
-        module.fail_json(**dict(result, msg="%s: %s" % (result["msg"], named)))
+        module.fail_json(msg="%s: %s" % (result["msg"], named), **{key: value for key, value in result.items() if key != "msg"})
     module.exit_json(**result)
 
 

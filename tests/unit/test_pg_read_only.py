@@ -201,7 +201,7 @@ def test_a_role_setting_that_overrides_the_database_is_warned_about(run_module, 
 
 # -------------------------------------------------------------------------------------------------- refusals
 def test_more_sessions_than_max_terminate_are_refused_and_nothing_changes(run_module, conn, sessions):
-    apps = [sessions.open() for _ in range(3)]
+    apps = [sessions.open() for _count in range(3)]
     result = run_module("pg_read_only", dict(conn, max_terminate=2))
     assert result.get("failed") and "more than max_terminate=2" in result["msg"] and "nothing was changed" in result["msg"], result
     assert result["changed"] is False and result["terminated"] == []
