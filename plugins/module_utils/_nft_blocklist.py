@@ -158,7 +158,7 @@ def check_params(params):
         for net in asked:
             refusal(net, allow, params)
     addresses = [net for net in asked if _covered(net, asked) is None]
-    return dict(addresses=addresses, allow=allow)
+    return dict(addresses=addresses, allow=allow, persist_path=persist_path)
 
 
 def refusal(net, allow, params):
@@ -422,10 +422,9 @@ def persisted(path):
     raise BlocklistError("persist_path %s is not a blocklist the module wrote (no %r line): move it away" % (path, PERSISTED_MARK.strip()))
 
 
-def persist(nft, params, state, check_mode):
-    """Write the boot script of `state` when persisting was asked or was asked before (the file is there) and what
-    it blocks differs from `state`. The path written, or None."""
-    path = params.get("persist_path") or PERSIST_PATH
+def persist(nft, path, params, state, check_mode):
+    """Write the boot script of `state` at `path` when persisting was asked or was asked before (the file is there)
+    and what it blocks differs from `state`. The path written, or None."""
     current = persisted(path)
     if current is None and not params.get("persist"):
         return None
@@ -478,9 +477,11 @@ def run(params, check_mode=False, nft=None):
     """The module's result. BlocklistError when an input is refused or nft cannot be used (nothing changed)."""
     chosen = check_params(params)
     nft = nft or Nft()
-    table = params["table"]
+    table, path = params["table"], chosen["persist_path"]
+    persisting = None  # whether a change of the sets is persisted, known whenever the sets may change
     if chosen["addresses"] or params["all"] or params.get("persist"):
-        persisted(params.get("persist_path") or PERSIST_PATH)  # a path holding something else is refused before any change
+        # Read before any change, so a path holding something else is refused with nothing changed.
+        persisting = persisted(path) is not None or bool(params.get("persist"))
     for attempt in (1, 2):
         before = read(nft, table)
         changes = plan(before, params, chosen["addresses"])
@@ -491,7 +492,7 @@ def run(params, check_mode=False, nft=None):
         if params.get("incident_id") is not None:
             result["incident_id"] = params["incident_id"]
         if not script:
-            result["persisted"] = persist(nft, params, before, check_mode)
+            result["persisted"] = persist(nft, path, params, before, check_mode)
             result["changed"] = bool(result["persisted"])
             result["msg"] = "table inet %s: %s" % (table, _summary(changes, params, check_mode))
             if result["persisted"]:
@@ -503,8 +504,7 @@ def run(params, check_mode=False, nft=None):
             raise BlocklistError("nft refused the change (nft -c): %s" % exc) from None
         if check_mode:
             # The elements change, so the boot script would be written whenever persisting applies.
-            path = params.get("persist_path") or PERSIST_PATH
-            result["persisted"] = path if params.get("persist") or persisted(path) is not None else None
+            result["persisted"] = path if persisting else None
             result["msg"] = "check mode: table inet %s: %s; nothing was changed" % (table, _summary(changes, params, True))
             return result
         try:
@@ -517,7 +517,7 @@ def run(params, check_mode=False, nft=None):
     try:
         after = read(nft, table)
         result["blocked"] = blocked(after)
-        result["persisted"] = persist(nft, params, after, False)
+        result["persisted"] = persist(nft, path, params, after, False)
     except BlocklistError as exc:
         raise ReadAfterFailed("table inet %s: %s, but cannot read the sets or write the boot script after it: %s" % (
             table, _summary(changes, params, False), exc), result) from None
