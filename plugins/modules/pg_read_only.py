@@ -173,9 +173,7 @@ def main():
         _pg_read_only.check_params(params)
         result = _pg_read_only.run(_pg_info.read_only_runtime(params), params, check_mode=module.check_mode, diff=module._diff,
                                    warn=module.warn)
-    except _pg_read_only.Refused as exc:
-        module.fail_json(**dict(exc.result, msg=str(exc)))
-    except _pg_read_only.Unfinished as exc:
+    except (_pg_read_only.Refused, _pg_read_only.Unfinished) as exc:
         module.fail_json(**dict(exc.result, msg=str(exc)))
     except (_pg_read_only.ReadOnlyError, _pg.PgError, OSError, ValueError) as exc:
         module.fail_json(msg="%s not set %s: %s (nothing was changed)" % (params["db"], params["state"], exc))
