@@ -370,6 +370,37 @@ def fed_fifo(path: Path, content: str = "") -> Callable[[Callable[[], dict]], di
     return call
 
 
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 30):
+    """condition()'s first true value, polled every 50 ms; fails naming `what` when none comes within `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "%s: not within %d s" % (what, timeout)
+        time.sleep(0.05)
+
+
+@pytest.fixture(name="mount")
+def mount_fixture() -> Iterator[Callable[..., Path]]:
+    """mount(target, *args): `mount *args target`, skipping the test where mounting is refused; every mount made is
+    unmounted at the end, the last first."""
+    made = []
+
+    def mount(target, *args):
+        target.mkdir(exist_ok=True)
+        res = subprocess.run(["mount", *map(str, args), str(target)], capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            pytest.skip("cannot mount here: %s" % res.stderr.strip())
+        made.append(target)
+        return target
+
+    yield mount
+    for target in reversed(made):
+        if subprocess.run(["umount", str(target)], capture_output=True, check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(target)], capture_output=True, check=False)
+
+
 def planted_link(tmp_path: Path, name: str, target: Path | None = None) -> Path:
     """A symlink `name` another user planted in a directory everyone can write to (as /tmp or /run/lock are), to
     `target` (default the empty directory tmp_path/elsewhere): a path through it must be refused, never followed."""

@@ -13,7 +13,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import time
 
 import psycopg2
 import pytest
@@ -22,17 +21,6 @@ from conftest import PG_BINDIR  # pylint: disable=import-error
 
 APP, OPERATOR = "pgr_app", "pgr_operator"
 OPERATOR_PASSWORD = "ro-Pa55-never-shown-" + "z" * 12
-DEADLINE = 30
-
-
-def wait_until(condition, what, timeout=DEADLINE):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "%s: not within %d s" % (what, timeout)
-        time.sleep(0.05)
 
 
 @pytest.fixture(name="roles", scope="module")

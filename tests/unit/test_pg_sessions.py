@@ -17,28 +17,17 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import psycopg2
 import pytest
 
-from conftest import PG_BINDIR  # pylint: disable=import-error
+from conftest import PG_BINDIR, wait_until  # pylint: disable=import-error
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _pg_sessions
 
 APP, REPLICATOR, OPERATOR, NOBODY = "pgs_app", "pgs_repl", "pgs_operator", "pgs_nobody"
 OPERATOR_PASSWORD = "op-Pa55-never-shown-" + "q" * 12
 DEADLINE = 30  # seconds a state the test set up may take to show
-
-
-def wait_until(condition, what, timeout=DEADLINE):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "%s: not within %d s" % (what, timeout)
-        time.sleep(0.05)
 
 
 @pytest.fixture(name="roles", scope="module")

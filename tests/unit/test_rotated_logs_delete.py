@@ -21,24 +21,6 @@ ROTATED = ["syslog.1", "syslog.2.gz", "kern.log.3.xz", "app.log-20260101", "app.
 CURRENT = ["syslog", "messages", "app.log", "nginx/access.log", "notes.txt", "app.log.1.d/inner.log", "dpkg.log-2026"]
 
 
-@pytest.fixture(name="mount")
-def mount_fixture():
-    made = []
-
-    def mount(target, *args):
-        target.mkdir(exist_ok=True)
-        res = subprocess.run(["mount", *map(str, args), str(target)], capture_output=True, text=True, check=False)
-        if res.returncode != 0:
-            pytest.skip("cannot mount here: %s" % res.stderr.strip())
-        made.append(target)
-        return target
-
-    yield mount
-    for target in reversed(made):
-        if subprocess.run(["umount", str(target)], capture_output=True, check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(target)], capture_output=True, check=False)
-
-
 def write(path, size):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"x" * size)

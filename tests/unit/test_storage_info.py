@@ -32,26 +32,6 @@ MIB = 1 << 20
 FAR = 3600  # seconds: a deadline no test reaches
 
 
-@pytest.fixture(name="mount")
-def mount_fixture():
-    """mount(target, *args): `mount *args target`, skipping the test where mounting is refused; every mount made is
-    unmounted at the end, the last first."""
-    made = []
-
-    def mount(target, *args):
-        target.mkdir(exist_ok=True)
-        res = subprocess.run(["mount", *map(str, args), str(target)], capture_output=True, text=True, check=False)
-        if res.returncode != 0:
-            pytest.skip("cannot mount here: %s" % res.stderr.strip())
-        made.append(target)
-        return target
-
-    yield mount
-    for target in reversed(made):
-        if subprocess.run(["umount", str(target)], capture_output=True, check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(target)], capture_output=True, check=False)
-
-
 def tmpfs(mount, target, size="64m"):
     return mount(target, "-t", "tmpfs", "-o", "size=%s" % size, "tmpfs")
 
