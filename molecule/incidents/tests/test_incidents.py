@@ -473,3 +473,59 @@ def test_storage_full_names_what_fills_a_disk_and_reclaims_only_what_is_selected
     assert healthy(host)
     rc, out = playbook("storage_full.yml", *given, reclaim, "confirm=true")
     assert rc == 0 and unchanged_run(out), out
+
+
+# ------------------------------------------------------------------------------------------------------ node down
+LIMITS_OVERRIDE = "/etc/runbooks-incident/compose-limits/whatsapp-mcp.yaml"
+
+
+def app_container(host):
+    return host.check_output(f"{COMPOSE} ps -q app")
+
+
+def memory_limit(host):
+    return int(host.check_output(f"docker inspect --format '{{{{.HostConfig.Memory}}}}' {app_container(host)}"))
+
+
+@pytest.fixture()
+def oom_killed_app(host):
+    """The app's main process killed for lack of memory: a 96 MiB limit set on its container, the main process made
+    the OOM killer's first choice (oom_score_adj 1000), and a process of the container allocating until the kernel
+    kills. Docker restarts the container and marks it OOMKilled."""
+    container = app_container(host)
+    host.check_output(f"docker update --memory 96m --memory-swap 96m {container}")
+    host.check_output(f"{COMPOSE} exec -T -u root app sh -c 'echo 1000 > /proc/1/oom_score_adj'")
+    host.run(f"{COMPOSE} exec -T -u root app python3 -c 'a = [bytearray(10 ** 6) for _ in iter(int, 1)]'")
+    assert eventually(lambda: host.check_output(f"docker inspect --format '{{{{.State.OOMKilled}}}}' {container}") == "true", timeout=60)
+    assert eventually(lambda: healthy(host), timeout=90)
+    try:
+        yield container
+    finally:
+        host.run(f"rm -f {LIMITS_OVERRIDE} {LIMITS_OVERRIDE}.previous /etc/systemd/system/whatsapp-mcp.service.d/runbooks-limits.conf")
+        host.run("systemctl daemon-reload")
+        host.check_output(f"{COMPOSE} up --detach --wait --force-recreate app")
+        assert eventually(lambda: healthy(host), timeout=90)
+
+
+def test_node_down_names_an_oom_kill_and_raises_the_limit_with_a_way_back(host, oom_killed_app):
+    rc, out = playbook("triage.yml", "incident_id=TRI-OOM")
+    assert rc == 0, out
+    assert "processes were killed for lack of memory" in out and "playbooks/node_down.yml -e incident_id=TRI-OOM" in out
+
+    limits = json.dumps({"node_down_limits": {"app": {"memory": "256m"}}})
+    rc, out = playbook("node_down.yml", "incident_id=NODE-1", limits, check=True)
+    assert rc == 0, out
+    rc, out = playbook("node_down.yml", "incident_id=NODE-1", limits)
+    assert rc != 0 and "Nothing was changed" in out, out
+    assert not host.file(LIMITS_OVERRIDE).exists
+
+    rc, out = playbook("node_down.yml", "incident_id=NODE-1", limits, "confirm=true")
+    assert rc == 0, out
+    assert memory_limit(host) == 256 * 1024 * 1024, "the recreated container runs with the new limit"
+    assert app_container(host) != oom_killed_app and healthy(host)
+    rc, out = playbook("node_down.yml", "incident_id=NODE-1", limits, "confirm=true")
+    assert rc == 0 and unchanged_run(out), out
+
+    rc, out = playbook("node_down.yml", "incident_id=NODE-1", "node_down_limits_state=previous", "confirm=true")
+    assert rc == 0, out
+    assert memory_limit(host) == 0 and not host.file(LIMITS_OVERRIDE).exists and healthy(host)
