@@ -473,6 +473,20 @@ class Store:
         del self.records[release_id]
 
 
+def read_records(path):
+    """({id: record}, [(name, why)] of the records refused) of the records directory `path`, only read: nothing is
+    created, written or removed, never through a symlink (as Store reads them). None when it does not exist;
+    ReleaseError when it is not the module's (a symlink, another owner, writable by others)."""
+    store = Store(path)
+    try:
+        if store.fd is None:
+            return None
+        store.load()
+        return dict(store.records), list(store.bad)
+    finally:
+        store.close()
+
+
 # ------------------------------------------------------------------------------------------------- releases
 def newest_first(records):
     return sorted(records.values(), key=lambda record: id_key(record["id"]), reverse=True)

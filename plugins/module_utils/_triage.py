@@ -31,10 +31,10 @@ import stat
 import subprocess
 import time
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _certificate, _pg, _pg_info, _pg_sessions, _run_lock, _service
+from ansible_collections.runbooks.incident.plugins.module_utils import _certificate, _compose_release, _pg, _pg_info, _pg_sessions, _run_lock, _service
 
 CHECKS = ("units", "containers", "health", "required_files", "ports", "logs", "memory", "disk", "certificates", "database",
-          "backups", "audit_integrity", "requests", "connections")
+          "backups", "audit_integrity", "requests", "connections", "release")
 SEVERITIES = ("critical", "high", "warning")
 # Ranking within a severity: a root cause (0) before a crash it causes (1) before the red /health it shows as (2).
 CAUSE, CRASH, SYMPTOM = 0, 1, 2
@@ -69,6 +69,7 @@ PLAYBOOKS = {
     "certificate": "renew_certificate.yml",
     "backup": "backup_failed.yml",
     "audit": "audit_integrity.yml",
+    "release": "rollback.yml",
 }
 
 
@@ -128,6 +129,7 @@ def check_params(params):
     _absolute("disk_paths", params["disk_paths"])
     _absolute("certificates", params["certificates"])
     _absolute("backup_dir", [params["backup_dir"]])
+    _absolute("releases_dir", [params["releases_dir"]])
     pattern = params["backup_pattern"]
     if not pattern or "/" in pattern or pattern in (".", ".."):
         raise TriageError("backup_pattern %r must be a file name pattern (no /), such as db-*.manifest.json" % (pattern,))
@@ -256,7 +258,8 @@ def parse_compose_ps(text):
 
 
 def parse_docker_inspect(text):
-    """{container name: {state, restarting, exit_code, oom_killed, health, restarts, service}} of `docker inspect`."""
+    """{container name: {state, restarting, exit_code, oom_killed, health, restarts, service, image (the image id)}} of
+    `docker inspect`."""
     found = {}
     for item in _json_objects(text):
         state = item.get("State") or {}
@@ -264,7 +267,7 @@ def parse_docker_inspect(text):
         found[(item.get("Name") or "").lstrip("/")] = dict(
             state=(state.get("Status") or "").lower(), restarting=bool(state.get("Restarting")), exit_code=state.get("ExitCode"),
             oom_killed=bool(state.get("OOMKilled")), health=((state.get("Health") or {}).get("Status") or "").lower(),
-            restarts=item.get("RestartCount") or 0, service=labels.get("com.docker.compose.service") or "")
+            restarts=item.get("RestartCount") or 0, service=labels.get("com.docker.compose.service") or "", image=item.get("Image") or "")
     return found
 
 
@@ -505,6 +508,7 @@ def collect_containers(host, params, _observations):
             if more.get("exit_code") is not None:
                 item["exit_code"] = more["exit_code"]
             item["health"] = item["health"] or more.get("health", "")
+            item["image"] = more.get("image", "")
             item.pop("id")
     return dict(containers=containers, expected=[params["app_service"], params["web_service"], params["compose_service"]])
 
@@ -735,11 +739,71 @@ def collect_connections(host, _params, _observations):
     return count_connections(text)
 
 
+def _app_images(host, params, observations):
+    """The image ids the app service's containers run: as the containers check learned them (docker inspect), or
+    else `docker inspect --format {{.Image}}` of its containers."""
+    service = params["app_service"]
+    containers = observations.get("containers") or {}
+    if containers.get("status") == "ok":
+        app = [item for item in containers["containers"] if item["service"] == service]
+        if not app or all(item.get("image") for item in app):
+            return sorted({item["image"] for item in app})
+    project_dir = _compose_project(params)
+    out, _err = host.run(compose(project_dir, "ps", "-a", "-q", service))
+    ids = out.split()
+    if not ids:
+        return []
+    out, _err = host.run(["docker", "inspect", "--format", "{{.Image}}", "--"] + ids)
+    return sorted({line.strip() for line in out.splitlines() if line.strip()})
+
+
+def _release_ids(record, service):
+    """The image ids of a release that count for the app: its service's, or (not recorded by that name) all of them."""
+    services = record["services"]
+    if service in services:
+        return {services[service]["id"]}
+    return {image["id"] for image in services.values()}
+
+
+def collect_release(host, params, observations):
+    directory = params["releases_dir"]
+    try:
+        loaded = _compose_release.read_records(directory)
+    except _compose_release.ReleaseError as exc:
+        raise CheckFailed(str(exc)) from None
+    if loaded is None or loaded == ({}, []):
+        raise Skipped("no release recorded in %s: deploys record one with compose_release" % directory)
+    records, bad = loaded
+    if bad:
+        raise CheckFailed("release records in %s that cannot be read: %s" % (directory, "; ".join("%s: %s" % item for item in bad)))
+    service = params["app_service"]
+    running = _app_images(host, params, observations)
+    if not running:
+        raise Skipped("no container of compose service %s: the image it runs is not known" % service)
+    odd = [value for value in running if not _compose_release.IMAGE_ID.match(value)]
+    if odd:
+        raise CheckFailed("docker gave no image id for the %s container (%r)" % (service, odd[0][:80]))
+    ordered = _compose_release.newest_first(records)
+    verified = [record for record in ordered if record["verified"]]
+    holding = [record for record in ordered if set(running) <= _release_ids(record, service)]
+    in_verified = [record for record in holding if record["verified"]]
+    if in_verified:
+        state, release = "verified", in_verified[0]["id"]
+    elif holding:
+        state, release = "unverified", holding[0]["id"]
+    else:
+        state, release = "unrecorded", None
+    newest = verified[0] if verified else None
+    return dict(directory=directory, app_service=service, running=running, state=state, release=release, releases=len(records),
+                newest_verified=dict(id=newest["id"], label=newest.get("label"), recorded_at=newest["recorded_at"]) if newest else None)
+
+
 COLLECTORS = {
     "units": collect_units, "containers": collect_containers, "health": collect_health,
     "required_files": collect_required_files, "ports": collect_ports, "logs": collect_logs, "memory": collect_memory,
     "disk": collect_disk, "certificates": collect_certificates, "database": collect_database, "backups": collect_backups,
     "audit_integrity": collect_audit_integrity, "requests": collect_requests, "connections": collect_connections,
+    "release": collect_release,
 }
 
 
@@ -1038,13 +1102,51 @@ def judge_connections(obs, thresholds):
     return [_finding("connections", "high", CAUSE, title, evidence, "flood", dict(connection_flood_sources=[item["address"] for item in flood]))]
 
 
+def _app_trouble(observations, service):
+    """What the containers and health checks saw wrong with the app: its container crash-looping, exited or
+    unhealthy, /health not 200 (an empty list when they saw nothing wrong or did not run)."""
+    trouble = []
+    containers = observations.get("containers") or {}
+    if containers.get("status") == "ok":
+        for item in containers["containers"]:
+            if item["service"] != service:
+                continue
+            if item["state"] in ("restarting", "exited", "dead", "created") or item.get("restarting"):
+                trouble.append("container %s is %s, %s restarts" % (item["name"], item["state"], item.get("restarts", 0)))
+            elif item["health"] == "unhealthy":
+                trouble.append("container %s is unhealthy" % item["name"])
+    health = observations.get("health") or {}
+    if health.get("status") == "ok" and health.get("http_status") != 200:
+        trouble.append("%s: %s" % (health["url"], "HTTP %d" % health["http_status"] if health["http_status"] is not None else "no answer"))
+    return trouble
+
+
+def _short_ids(ids):
+    return ", ".join(value[7:19] if value.startswith("sha256:") else value[:12] for value in ids)
+
+
+def judge_release(obs, thresholds, observations=None):
+    newest = obs["newest_verified"]
+    if obs["state"] == "verified" or newest is None:
+        return []  # on a verified release, or no verified release to compare with (nor to roll back to)
+    runs = "the app (%s) runs image %s: %s" % (obs["app_service"], _short_ids(obs["running"]), "in release %s, not verified" % obs["release"]
+                                               if obs["state"] == "unverified" else "in no release recorded")
+    last = "newest verified release: %s (%s, recorded %s)" % (newest["id"], newest["label"] or "no label", newest["recorded_at"])
+    trouble = _app_trouble(observations or {}, thresholds["app_service"])
+    if trouble:
+        return [_finding("release", "critical", CAUSE, "the app runs images no verified release has (a bad deploy?)", [runs, last] + trouble,
+                         "release", {})]
+    # Healthy on what no one verified yet: worth knowing (a deploy not checked, or one done by hand), not a rollback.
+    return [_finding("release", "warning", SYMPTOM, "the app runs a release not verified yet", [runs, last])]
+
+
 JUDGES = {
     "units": judge_units, "containers": judge_containers, "health": judge_health, "required_files": judge_required_files,
     "ports": judge_ports, "logs": judge_logs, "memory": judge_memory, "disk": judge_disk, "certificates": judge_certificates,
     "database": judge_database, "backups": judge_backups, "audit_integrity": judge_audit_integrity, "requests": judge_requests,
-    "connections": judge_connections,
+    "connections": judge_connections, "release": judge_release,
 }
-NEEDS_ALL = ("logs", "memory")  # judges that read other checks' observations too
+NEEDS_ALL = ("logs", "memory", "release")  # judges that read other checks' observations too
 
 
 def findings(observations, thresholds):
@@ -1098,6 +1200,11 @@ def summary(name, obs):
         return "newest %s, %s hours old" % (obs["newest"], obs["age_hours"])
     if name == "audit_integrity":
         return "%s: %s" % (obs["unit"], obs["result"])
+    if name == "release":
+        if obs["state"] == "verified":
+            return "the app runs verified release %s" % obs["release"]
+        return "the app runs %s; no verified release among %d recorded" % (
+            "release %s (not verified)" % obs["release"] if obs["release"] else "images in no release", obs["releases"])
     if name == "connections":
         return "%d tracked connections to ports %s" % (obs["total"], "/".join(map(str, WEB_PORTS)))
     return "%d requests, %d 5xx in %d min" % (obs["total"], obs["errors_5xx"], obs["since_minutes"])

@@ -13,7 +13,8 @@ description:
     443, the recent error lines of the containers' logs, memory and OOM kills, disk space and inodes, the TLS
     certificates, the database (reachable, connections, long queries, idle transactions, lock chains), the age of
     the newest backup, the last audit integrity check, the requests nginx served and the connections the kernel tracks
-    to ports 80 and 443 (per source address, before docker's DNAT), and returns RV(findings),
+    to ports 80 and 443 (per source address, before docker's DNAT) and whether the app runs the images of a verified
+    release (the records of M(runbooks.incident.compose_release) in I(releases_dir)), and returns RV(findings),
     ranked, each naming the playbook to run next and the variables to pass (RV(next_steps) has the commands).
   - Read-only, and bounded in time; every command and probe has a short timeout, and all of them together at most
     45 seconds (the database's statements 10 s each). A check that cannot run is that check's C(error) in RV(checks)
@@ -32,8 +33,12 @@ description:
     C(db_corruption.yml) for the database's corruption errors (C(invalid page in block), C(could not read block),
     C(checksum verification failed), C(could not open file)); C(renew_certificate.yml) for a certificate expiring
     within I(cert_days), expired, missing or unparseable; C(backup_failed.yml) for no backup or the newest older
-    than I(backup_max_age_hours); C(audit_integrity.yml) for a failed audit integrity check. Unclassified log errors
-    and a high share of 5xx answers are findings without a playbook (C(playbook=null))."
+    than I(backup_max_age_hours); C(audit_integrity.yml) for a failed audit integrity check; C(rollback.yml) (no
+    variables: it rolls back to the previous verified release) when the app's container runs an image no verified
+    release has while a verified release exists, and the app is in trouble (its container restarting, exited or
+    unhealthy, or C(/health) not 200): a critical root cause, ranked before the crash loop it causes. Unclassified
+    log errors, a high share of 5xx answers and an app that runs an unverified or unrecorded image but is healthy are
+    findings without a playbook (C(playbook=null))."
   - Never returns a secret. Log lines are never returned, only their signatures (numbers, hex, UUIDs, IP and
     e-mail addresses, quoted strings, runs of 16 or more token-like characters and the value after a secret-looking
     key such as C(password=) replaced by placeholders), counted per signature. Statements of database sessions are
@@ -157,14 +162,25 @@ options:
     description: The share of all requests in the window, or of all tracked connections (above 0, at most 1), a flood suspect must also have.
     type: float
     default: 0.5
+  releases_dir:
+    description:
+      - The directory of the release records M(runbooks.incident.compose_release) makes at each deploy (its I(dir)).
+        The check C(release) compares them with the image id the container of I(app_service) runs (as
+        C(docker inspect) says). Only read, never through a symlink (a symlinked directory or record makes the check
+        C(error)); a record that cannot be read makes the check C(error) with the reason. No directory, or no record
+        in it, and the check is skipped.
+    type: path
+    default: /var/lib/runbooks-incident/releases/whatsapp-mcp
   checks:
     description:
       - The checks to run, by name (default all). C(ports) runs only when C(/health) is not 200 or the web container
         is not running, and is skipped otherwise.
     type: list
     elements: str
-    choices: [units, containers, health, required_files, ports, logs, memory, disk, certificates, database, backups, audit_integrity, requests, connections]
-    default: [units, containers, health, required_files, ports, logs, memory, disk, certificates, database, backups, audit_integrity, requests, connections]
+    choices: [units, containers, health, required_files, ports, logs, memory, disk, certificates, database, backups, audit_integrity, requests, connections,
+              release]
+    default: [units, containers, health, required_files, ports, logs, memory, disk, certificates, database, backups, audit_integrity, requests, connections,
+              release]
   incident_id:
     description:
       - The incident's id (letters, digits and C(._:-), at most 64), only echoed in the commands of RV(next_steps);
@@ -215,7 +231,7 @@ healthy:
 findings:
   description:
     - What is wrong, ranked (C(rank) 1 first) by severity, then a root cause (full disk, database unreachable, OOM,
-      missing required file, foreign port holder, flood) before a crash (units, containers) before the red C(/health)
+      missing required file, foreign port holder, flood, a bad deploy) before a crash (units, containers) before the red C(/health)
       it causes, then in the order of the checks.
     - Each has C(check) (the check that found it), C(severity) (C(critical), C(high) or C(warning)), C(title) (one
       line), C(evidence) (short strings; never a secret, never a raw log line), C(playbook) (a file name under
@@ -290,6 +306,7 @@ def main():
         backup_dir=dict(type="path", default="/var/lib/whatsapp-mcp/backups"),
         backup_pattern=dict(type="str", default="db-*.manifest.json"),
         backup_max_age_hours=dict(type="int", default=26),
+        releases_dir=dict(type="path", default="/var/lib/runbooks-incident/releases/whatsapp-mcp"),
         audit_integrity_unit=dict(type="str", default="runbooks-audit-integrity.service"),
         since_minutes=dict(type="int", default=15),
         long_query_seconds=dict(type="int", default=300),

@@ -29,7 +29,7 @@ from cryptography.x509.oid import NameOID
 
 from conftest import PG_BINDIR  # pylint: disable=import-error
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _triage
+from ansible_collections.runbooks.incident.plugins.module_utils import _compose_release, _triage
 
 TOKEN = "Zx9QmT4vL2pR8sK1wY6nB3cH7dF5gJ0a"  # 32 characters, as an access token is
 PASSWORD = "hunter2-Sup3r"
@@ -40,7 +40,7 @@ def params(**overrides):
     base = dict(db="wa_mcp", project_dir="", app_service="app", web_service="nginx", compose_service="postgres",
                 units=["whatsapp-mcp-secrets.service", "whatsapp-mcp.service"], health_url="http://127.0.0.1/health",
                 required_files=[], disk_paths=["/"], disk_percent=90, inode_percent=90, certificates=[], cert_days=14,
-                backup_dir="/nonexistent/backups", backup_pattern="db-*.manifest.json", backup_max_age_hours=26,
+                backup_dir="/nonexistent/backups", releases_dir="/nonexistent/releases", backup_pattern="db-*.manifest.json", backup_max_age_hours=26,
                 audit_integrity_unit="runbooks-audit-integrity.service", since_minutes=15, long_query_seconds=300,
                 idle_in_transaction_seconds=60, connections_percent=80, flood_requests=600, flood_connections=300, flood_share=0.5,
                 checks=list(_triage.CHECKS), incident_id=None, login_user="postgres", login_password=None,
@@ -367,7 +367,7 @@ DOCKER_INSPECT = json.dumps([{
     "Id": "0f9e8d7c6b5a" + "0" * 52, "Created": "2026-03-01T02:00:00Z", "Path": "python", "Args": ["-m", "app"],
     "State": {"Status": "restarting", "Running": True, "Paused": False, "Restarting": True, "OOMKilled": True, "Dead": False,
               "Pid": 0, "ExitCode": 137, "Error": "", "StartedAt": "2026-03-01T04:00:00Z", "FinishedAt": "2026-03-01T04:00:05Z"},
-    "Name": "/whatsapp-mcp-app-1", "RestartCount": 12,
+    "Name": "/whatsapp-mcp-app-1", "RestartCount": 12, "Image": "sha256:" + "ab" * 32,
     "Config": {"Labels": {"com.docker.compose.service": "app", "com.docker.compose.project": "whatsapp-mcp"}}},
     {"Name": "/whatsapp-mcp-postgres-1", "RestartCount": 0,
      "State": {"Status": "running", "Restarting": False, "OOMKilled": False, "ExitCode": 0, "Health": {"Status": "healthy", "FailingStreak": 0}},
@@ -377,8 +377,8 @@ DOCKER_INSPECT = json.dumps([{
 def test_docker_inspect_gives_restarts_exit_code_and_oom_killed():
     found = _triage.parse_docker_inspect(DOCKER_INSPECT)
     assert found["whatsapp-mcp-app-1"] == dict(state="restarting", restarting=True, exit_code=137, oom_killed=True, health="",
-                                               restarts=12, service="app")
-    assert found["whatsapp-mcp-postgres-1"]["health"] == "healthy"
+                                               restarts=12, service="app", image="sha256:" + "ab" * 32)
+    assert found["whatsapp-mcp-postgres-1"]["health"] == "healthy" and found["whatsapp-mcp-postgres-1"]["image"] == ""
 
 
 def test_systemctl_show_is_read_as_key_value_blocks_and_as_values():
@@ -760,3 +760,150 @@ def test_the_module_returns_findings_checks_and_next_steps(run_module, tmp_path)
 def test_a_refused_option_reads_nothing(run_module, option, value, words):
     result = run_module("triage_info", {option: value, "checks": ["disk"]})
     assert result["failed"] and words in result["msg"] and result["msg"].endswith("nothing was read or changed")
+
+
+# ------------------------------------------------------------------------------------------------- release
+GOOD = "sha256:" + "1" * 64  # the image of the verified release
+BAD = "sha256:" + "2" * 64  # an image deployed since
+OTHER = "sha256:" + "3" * 64
+
+
+def write_release(directory, release_id, app_id, verified, label=None):
+    """A release record written by compose_release's own Store (atomic, 0600, in a 0700 directory)."""
+    refs = {"app": "whatsapp-mcp-app:latest"}
+    record = dict(format=_compose_release.FORMAT, id=release_id, recorded_at="%s-%s-%sT%s:%s:%s.000000Z" % (
+        release_id[0:4], release_id[4:6], release_id[6:8], release_id[9:11], release_id[11:13], release_id[13:15]),
+        label=label, services={"app": dict(image=refs["app"], id=app_id)}, git=None, migrations=None, verified=verified,
+        tags=_compose_release.release_tags(release_id, refs, {"app": app_id}), deployed_at=[])
+    store = _compose_release.Store(str(directory))
+    try:
+        store.write(record)
+    finally:
+        store.close()
+
+
+class FakeHost(_triage.Host):
+    """docker and compose as they answer for the app's container (`compose ps -q`, `docker inspect --format
+    {{.Image}}`); every command asked is kept."""
+
+    def __init__(self, image=None):
+        super().__init__()
+        self.image = image
+        self.asked = []
+
+    def run(self, argv, timeout=None):
+        self.asked.append(argv)
+        if argv[:2] == ["docker", "compose"] and "ps" in argv:
+            return ("c0ffee12\n" if self.image else ""), ""
+        if argv[:2] == ["docker", "inspect"]:
+            return "%s\n" % self.image, ""
+        raise AssertionError("not a command the release check runs: %s" % argv)
+
+
+def app_containers(state="running", health="healthy", restarts=0, image=GOOD):
+    return ok(expected=["app", "nginx", "postgres"], containers=[
+        dict(name="wa-app-1", service="app", state=state, health=health, exit_code=1 if state != "running" else 0, restarts=restarts,
+             oom_killed=False, restarting=state == "restarting", image=image),
+        dict(name="wa-nginx-1", service="nginx", state="running", health="", exit_code=0, restarts=0, oom_killed=False, image=OTHER),
+        dict(name="wa-postgres-1", service="postgres", state="running", health="healthy", exit_code=0, restarts=0, oom_killed=False,
+             image=OTHER)])
+
+
+def triage_release(releases, containers=None, status=200, host=None, project_dir=""):
+    """triage over the containers and health observations given and the real release check on `releases`."""
+    checks = ["health", "release"] + (["containers"] if containers is not None else [])
+    collectors = dict(_triage.COLLECTORS, health=lambda *_: dict(url="http://127.0.0.1/health", http_status=status, error=None),
+                      containers=lambda *_: containers)
+    return _triage.run(params(checks=checks, releases_dir=str(releases), project_dir=project_dir, incident_id="INC-9"),
+                       host=host or FakeHost(), collectors=collectors)
+
+
+@pytest.fixture(name="releases")
+def releases_fixture(tmp_path):
+    directory = tmp_path / "releases"
+    write_release(directory, "20260301T020000Z", GOOD, True, label="v1.4.0")
+    write_release(directory, "20260302T020000Z", OTHER, False, label="v1.5.0-rc1")
+    return directory
+
+
+def test_no_release_directory_or_no_record_skips_the_check(tmp_path):
+    host = FakeHost(GOOD)
+    result = triage_release(tmp_path / "absent", app_containers(), host=host)
+    assert result["checks"]["release"] == dict(status="skipped", detail="no release recorded in %s: deploys record one with "
+                                               "compose_release" % (tmp_path / "absent"))
+    (tmp_path / "empty").mkdir(mode=0o700)
+    assert triage_release(tmp_path / "empty", app_containers(), host=host)["checks"]["release"]["status"] == "skipped"
+    assert host.asked == []
+
+
+def test_a_symlinked_release_directory_or_record_is_not_followed(tmp_path, releases):
+    host = FakeHost(BAD)
+    link = tmp_path / "link"
+    link.symlink_to(releases)
+    result = triage_release(link, app_containers("restarting", "", 5, BAD), host=host)
+    assert result["checks"]["release"]["status"] == "error" and "is a symlink" in result["checks"]["release"]["detail"]
+    assert host.asked == [] and "rollback.yml" not in json.dumps(result["next_steps"])
+    (releases / "20260303T020000Z.json").symlink_to(releases / "20260301T020000Z.json")
+    result = triage_release(releases, app_containers("restarting", "", 5, BAD), host=host)
+    assert result["checks"]["release"] == dict(status="error", detail="release records in %s that cannot be read: "
+                                               "20260303T020000Z.json: a symlink" % releases)
+
+
+def test_a_healthy_app_on_a_verified_release_is_no_finding(releases):
+    result = triage_release(releases, app_containers())
+    assert result["findings"] == [] and result["healthy"]
+    assert result["checks"]["release"] == dict(status="ok", detail="the app runs verified release 20260301T020000Z")
+
+
+def test_a_crash_looping_app_on_an_unrecorded_image_names_rollback_first(releases):
+    result = triage_release(releases, app_containers("restarting", "", 7, BAD), status=502)
+    assert [(item["check"], item["severity"], item["rank"]) for item in result["findings"]] == [
+        ("release", "critical", 1), ("containers", "critical", 2), ("health", "critical", 3)]
+    first = result["findings"][0]
+    assert first["title"] == "the app runs images no verified release has (a bad deploy?)"
+    assert first["playbook"] == "rollback.yml" and first["extra_vars"] == {}
+    assert first["evidence"] == ["the app (app) runs image 222222222222: in no release recorded",
+                                 "newest verified release: 20260301T020000Z (v1.4.0, recorded 2026-03-01T02:00:00.000000Z)",
+                                 "container wa-app-1 is restarting, 7 restarts", "http://127.0.0.1/health: HTTP 502"]
+    assert result["next_steps"] == ["ansible-playbook playbooks/rollback.yml -e incident_id=INC-9",
+                                    "ansible-playbook playbooks/service_not_starting.yml -e incident_id=INC-9"]
+    assert result["msg"].endswith("first: the app runs images no verified release has (a bad deploy?)")
+
+
+def test_without_the_containers_check_the_image_is_asked_from_docker_and_health_alone_is_trouble(tmp_path, releases):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "compose.yaml").write_text("services: {}\n")
+    host = FakeHost(BAD)
+    result = triage_release(releases, status=503, host=host, project_dir=str(project))
+    assert [(item["check"], item["playbook"]) for item in result["findings"]] == [("release", "rollback.yml"),
+                                                                                  ("health", "service_not_starting.yml")]
+    assert host.asked == [["docker", "compose", "--project-directory", str(project), "ps", "-a", "-q", "app"],
+                          ["docker", "inspect", "--format", "{{.Image}}", "--", "c0ffee12"]]
+
+
+def test_an_unverified_release_on_a_healthy_app_is_a_warning_without_playbook(releases):
+    result = triage_release(releases, app_containers(image=OTHER))
+    assert [(item["severity"], item["title"], item["playbook"]) for item in result["findings"]] == [
+        ("warning", "the app runs a release not verified yet", None)]
+    assert result["findings"][0]["evidence"][0] == "the app (app) runs image 333333333333: in release 20260302T020000Z, not verified"
+    assert result["healthy"] and result["next_steps"] == []
+    crashing = triage_release(releases, app_containers("exited", "", 0, OTHER))
+    assert crashing["findings"][0]["playbook"] == "rollback.yml"
+
+
+def test_no_verified_release_is_nothing_to_roll_back_to(tmp_path):
+    write_release(tmp_path / "r", "20260302T020000Z", OTHER, False)
+    result = triage_release(tmp_path / "r", app_containers("restarting", "", 3, BAD))
+    assert [item["check"] for item in result["findings"]] == ["containers"]
+    assert result["checks"]["release"] == dict(status="ok", detail="the app runs images in no release; no verified release among 1 recorded")
+
+
+def test_an_unparsable_record_fails_the_check_and_triage_still_runs(releases):
+    (releases / "20260304T020000Z.json").write_text("{not json")
+    (releases / "20260304T020000Z.json").chmod(0o600)
+    result = triage_release(releases, app_containers("restarting", "", 7, BAD), status=502)
+    assert result["checks"]["release"] == dict(status="error", detail="release records in %s that cannot be read: "
+                                               "20260304T020000Z.json: does not parse as JSON" % releases)
+    assert [item["check"] for item in result["findings"]] == ["containers", "health"]
+    assert "not run: release (error)" in result["msg"]
