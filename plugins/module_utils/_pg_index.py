@@ -340,7 +340,8 @@ def run(runtime, params, check_mode=False, diff=False):
              "rebuild": "drop the INVALID index %s on %s (concurrently) and build it again%s" % (name, key, note),
              "replace": "drop index %s (force, concurrently) and build it on %s as asked%s" % (name, key, note)}[action]
     if check_mode:
-        result.update(changed=True, rebuilt_invalid=action == "rebuild", msg="check mode: would %s; nothing was changed" % doing)
+        result.update(changed=True, created=True, dropped=action != "create", rebuilt_invalid=action == "rebuild",
+                      msg="check mode: would %s; nothing was changed" % doing)
         return result
     if action != "create":
         _drop(runtime, params, schema, table, name, result, "the INVALID index" if action == "rebuild" else "the index",
@@ -405,7 +406,7 @@ def _absent(runtime, found, params, result, check_mode, diff):
         result["msg"] = "there is no index %s in schema %s: nothing was changed" % (name, schema)
         return result
     if check_mode:
-        result.update(changed=True, msg="check mode: would drop index %s on %s (concurrently); nothing was changed" % (name, key))
+        result.update(changed=True, dropped=True, msg="check mode: would drop index %s on %s (concurrently); nothing was changed" % (name, key))
         return result
     started = time.monotonic()
     _drop(runtime, params, schema, table, name, result, "index", found["named"]["valid"])

@@ -159,11 +159,11 @@ index:
     valid: true
     size_bytes: 466944
 created:
-  description: Whether it built the index.
+  description: Whether it built the index (in check mode, would build it).
   returned: always
   type: bool
 dropped:
-  description: Whether it dropped an index of I(name) (I(state=absent), an INVALID index rebuilt, I(force)).
+  description: Whether it dropped an index of I(name) (I(state=absent), an INVALID index rebuilt, I(force)); in check mode, would drop it.
   returned: always
   type: bool
 rebuilt_invalid:

@@ -115,6 +115,7 @@ def test_create_four_runs_then_absent_four_runs(pg_server, db, conn, run_module)
     params = dict(conn, name="items_email_idx", table="items", columns=["email"], incident_id="INC-2026-0042")
     check, done, last = four_runs(run_module, params, "create index items_email_idx on items")
     assert check["index"] is None and check["diff"]["before"]["definition"] is None
+    assert check["created"] is True and check["dropped"] is False, "check mode predicts what the run does"
     assert check["diff"]["after"]["definition"] == 'CREATE INDEX "items_email_idx" ON "public"."items" USING btree ("email")'
     assert done["created"] is True and done["dropped"] is False and done["rebuilt_invalid"] is False
     assert done["index"] == dict(name="items_email_idx", table="items", valid=True, size_bytes=done["index"]["size_bytes"],
@@ -130,7 +131,8 @@ def test_create_four_runs_then_absent_four_runs(pg_server, db, conn, run_module)
 
     absent = dict(conn, name="items_email_idx", table="items", state="absent", incident_id="INC-2026-0042")
     check, done, last = four_runs(run_module, absent, "drop index items_email_idx on items")
-    assert done["dropped"] is True and done["index"] is None and done["diff"]["after"]["definition"] is None
+    assert check["dropped"] is True and done["dropped"] is True and last["dropped"] is False
+    assert done["index"] is None and done["diff"]["after"]["definition"] is None
     assert "items_email_idx" not in indexes(pg_server, db)
 
 
