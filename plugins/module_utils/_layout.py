@@ -24,6 +24,8 @@ LAYOUT = {
     "backup_dir": ("{data_dir}/backups", "path", "local backups (database dumps, media snapshots)"),
     "media_dir": ("{data_dir}/media", "path", "the media files"),
     "audit_archive_dir": ("{data_dir}/audit-archive", "path", "the hourly audit archive"),
+    "releases_dir": ("/var/lib/runbooks-incident/releases/{service}", "path",
+                     "the record of each deploy (its images, git commit and schema): the targets of a rollback"),
     "secrets_dir": ("/run/secrets", "path", "where the secrets are decrypted at boot (a tmpfs)"),
     "secrets_file": ("ops/secrets/secrets.enc.yaml", "relpath", "the sops-encrypted secrets, relative to project_dir or absolute"),
     "sops_file": ("{project_dir}/{secrets_file}", "path", "the secrets file's absolute path (derived from secrets_file)"),

@@ -529,3 +529,102 @@ def test_node_down_names_an_oom_kill_and_raises_the_limit_with_a_way_back(host, 
     rc, out = playbook("node_down.yml", "incident_id=NODE-1", "node_down_limits_state=previous", "confirm=true")
     assert rc == 0, out
     assert memory_limit(host) == 0 and not host.file(LIMITS_OVERRIDE).exists and healthy(host)
+
+
+@pytest.fixture()
+def seq_scanned_table(host):
+    """A big table read by sequential scans: 20,000 rows, looked up 30 times by a column no index covers."""
+    sql(host, "CREATE TABLE delivery_receipts AS SELECT g AS id, g % 500 AS client_id, md5(g::text) AS body "
+              "FROM generate_series(1, 20000) g; ANALYZE delivery_receipts")
+    sql(host, "SELECT count(*) FROM delivery_receipts WHERE client_id = 7;" * 30)
+    try:
+        yield "delivery_receipts"
+    finally:
+        sql(host, "DROP TABLE IF EXISTS delivery_receipts")
+
+
+def test_db_degraded_names_a_table_read_by_sequential_scans_and_builds_its_index_only_when_confirmed(host, seq_scanned_table):
+    rc, out = playbook("db_degraded.yml", "incident_id=DB-IDX")
+    assert rc == 0, out
+    assert re.search(rf"table {seq_scanned_table} \(\d+ rows\) is read mostly by sequential scans", out), out
+
+    index = json.dumps({"db_degraded_index": {"name": "delivery_receipts_client_idx", "table": seq_scanned_table, "columns": ["client_id"]}})
+    rc, out = playbook("db_degraded.yml", "incident_id=DB-IDX", index, check=True)
+    assert rc == 0, out
+    rc, out = playbook("db_degraded.yml", "incident_id=DB-IDX", index)
+    assert rc != 0 and "Nothing was changed" in out, out
+    built = "SELECT count(*) FROM pg_index WHERE indexrelid = to_regclass('delivery_receipts_client_idx') AND indisvalid"
+    assert sql(host, built) == "0"
+
+    rc, out = playbook("db_degraded.yml", "incident_id=DB-IDX", index, "confirm=true")
+    assert rc == 0, out
+    assert sql(host, built) == "1", "a valid index, built concurrently"
+    plan = sql(host, "EXPLAIN SELECT count(*) FROM delivery_receipts WHERE client_id = 7")
+    assert "delivery_receipts_client_idx" in plan, plan
+    rc, out = playbook("db_degraded.yml", "incident_id=DB-IDX", index, "confirm=true")
+    assert rc == 0 and unchanged_run(out), out
+
+
+APP_IMAGE = "whatsapp-mcp/app:reference"
+RELEASES = "/var/lib/runbooks-incident/releases/whatsapp-mcp"
+
+
+def image_id(host, ref):
+    return host.check_output(f"docker image inspect --format '{{{{.Id}}}}' {ref}")
+
+
+def running_image(host):
+    return host.check_output(f"docker inspect --format '{{{{.Image}}}}' {app_container(host)}")
+
+
+@pytest.fixture()
+def bad_deploy(host):
+    """A release that cannot start, deployed: the app's image replaced under its tag by one whose command fails at
+    once (what a broken build is), its schema migration applied, and the app recreated from it: a crash loop. The
+    deploy recorded the good release before (whatsapp_mcp's converge)."""
+    good = image_id(host, APP_IMAGE)
+    before = set(host.file(RELEASES).listdir())
+    assert before, "the converge recorded the release it verified"
+    broken = 'CMD ["sh", "-c", "echo release 2 cannot start: WA_FEATURE_FLAGS is not set >&2; exit 3"]'
+    host.check_output(f"docker commit --change {shlex.quote(broken)} {app_container(host)} {APP_IMAGE}")
+    sql(host, "INSERT INTO schema_migrations (version) VALUES ('9001_release_2_flags')")
+    host.check_output(f"{COMPOSE} up --detach --no-deps app")
+    assert eventually(lambda: not healthy(host), timeout=60)
+    try:
+        yield good
+    finally:
+        sql(host, "DELETE FROM schema_migrations WHERE version = '9001_release_2_flags'")
+        host.check_output(f"docker tag {good} {APP_IMAGE}")
+        for name in set(host.file(RELEASES).listdir()) - before:
+            record = json.loads(host.file(f"{RELEASES}/{name}").content_string)
+            for tag in record.get("tags", {}).values():
+                host.run(f"docker rmi {shlex.quote(tag)}")
+            host.run(f"rm -f {RELEASES}/{name}")
+        host.check_output(f"{COMPOSE} up --detach --wait --no-deps app")
+        assert eventually(lambda: healthy(host), timeout=90)
+
+
+def test_rollback_puts_the_last_verified_release_back_with_migrations_considered_and_a_way_forward(host, bad_deploy):
+    good = bad_deploy
+    rc, out = playbook("triage.yml", "incident_id=TRI-DEPLOY")
+    assert rc == 0, out
+    assert "playbooks/rollback.yml -e incident_id=TRI-DEPLOY" in out, out
+
+    rc, out = playbook("rollback.yml", "incident_id=ROLL-1", check=True)
+    assert rc != 0 and "9001_release_2_flags" in out, "the release before cannot know the bad release's migration: refused"
+    rc, out = playbook("rollback.yml", "incident_id=ROLL-1", "rollback_force=true", check=True)
+    assert rc == 0, out
+    rc, out = playbook("rollback.yml", "incident_id=ROLL-1", "rollback_force=true")
+    assert rc != 0 and "Nothing was changed" in out, out
+    assert running_image(host) != good and image_id(host, APP_IMAGE) != good
+
+    rc, out = playbook("rollback.yml", "incident_id=ROLL-1", "rollback_force=true", "confirm=true")
+    assert rc == 0, out
+    assert image_id(host, APP_IMAGE) == good and running_image(host) == good and healthy(host)
+    forward = re.search(r"rollback\.yml -e rollback_release=(\d{8}T\d{6}Z\S*)", out)
+    assert forward, out
+    rc, out = playbook("rollback.yml", "incident_id=ROLL-1", "rollback_force=true", "confirm=true")
+    assert rc == 0 and unchanged_run(out), out
+
+    rc, out = playbook("rollback.yml", "incident_id=ROLL-1", f"rollback_release={forward.group(1)}", check=True)
+    assert rc == 0 and forward.group(1) in out, "the images the rollback replaced were recorded: the way forward"
