@@ -62,7 +62,8 @@ SELECT jsonb_build_object(
         'table_rows', ts.n_live_tup,
         'building_pid', (SELECT p.pid FROM pg_stat_progress_create_index p WHERE p.index_relid = c.oid LIMIT 1),
         'size_bytes', CASE WHEN NOT {index_locked} THEN pg_relation_size(c.oid) END,
-        'definition', pg_get_indexdef(c.oid))
+        -- pg_get_indexdef waits for a lock on the table: not read while one is held or awaited (null).
+        'definition', CASE WHEN NOT {index_locked} THEN pg_get_indexdef(c.oid) END)
       ORDER BY n.nspname, t.relname, c.relname)
     FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid
     JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -202,17 +203,21 @@ def findings(tables, unused, invalid, params, statements_available):
                               "left by a failed or cancelled CREATE INDEX CONCURRENTLY: no query uses it, yet %s; drop it with "
                               "runbooks.incident.pg_index state=absent, or build it again with pg_index state=present "
                               "(it drops the INVALID index first): %s" % (
-                                  "every write still maintains it" if index["ready"] else "it takes room", index["definition"]),
+                                  "every write still maintains it" if index["ready"] else "it takes room", _definition(index)),
                               index["table_key"], index["index"]))
     for index in unused:
         if (index["table_rows"] or 0) < min_rows:
             continue
         found.append(_finding("info", "index %s on %s was never scanned" % (index["index"], index["table_key"]),
                               "%s, maintained on every write, unused since the statistics were reset; drop it only once sure no "
-                              "rare job (month end, a report) needs it: %s" % (_size(index["size_bytes"]), index["definition"]),
+                              "rare job (month end, a report) needs it: %s" % (_size(index["size_bytes"]), _definition(index)),
                               index["table_key"], index["index"]))
     found.sort(key=lambda item: SEVERITIES.index(item["severity"]))
     return found
+
+
+def _definition(index):
+    return index["definition"] or "definition not read (an ACCESS EXCLUSIVE lock is held or awaited on its table)"
 
 
 # ---------------------------------------------------------------------------------------------------- run

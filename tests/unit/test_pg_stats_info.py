@@ -154,6 +154,35 @@ def test_tables_indexes_and_findings(pg_server, request, run_module):
     assert [table["name"] for table in top["tables"]] == ["big"] and top["changed"] is False
 
 
+def test_a_locked_table_is_read_around_never_waited_for(pg_server, request, run_module):
+    """A degraded database is what this module diagnoses: a migration holding ACCESS EXCLUSIVE on a table, a query
+    queued behind it. The read must not queue too: the table's and its indexes' size and definition are left out
+    (pg_get_indexdef and the sizes would wait for the lock), said in a warning, and everything else is read."""
+    db = database(pg_server, request)
+    holder = pg_server.connect(db)
+    try:
+        holder.cursor().execute("BEGIN; LOCK TABLE big IN ACCESS EXCLUSIVE MODE")
+        waiter = subprocess.Popen([str(PG_BINDIR / "psql"), "-h", pg_server.host, "-p", str(pg_server.port), "-U", "postgres", "-d", db,
+                                   "-c", "SELECT count(*) FROM big"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: sql(pg_server, db, "SELECT count(*) FROM pg_locks WHERE NOT granted")[0][0] > 0, "a query queued behind the lock")
+            result = run_module("pg_stats_info", conn_of(pg_server, db))
+        finally:
+            waiter.kill()
+            waiter.wait()
+    finally:
+        holder.rollback()
+        holder.close()
+    assert not result.get("failed"), result["msg"]
+    assert any("ACCESS EXCLUSIVE lock is held or awaited on: big" in warning for warning in result.get("warnings", [])), result.get("warnings")
+    big = next(table for table in result["tables"] if table["name"] == "big")
+    assert big["size_bytes"] is None and big["seq_scan"] >= 6
+    unused = {index["index"]: index for index in result["unused_indexes"]}
+    assert unused["big_body_prefix_idx"]["definition"] is None and unused["big_body_prefix_idx"]["size_bytes"] is None
+    small = next(table for table in result["tables"] if table["name"] == "small")
+    assert small["size_bytes"] > 0, "a table nobody locks is read in full"
+
+
 def test_hostile_names_are_returned_as_keys(pg_server, request, run_module):
     db = "sta_hostile_" + hashlib.sha256(request.node.name.encode()).hexdigest()[:8]
     pg_server.create_database(db)
