@@ -579,13 +579,15 @@ def running_image(host):
 
 @pytest.fixture()
 def bad_deploy(host):
-    """A release that cannot start, deployed: the app's image replaced under its tag by one whose command fails at
-    once (what a broken build is), its schema migration applied, and the app recreated from it: a crash loop. The
-    deploy recorded the good release before (whatsapp_mcp's converge)."""
+    """A release that never serves, deployed: the app's image replaced under its tag by one whose command waits
+    forever for a setting it lacks (what a broken build is), its schema migration applied, and the app recreated
+    from it: running, never answering /health. (Not a crash loop: its restarts would change the host under the dry
+    runs this test compares.) The deploy recorded the good release before (whatsapp_mcp's converge); yields that
+    release's image id."""
     good = image_id(host, APP_IMAGE)
     before = set(host.file(RELEASES).listdir())
     assert before, "the converge recorded the release it verified"
-    broken = 'CMD ["sh", "-c", "echo release 2 cannot start: WA_FEATURE_FLAGS is not set >&2; exit 3"]'
+    broken = 'CMD ["sh", "-c", "echo release 2: waiting for WA_FEATURE_FLAGS >&2; exec sleep 86400"]'
     host.check_output(f"docker commit --change {shlex.quote(broken)} {app_container(host)} {APP_IMAGE}")
     sql(host, "INSERT INTO schema_migrations (version) VALUES ('9001_release_2_flags')")
     host.check_output(f"{COMPOSE} up --detach --no-deps app")
