@@ -29,6 +29,7 @@ Ansible imports.
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import subprocess
@@ -453,8 +454,9 @@ def run(store, state, old_recipient, prefixes, select=None, identity=None, recip
         else:
             action = "reencrypt" if "old" in rset.classes.values() or rset.status == "reencrypting" else "clean"
         result["sets"].append(_describe(store, rset, action, rset in chosen))
+    result["aborted_uploads"] = abort_stale_uploads(store, prefixes, check_mode) if state != "report" else 0
     if check_mode or not todo:
-        result["changed"] = bool(todo)
+        result["changed"] = bool(todo or result["aborted_uploads"])
         if check_mode:
             result["bytes"] = sum(rset.size([name for name, found in rset.classes.items() if found == "old"] if state == "reencrypted"
                                             else list(rset.objects) + list(rset.temps)) for rset in todo)
@@ -473,6 +475,21 @@ def run(store, state, old_recipient, prefixes, select=None, identity=None, recip
         if item["action"] == "reencrypt":
             item["recipient"], item["status"] = "new", "complete"
     return result
+
+
+def abort_stale_uploads(store, prefixes, check_mode, now=None):
+    """Abort the multipart uploads of temporary objects that a killed run left, once they are as old as offsite_sync
+    calls stale (a younger one may belong to a run still going); the number aborted (would be, in check mode)."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    count = 0
+    for key, upload_id, initiated in store.uploads():
+        name = key[len(store.prefix):]
+        if (name.startswith(TEMP_PREFIX) and _split_name(name[len(TEMP_PREFIX):], prefixes)
+                and (now - initiated).total_seconds() > _offsite.STALE_UPLOAD_SECONDS):
+            if not check_mode:
+                store.abort_upload(key, upload_id)
+            count += 1
+    return count
 
 
 def _check_retirement(store, order, todo, prefixes, force):

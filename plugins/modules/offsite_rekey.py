@@ -197,6 +197,13 @@ bytes:
   returned: always
   type: int
   sample: 134217728
+aborted_uploads:
+  description:
+    - I(state=reencrypted) or I(state=retired), the unfinished multipart uploads of temporary objects C(.rekey.<name>)
+      that a killed run left, aborted (in check mode, would be) once they are an hour old; a younger one may belong to
+      a run still going. 0 for I(state=report).
+  returned: success
+  type: int
 in_progress:
   description: On a failure, the set that was being changed (C(name), C(action), C(kept_marker)).
   returned: on failure, when a set was being changed

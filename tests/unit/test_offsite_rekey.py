@@ -338,3 +338,26 @@ def test_secrets_never_appear_in_results(run_module, moto, bucket, pairs, shippe
         text = json.dumps(result)
         assert old.secret not in text and new.secret not in text and old.secret.lower() not in text
         assert SECRET not in text and "PLAINTEXT-" not in text
+
+
+def test_a_killed_runs_unfinished_upload_of_a_temporary_object_is_aborted_once_stale(moto, bucket):
+    """A run killed while it uploaded `.rekey.<name>` in parts leaves the upload in the bucket; a later run aborts it
+    once offsite_sync would call it stale (a younger one may be a run still going), and never another upload."""
+    import datetime  # pylint: disable=import-outside-toplevel
+    from ansible_collections.runbooks.incident.plugins.module_utils import _offsite, _offsite_rekey  # pylint: disable=import-outside-toplevel
+
+    client = s3_test_client(moto, ACCESS, SECRET)
+    store = _s3store.Store(_s3store.s3_client(moto, access_key=ACCESS, secret_key=SECRET), bucket, "host1/")
+    for key in ("host1/.rekey.db-2026-11-21.dump.age", "host1/db-2026-11-21.dump.age", "host1/.rekey.notes.txt"):
+        client.create_multipart_upload(Bucket=bucket, Key=key)
+    # moto reports every upload as initiated at 2010-11-10T20:48:33Z: the run's clock is set relative to that.
+    initiated = datetime.datetime(2010, 11, 10, 20, 48, 33, tzinfo=datetime.timezone.utc)
+    later = initiated + datetime.timedelta(seconds=_offsite.STALE_UPLOAD_SECONDS + 60)
+
+    young = initiated + datetime.timedelta(seconds=60)
+    assert _offsite_rekey.abort_stale_uploads(store, ["db-", "media-"], check_mode=False, now=young) == 0, "maybe a run going on"
+    assert _offsite_rekey.abort_stale_uploads(store, ["db-", "media-"], check_mode=True, now=later) == 1
+    assert len(listing(moto, bucket)[1]) == 3, "check mode aborts nothing"
+    assert _offsite_rekey.abort_stale_uploads(store, ["db-", "media-"], check_mode=False, now=later) == 1
+    assert sorted(listing(moto, bucket)[1]) == ["host1/.rekey.notes.txt", "host1/db-2026-11-21.dump.age"], \
+        "only the temporary object of a set member; offsite_sync's own uploads and foreign names are left"
