@@ -23,6 +23,7 @@ import threading
 
 NO_IDENTITY = "no identity matched any of the recipients"
 RECIPIENT_RE = re.compile(r"^(age1[0-9a-z]{58}|ssh-(ed25519|rsa) [A-Za-z0-9+/=]+( .*)?)$")
+AGE1_RE = re.compile(r"^age1[0-9a-z]{58}$")
 
 
 class AgeError(Exception):
@@ -51,6 +52,27 @@ def recipient_args(recipient):
         raise AgeError("recipient is neither an age public key (age1...), an SSH public key nor the absolute path of "
                        "a recipients file")
     return ["-r", recipient]
+
+
+def age1_key(recipient):
+    """The recipient as written in the `recipient` metadata of an object: an age public key (age1...), else None
+    (an SSH key or a recipients file, which are not recorded)."""
+    recipient = recipient.strip()
+    return recipient if AGE1_RE.match(recipient) else None
+
+
+def public_keys(identity):
+    """The age public keys of the identities in the file `identity` (age-keygen -y; the key is read by age-keygen
+    from the file, never passed on a command line)."""
+    check_identity(identity)
+    keygen = shutil.which("age-keygen")
+    if keygen is None:
+        raise AgeError("age-keygen is not installed on the host (no `age-keygen` on PATH)")
+    res = subprocess.run([keygen, "-y", identity], capture_output=True, text=True, check=False)
+    # age-keygen's error is not repeated: it could quote a line of the key file.
+    if res.returncode != 0:
+        raise AgeError("age-keygen -y cannot read an age identity from %s: is it an age private key file?" % identity)
+    return [line.strip() for line in res.stdout.splitlines() if line.strip()]
 
 
 def check_recipient(recipient):

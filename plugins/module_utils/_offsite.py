@@ -8,8 +8,8 @@ identity (private key) is needed only to restore. Each entry F of a backup set (
 `<prefix><stamp><rest>` with the same stamp) becomes the object `<key prefix>F.age` of a Store (_s3store); a directory
 (a media snapshot, a directory-format dump) is shipped as one deterministic tar stream (_tarstream), hard links kept,
 as `<key prefix>F.tar.age`. Every object carries user metadata: `kind` (file, tar), `sha256-plain` and `size-plain`
-(what was encrypted), `sha256-cipher` (what was uploaded) and, for a tar, `sha256-tree` (the files' contents, as
-_fileio.sha256_tree).
+(what was encrypted), `sha256-cipher` (what was uploaded), for a tar `sha256-tree` (the files' contents, as
+_fileio.sha256_tree) and, when it was encrypted to one age public key, `recipient` (that key; see _offsite_rekey).
 
 A set is complete off-host only when its MARKER exists, uploaded after every member was uploaded and verified: the
 set's manifest (`db-<stamp>.manifest.json.age`), or for a set without one (media) a plaintext
@@ -47,6 +47,9 @@ TAR_SUFFIX = ".tar"
 SET_SUFFIX = ".set.json"
 MANIFEST_OBJECT_SUFFIX = _dumpfile.MANIFEST_SUFFIX + AGE_SUFFIX
 SET_FORMAT = "runbooks.incident offsite set v1"
+# Metadata naming the age public key an object was encrypted to (written since offsite_rekey exists; older objects
+# have none, and objects encrypted to an SSH key or a recipients file neither).
+RECIPIENT_META = "recipient"
 # Multipart uploads left by an interrupted run are aborted by a later run once they are this old (younger ones may
 # belong to a run still going).
 STALE_UPLOAD_SECONDS = 3600
@@ -288,8 +291,9 @@ def _matches(meta, wanted):
 class _SetShipper:
     """Ships one local set: members first (skipping verified ones), the marker last."""
 
-    def __init__(self, store, recipient_argv, listing, result, check_mode):
+    def __init__(self, store, recipient_argv, listing, result, check_mode, recipient_meta=None):
         self.store, self.recipient_argv, self.listing = store, recipient_argv, listing
+        self.recipient_meta = recipient_meta or {}  # written on upload, never compared: an older object has none
         self.result, self.check_mode = result, check_mode
         self.marker_removed = False
 
@@ -347,7 +351,7 @@ class _SetShipper:
                                    "or was replaced, and is not shipped" % (member.path, meta.get("sha256-tree", meta["sha256-plain"])[:16],
                                                                             list(expected.values())[0][:16]))
 
-        info = upload_member(self.store, member, self.recipient_argv, extra_meta, accept)
+        info = upload_member(self.store, member, self.recipient_argv, dict(extra_meta, **self.recipient_meta), accept)
         self.result["uploaded"].append(self.store.key(member.object))
         self.result["bytes_uploaded"] += int(info["size-cipher"])
         return info
@@ -460,6 +464,8 @@ def sync(store, src, prefixes, recipient, keep=None, check_mode=False, result=No
     if keep is not None:
         _retention.validate(prefixes[0], keep[0], keep[1], keep[2], 0)
     recipient_argv = _age.check_recipient(recipient)
+    recorded = _age.age1_key(recipient)
+    recipient_meta = {RECIPIENT_META: recorded} if recorded else {}
     local = local_sets(src, prefixes)
     listing = store.list()
     remote = remote_sets(listing, prefixes)
@@ -480,7 +486,7 @@ def sync(store, src, prefixes, recipient, keep=None, check_mode=False, result=No
     order = sorted(((prefix, text) for prefix in prefixes for text in ship[prefix]),
                    key=lambda item: (_sort_key(item[1]), item[0]), reverse=True)
     for prefix, text in order:
-        _SetShipper(store, recipient_argv, listing, result, check_mode).ship(local[prefix][text])
+        _SetShipper(store, recipient_argv, listing, result, check_mode, recipient_meta).ship(local[prefix][text])
 
     for remote_set in remove:
         for name in remote_set.removal_order():

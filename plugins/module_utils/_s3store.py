@@ -8,7 +8,8 @@ seen): single-request uploads, and multipart uploads (start, parts, complete, ab
 size for an object's size) for objects too large for one request or whose size is not known in advance. Every upload
 carries Content-MD5 (per part for a multipart upload); the checksums newer botocore adds by default are not sent, as
 several S3-compatible services reject or ignore them. replace_metadata() gives an object new metadata by a
-server-side copy onto itself (in ranged parts beyond COPY_LIMIT). boto3's errors become StoreError saying what was
+server-side copy onto itself (in ranged parts beyond COPY_LIMIT), and copy() copies an object onto another name the
+same way. boto3's errors become StoreError saying what was
 being done; retries and timeouts are bounded, so a lost endpoint fails a run instead of hanging it.
 
 Pure standard library plus boto3, imported only when a function needs it; no Ansible imports.
@@ -192,18 +193,29 @@ class Store:
                         found.append((upload["Key"], upload["UploadId"], upload["Initiated"]))
         return found
 
+    def read_start(self, name, size):
+        """The first `size` bytes of an object (fewer if it is shorter); `size` at least 1."""
+        with _s3("downloading the start of %s" % self.url(name)):
+            return self.client.get_object(Bucket=self.bucket, Key=self.key(name), Range="bytes=0-%d" % (size - 1))["Body"].read()
+
     def replace_metadata(self, name, size, meta):
         """Give an object new metadata by a server-side copy onto itself (in ranged parts beyond COPY_LIMIT)."""
-        source = {"Bucket": self.bucket, "Key": self.key(name)}
+        self.copy(name, name, size, meta)
+
+    def copy(self, source_name, name, size, meta):
+        """Server-side copy of the object `source_name` (of `size` bytes) onto `name` with the metadata `meta` (in
+        ranged parts beyond COPY_LIMIT); `name` is replaced at once, as an upload replaces it."""
+        source = {"Bucket": self.bucket, "Key": self.key(source_name)}
         if size <= COPY_LIMIT:
-            with _s3("setting the metadata of %s" % self.url(name)):
+            with _s3("setting the metadata of %s" % self.url(name) if source_name == name
+                     else "copying %s onto %s" % (self.url(source_name), self.url(name))):
                 self.client.copy_object(Bucket=self.bucket, Key=self.key(name), CopySource=source, Metadata=meta,
                                         MetadataDirective="REPLACE")
             return
         upload_id = self.start_upload(name, meta)
         try:
             parts = []
-            with _s3("copying %s onto itself with its metadata" % self.url(name)):
+            with _s3("copying %s onto %s with its metadata" % (self.url(source_name), "itself" if source_name == name else self.url(name))):
                 for start in range(0, size, COPY_PART_SIZE):
                     response = self.client.upload_part_copy(
                         Bucket=self.bucket, Key=self.key(name), UploadId=upload_id, PartNumber=len(parts) + 1,

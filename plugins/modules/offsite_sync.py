@@ -82,10 +82,12 @@ options:
     default: 0
 notes:
   - S3 user metadata keys written are C(kind), C(sha256-plain), C(size-plain), C(sha256-cipher), C(sha256-tree) (tar
-    streams) and C(set-fingerprint) (markers). A multipart object gets its metadata by a server-side copy onto
+    streams), C(set-fingerprint) (markers) and C(recipient) (the age public key, when I(recipient) is one; see
+    M(runbooks.incident.offsite_rekey)). A multipart object gets its metadata by a server-side copy onto
     itself once its ciphertext digest is known; C(sha256-cipher) present means verified.
 seealso:
   - module: runbooks.incident.offsite_fetch
+  - module: runbooks.incident.offsite_rekey
   - module: runbooks.incident.backup_retention
   - name: age
     description: The file encryption tool used.
