@@ -572,8 +572,9 @@ def _record(release_id, image, verified, recorded_at=None):
 
 def test_resolve_previous():
     one, two, three = ("sha256:" + digit * 64 for digit in "123")
-    records = {item["id"]: item for item in (_record("20260101T000000Z", one, True), _record("20260102T000000Z", two, True),
-                                              _record("20260103T000000Z", three, False), _record("20260104T000000Z", two, False))}
+    made = (_record("20260101T000000Z", one, True), _record("20260102T000000Z", two, True),
+            _record("20260103T000000Z", three, False), _record("20260104T000000Z", two, False))
+    records = {item["id"]: item for item in made}
     current = records["20260103T000000Z"]
     assert _compose_release.resolve_previous(records, {"app": three}, current, ["app"])["id"] == "20260102T000000Z"
     # the images in use are unrecorded and those of release two: previous is one
