@@ -149,46 +149,75 @@ class Psql:
         self.psql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE); CREATE DATABASE "{name}" TEMPLATE "{template}"')
 
 
+class OwnCluster:
+    """A throwaway PostgreSQL cluster with trust authentication for the ``postgres`` role, started and stopped at
+    will (initialised at its first start). As root it belongs to the postgres OS user: initdb refuses to run as root.
+    It listens on its Unix socket, and on TCP `listen` too when given; `settings` are more server settings."""
+
+    def __init__(self, prefix: str, listen: str = "", settings: tuple[str, ...] = ()):
+        require((PG_BINDIR / "initdb").is_file() and (PG_BINDIR / "pg_ctl").is_file(), f"the PostgreSQL server binaries in {PG_BINDIR}",
+                "make deps installs them; or set PG_BINDIR")
+        self.run_as: list[str] = []
+        owner = None
+        if os.geteuid() == 0:
+            try:
+                owner = pwd.getpwnam("postgres")
+            except KeyError:
+                owner = None
+            require(owner, "the 'postgres' OS user to own the test cluster when run as root", "make deps installs postgresql")
+            self.run_as = ["runuser", "-u", "postgres", "--"]
+        self.base = Path(tempfile.mkdtemp(prefix=prefix))
+        self.data, sockets = self.base / "data", self.base / "sockets"
+        sockets.mkdir()
+        if owner is not None:
+            for path in (self.base, sockets):
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+        self.server = PostgresServer(str(sockets), _free_port())
+        # Durability is pointless for a throwaway cluster; turning it off keeps the tests fast.
+        self.options = " ".join([f"-p {self.server.port} -k {sockets} -c listen_addresses='{listen}' -c fsync=off",
+                                 *(f"-c {setting}" for setting in settings)])
+
+    def pg(self, *args: str) -> None:
+        subprocess.run([*self.run_as, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.base)
+
+    def start(self) -> None:
+        log = self.base / "postgres.log"
+        try:
+            if not (self.data / "PG_VERSION").exists():
+                self.pg(str(PG_BINDIR / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync")
+            self.pg(str(PG_BINDIR / "pg_ctl"), "-D", str(self.data), "-l", str(log), "-o", self.options, "-w", "-t", "30", "start")
+        except subprocess.CalledProcessError as exc:
+            details = exc.stderr.decode(errors="replace") + (log.read_text(errors="replace") if log.exists() else "")
+            pytest.fail(f"could not start PostgreSQL: {details}")
+
+    def stop(self, mode: str = "fast") -> None:
+        self.pg(str(PG_BINDIR / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop("immediate")
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def sql(server: PostgresServer, db: str, *statements: str):
+    """Run the statements in one session (autocommit), closed at the end (which flushes its statistics); the rows of
+    the last."""
+    with contextlib.closing(server.connect(db)) as connection:
+        connection.autocommit = True
+        with connection.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+            return cur.fetchall() if cur.description else None
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
-    require((PG_BINDIR / "initdb").is_file() and (PG_BINDIR / "pg_ctl").is_file(), f"the PostgreSQL server binaries in {PG_BINDIR}",
-            "make deps installs them; or set PG_BINDIR")
-    run_as: list[str] = []
-    owner = None
-    if os.geteuid() == 0:
-        # initdb refuses to run as root, so the cluster belongs to the postgres OS user.
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            owner = None
-        require(owner, "the 'postgres' OS user to own the test cluster when run as root", "make deps installs postgresql")
-        run_as = ["runuser", "-u", "postgres", "--"]
-    base = Path(tempfile.mkdtemp(prefix="pg-test-"))
-    if owner is not None:
-        os.chown(base, owner.pw_uid, owner.pw_gid)
-    data, sockets, port = base / "data", base / "sockets", _free_port()
-    sockets.mkdir()
-    if owner is not None:
-        os.chown(sockets, owner.pw_uid, owner.pw_gid)
-
-    def pg(*args: str) -> None:
-        subprocess.run([*run_as, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=base)
-
+    cluster = OwnCluster("pg-test-", listen="127.0.0.1", settings=("synchronous_commit=off", "full_page_writes=off"))
     try:
-        pg(str(PG_BINDIR / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync")
-        # Durability is pointless for a throwaway cluster; turning it off keeps the tests fast.
-        options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        pg(str(PG_BINDIR / "pg_ctl"), "-D", str(data), "-l", str(base / "postgres.log"), "-o", options, "-w", "-t", "30", "start")
-    except subprocess.CalledProcessError as exc:
-        log = base / "postgres.log"
-        details = exc.stderr.decode(errors="replace") + (log.read_text(errors="replace") if log.exists() else "")
-        shutil.rmtree(base, ignore_errors=True)
-        pytest.fail(f"could not start PostgreSQL: {details}")
-    try:
-        yield PostgresServer(str(sockets), port)
+        cluster.start()
+        yield cluster.server
     finally:
-        subprocess.run([*run_as, str(PG_BINDIR / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], check=False, capture_output=True, cwd=base)
-        shutil.rmtree(base, ignore_errors=True)
+        cluster.remove()
 
 
 def run_module(name: str, params: dict, *, check_mode: bool = False, diff: bool = False, tmpdir: str | None = None) -> dict:

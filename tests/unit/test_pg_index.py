@@ -9,14 +9,13 @@ taken by other relations and other definitions are refused with nothing changed.
 States a test needs (a build waiting for a transaction) are polled for with a deadline, never waited for a fixed time."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import threading
 
 import psycopg2
 import pytest
 
-from conftest import PG_BINDIR, wait_until  # pylint: disable=import-error
+from conftest import PG_BINDIR, sql, wait_until  # pylint: disable=import-error
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _pg_index
 
@@ -24,16 +23,6 @@ ROWS = 20000
 HOSTILE_TABLE = 'x"; DROP TABLE victim; --'
 HOSTILE_COLUMN = 'a"b; --'
 HOSTILE_INDEX = '"; DROP TABLE victim; --'
-
-
-def sql(server, db, *statements):
-    """Run the statements (autocommit); the rows of the last."""
-    with contextlib.closing(server.connect(db)) as connection:
-        connection.autocommit = True
-        with connection.cursor() as cur:
-            for statement in statements:
-                cur.execute(statement)
-            return cur.fetchall() if cur.description else None
 
 
 @pytest.fixture(name="db")

@@ -13,21 +13,13 @@ the future (verify_heapam finds it, the table still reads) and one btree leaf a 
 it, the table is fine). Nothing here waits a fixed time."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
-from pathlib import Path
 
 import psycopg2
 import pytest
 
-from conftest import PG_BINDIR, PostgresServer, require, run_module  # pylint: disable=import-error
+from conftest import PG_BINDIR, OwnCluster, run_module, sql  # pylint: disable=import-error
 
 READER = "pgi_reader"
 BLOCK = 8192
@@ -38,14 +30,6 @@ def database(pg_server, request):
     name = "pgi_%s_%s" % (request.node.name.split("[")[0][-28:], hashlib.sha256(request.node.name.encode()).hexdigest()[:8])
     pg_server.create_database(name)
     return name
-
-
-def sql(server, db, *statements):
-    with contextlib.closing(server.connect(db)) as connection, connection.cursor() as cur:
-        connection.autocommit = True
-        for statement in statements:
-            cur.execute(statement)
-        return cur.fetchall() if cur.description else None
 
 
 def traces(server, db):
@@ -213,43 +197,6 @@ def test_a_check_that_outlives_statement_timeout_is_skipped_and_the_others_go_on
 
 
 # ------------------------------------------------------------------------------------------- real damage
-class OwnCluster:
-    """A PostgreSQL cluster of this file's own, started and stopped at will (as tests/conftest.py's pg_server)."""
-
-    def __init__(self):
-        self.run_as, owner = [], None
-        if os.geteuid() == 0:
-            owner = pwd.getpwnam("postgres")
-            self.run_as = ["runuser", "-u", "postgres", "--"]
-        self.base = Path(tempfile.mkdtemp(prefix="pg-damage-"))
-        self.data, sockets = self.base / "data", self.base / "sockets"
-        sockets.mkdir()
-        if owner is not None:
-            for path in (self.base, sockets):
-                os.chown(path, owner.pw_uid, owner.pw_gid)
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]  # only the Unix socket listens; the port names it
-        self.server = PostgresServer(str(sockets), port)
-        # No data checksums (the default of initdb): the damage is found by what it breaks, not by a checksum.
-        self.pg(str(PG_BINDIR / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync")
-
-    def pg(self, *args):
-        subprocess.run([*self.run_as, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.base)
-
-    def start(self):
-        options = "-p %d -k %s -c listen_addresses='' -c fsync=off -c autovacuum=off" % (self.server.port, self.server.host)
-        self.pg(str(PG_BINDIR / "pg_ctl"), "-D", str(self.data), "-l", str(self.base / "postgres.log"), "-o", options, "-w", "-t", "30", "start")
-
-    def stop(self, mode="fast"):
-        self.pg(str(PG_BINDIR / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
-
-    def remove(self):
-        with contextlib.suppress(subprocess.CalledProcessError):
-            self.stop("immediate")
-        shutil.rmtree(self.base, ignore_errors=True)
-
-
 def patch(path, offset, raw):
     with open(path, "r+b") as handle:
         handle.seek(offset)
@@ -272,8 +219,8 @@ def read_block(path, block):
 def damaged_fixture():
     """A cluster with database `damaged`: `broken_page` (block 1's header impossible), `future_xmin` (a tuple of block
     1 with an xmin from the future), `bad_order` (a leaf key of its primary key out of order) and `healthy_rows`."""
-    require((PG_BINDIR / "initdb").is_file(), "the PostgreSQL server binaries in %s" % PG_BINDIR, "make deps installs them; or set PG_BINDIR")
-    cluster = OwnCluster()
+    # No data checksums (the default of initdb): the damage is found by what it breaks, not by a checksum.
+    cluster = OwnCluster("pg-damage-", settings=("autovacuum=off",))
     try:
         cluster.start()
         server = cluster.server

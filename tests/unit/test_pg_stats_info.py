@@ -10,34 +10,17 @@ The server's statistics reach the views when a session flushes them (at its end 
 expects is polled for with a deadline."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import pwd
-import shutil
-import socket
 import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 
-from conftest import PG_BINDIR, PostgresServer, require, wait_until  # pylint: disable=import-error
+from conftest import PG_BINDIR, OwnCluster, sql, wait_until  # pylint: disable=import-error
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _pg_info, _pg_stats
 
 ROWS = 20000
 SECRET = "s3cr3t-never-shown"
-
-
-def sql(server, db, *statements):
-    """Run the statements in one session (autocommit), closed at the end (which flushes its statistics)."""
-    with contextlib.closing(server.connect(db)) as connection:
-        connection.autocommit = True
-        with connection.cursor() as cur:
-            for statement in statements:
-                cur.execute(statement)
-            return cur.fetchall() if cur.description else None
 
 
 def seed(server, db):
@@ -217,46 +200,11 @@ def test_statements_installed_but_not_loaded(pg_server, request, run_module):
         assert "shared_preload_libraries" in result["statements_reason"]
 
 
-class OwnCluster:
-    """A cluster of the test's own, started with pg_stat_statements loaded (only its Unix socket listens)."""
-
-    def __init__(self):
-        self.run_as, owner = [], None
-        if os.geteuid() == 0:
-            owner = pwd.getpwnam("postgres")
-            self.run_as = ["runuser", "-u", "postgres", "--"]
-        self.base = Path(tempfile.mkdtemp(prefix="pg-stats-"))
-        self.data, sockets = self.base / "data", self.base / "sockets"
-        sockets.mkdir()
-        if owner is not None:
-            for path in (self.base, sockets):
-                os.chown(path, owner.pw_uid, owner.pw_gid)
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]  # only the Unix socket listens; the port names it
-        self.server = PostgresServer(str(sockets), port)
-
-    def pg(self, *args):
-        subprocess.run([*self.run_as, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.base)
-
-    def start(self):
-        self.pg(str(PG_BINDIR / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync")
-        options = ("-p %d -k %s -c listen_addresses='' -c fsync=off -c shared_preload_libraries=pg_stat_statements"
-                   % (self.server.port, self.server.host))
-        self.pg(str(PG_BINDIR / "pg_ctl"), "-D", str(self.data), "-l", str(self.base / "postgres.log"), "-o", options, "-w", "-t", "30", "start")
-
-    def remove(self):
-        with contextlib.suppress(subprocess.CalledProcessError):
-            self.pg(str(PG_BINDIR / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(self.base, ignore_errors=True)
-
-
 @pytest.fixture(name="loaded", scope="module")
 def loaded_fixture():
     """A cluster with pg_stat_statements loaded, database `app` seeded, the extension in it, and statements run: one
     whose text names a password (hidden), the scans of big (the slowest)."""
-    require((PG_BINDIR / "initdb").is_file(), "the PostgreSQL server binaries in %s" % PG_BINDIR, "make deps installs them; or set PG_BINDIR")
-    cluster = OwnCluster()
+    cluster = OwnCluster("pg-stats-", settings=("shared_preload_libraries=pg_stat_statements",))
     try:
         cluster.start()
         server = cluster.server
