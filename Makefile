@@ -19,11 +19,12 @@ SANDBOX := $(BIN)/python tests/sandbox/sandbox.py
 # The venv's python: a pyenv shim would put its own bin first on the PATH of the command it times.
 TIMED := $(BIN)/python tests/timings.py run
 COLLECTION_LINK := .build/collections/ansible_collections/runbooks/incident
-# Molecule scenarios, in the order `make test` runs them.
-SCENARIOS ?= whatsapp_mcp db_restore offsite audit_integrity secret_rotation certificates incidents
-# Scenarios at a time. Each has hosts and a network of its own (molecule/instances.py), so they can run side by side;
-# on two cores they do not gain (a scenario keeps a core busy and the next one halves its speed), on more they do.
-MOLECULE_JOBS ?= 1
+# Molecule scenarios, longest first: with MOLECULE_JOBS lanes, the short ones fill the gaps at the end.
+SCENARIOS ?= incidents offsite secret_rotation certificates db_restore whatsapp_mcp audit_integrity
+# Scenarios at a time. Each has hosts and a network of its own (molecule/instances.py), so they run side by side. A
+# scenario keeps about one core of two busy (Ansible waits on its hosts half the time): two at once finish together in
+# about 65% of the time they take one after the other (docs/testing.md).
+MOLECULE_JOBS ?= 2
 DEMO_INCIDENT ?= DEMO-$(shell date -u +%Y%m%dT%H%M%S)
 
 .PHONY: help
@@ -82,7 +83,7 @@ test-shared-data: venv collection ## restores of third-party dumps from ../share
 # Each scenario's output shows whole when it ends (--output-sync); one that fails does not stop the others
 # (--keep-going): a run reports every failing scenario.
 .PHONY: molecule
-molecule: sandbox ## molecule scenarios on sandbox host containers (SCENARIOS="...", MOLECULE_JOBS=1)
+molecule: sandbox ## molecule scenarios on sandbox host containers (SCENARIOS="...", MOLECULE_JOBS=2)
 	$(MAKE) --no-print-directory -j$(MOLECULE_JOBS) --keep-going --output-sync=target $(addprefix molecule-,$(SCENARIOS))
 
 .PHONY: $(addprefix molecule-,$(SCENARIOS))
@@ -97,9 +98,9 @@ checks: ## lint, sanity and unit, one after the other, each run even when one be
 	$(MAKE) --no-print-directory -j1 --keep-going lint sanity unit
 
 .PHONY: test
-# Two lanes: the checks need both cores in bursts; the image builds wait on I/O and a scenario leaves part of a core
-# idle (ansible waits on its hosts), so the sandbox and then the scenarios run beside them. A failing lane does not
-# stop the other: make lets it end, then fails.
+# Two lanes: the checks need both cores in bursts; the image builds wait on I/O and the scenarios leave part of the
+# cores idle (Ansible waits on its hosts), so the sandbox and then the scenarios (MOLECULE_JOBS at a time) run beside
+# them. A failing lane does not stop the other: make lets it end, then fails.
 test: ## the whole suite (what CI runs): the checks beside the sandbox and molecule; ends with the timings
 	@$(PYTHON) tests/timings.py start
 	@trap '$(PYTHON) tests/timings.py report' EXIT; \
