@@ -53,8 +53,7 @@ PUSHED = (_timeline.TIMELINE, _lifecycle.STATE_FILE, _postmortem.POSTMORTEM, _po
 PUSH_ATTEMPTS = 3
 # Fewer retries than the backups' (a callback must not hold a finished run for minutes): a store that is down costs
 # at most a few seconds at the start of the run and again at its end.
-RETRIES = {"max_attempts": 3, "mode": "standard"}
-CONNECT_TIMEOUT = 5
+ATTEMPTS = 3
 READ_TIMEOUT = 30
 BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]")
 SEGMENT = re.compile(r"[A-Za-z0-9!_.*'()=+,@~-]+")
@@ -124,15 +123,7 @@ def scrub(message, secrets=None):
 
 def s3_client(endpoint_url=None, region="us-east-1"):
     """A boto3 S3 client with boto3's credential chain (never credentials of ours) and short retries."""
-    import boto3  # pylint: disable=import-outside-toplevel
-    from botocore.config import Config  # pylint: disable=import-outside-toplevel
-
-    options = dict(retries=dict(RETRIES), connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT)
-    try:
-        config = Config(request_checksum_calculation="when_required", response_checksum_validation="when_required", **options)
-    except TypeError:  # older botocore, which sends no default checksum
-        config = Config(**options)
-    return boto3.session.Session(region_name=region or "us-east-1").client("s3", endpoint_url=endpoint_url or None, config=config)
+    return _s3store.s3_client(endpoint_url, region or "us-east-1", attempts=ATTEMPTS, read_timeout=READ_TIMEOUT)
 
 
 def _error_code(exc):

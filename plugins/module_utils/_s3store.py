@@ -40,20 +40,38 @@ class StoreError(Exception):
     """What went wrong with the object store, in words for the operator."""
 
 
-def s3_client(endpoint_url=None, region="us-east-1", access_key=None, secret_key=None):
-    """A boto3 S3 client; credentials from the arguments, else boto3's chain (AWS_ACCESS_KEY_ID and friends)."""
+def s3_client(endpoint_url=None, region="us-east-1", access_key=None, secret_key=None, attempts=None, read_timeout=None):
+    """A boto3 S3 client with bounded retries and timeouts (RETRIES and READ_TIMEOUT unless given); credentials from
+    the arguments, else boto3's chain (AWS_ACCESS_KEY_ID and friends)."""
     import boto3  # pylint: disable=import-outside-toplevel
+    import botocore.session  # pylint: disable=import-outside-toplevel
     from botocore.config import Config  # pylint: disable=import-outside-toplevel
 
-    options = dict(retries=dict(RETRIES), connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT)
+    options = dict(retries=dict(RETRIES, max_attempts=attempts or RETRIES["max_attempts"]), connect_timeout=CONNECT_TIMEOUT,
+                   read_timeout=read_timeout or READ_TIMEOUT)
     try:
         # Content-MD5 on every upload is the integrity check; the default checksums of botocore >= 1.36 are not
         # sent, as several S3-compatible services reject or ignore them.
         config = Config(request_checksum_calculation="when_required", response_checksum_validation="when_required", **options)
     except TypeError:  # older botocore (Debian 12 has 1.29), which sends none
         config = Config(**options)
-    session = boto3.session.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key, region_name=region)
+    core = botocore.session.Session()
+    session = boto3.session.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key, region_name=region,
+                                    botocore_session=core)
+    _share_data_loader(core)
     return session.client("s3", endpoint_url=endpoint_url or None, config=config)
+
+
+_SHARED = {}
+
+
+def _share_data_loader(core):
+    """Give a new botocore session the process's first data loader. A loader parses botocore's service models and
+    endpoint rules (megabytes of JSON) once and keeps them: a module run makes one client, but the controller's
+    timeline callback makes one per push, and a test process thousands. It holds data files only, never
+    credentials, which stay with each session."""
+    loader = _SHARED.setdefault("data_loader", core.get_component("data_loader"))
+    core.register_component("data_loader", loader)
 
 
 def store_from(settings):

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ansible_collections.runbooks.incident.plugins.module_utils import _s3store
 from conftest import REPO_ROOT, run_module  # pylint: disable=import-error
 
 MODULES = sorted(path.stem for path in (REPO_ROOT / "plugins" / "modules").glob("*.py"))
@@ -193,6 +194,9 @@ def test_no_input_ends_in_a_traceback_and_a_refusal_changes_nothing(module, tmp_
     monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
     monkeypatch.setenv("PATH", "%s:%s" % (Path(sys.executable).parent, os.environ["PATH"]))
+    # One attempt per S3 request: a hostile endpoint refuses or fails each one, and the back-off between the retries
+    # (test_offsite's subject) would only add minutes here.
+    monkeypatch.setitem(_s3store.RETRIES, "max_attempts", 1)
     area = Area(tmp_path)
     monkeypatch.chdir(area.work)  # a relative path lands where the snapshot sees it
     options = options_of(module)
