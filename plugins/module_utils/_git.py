@@ -1,12 +1,13 @@
 # Copyright: contributors to runbooks.incident
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Publish one file of a service checkout to its git remote. PRIVATE to the collection: no compatibility promise.
+"""Publish files of a service checkout to its git remote. PRIVATE to the collection: no compatibility promise.
 
 A rotation changes the sops file in the host's checkout; the repository of record must get it too, or the next
-deploy from the repository brings the old secrets back. The commit is built on the remote branch as fetched, with
-only that file changed (a temporary index: the checkout's own index and other files are not touched), and pushed
-without force: a push that lost a race is rebuilt on the new remote head. If the remote changed that file since the
-checkout's HEAD (someone else rotated or edited it), nothing is pushed: that needs a person. Afterwards the
+deploy from the repository brings the old secrets back. Files that must travel with it (sops' .sops.yaml after
+the age key changed) go in the same commit. The commit is built on the remote branch as fetched, with only those
+files changed (a temporary index: the checkout's own index and other files are not touched), and pushed without
+force: a push that lost a race is rebuilt on the new remote head. If the remote changed one of those files since
+the checkout's HEAD (someone else rotated or edited it), nothing is pushed: that needs a person. Afterwards the
 checkout is fast-forwarded to the pushed commit, so it is clean and the next `git pull` of a deploy works.
 
 The deploy key reaches ssh through GIT_SSH_COMMAND (a path, never key material); git runs with argv lists.
@@ -72,9 +73,20 @@ def check_relative(path):
         raise GitError("path %r must be a relative path inside the checkout (no .., no leading /)" % path)
 
 
-def open_checkout(repo, path, remote, branch, **ssh):
-    """(Checkout, branch) after checking the checkout, the file and the names."""
-    check_relative(path)
+def all_paths(path, extra_paths=()):
+    """`path` first, then each of `extra_paths` once (a repeat, or `path` itself, is dropped)."""
+    paths = [path]
+    for extra in extra_paths or ():
+        if extra not in paths:
+            paths.append(extra)
+    return paths
+
+
+def open_checkout(repo, path, remote, branch, extra_paths=(), **ssh):
+    """(Checkout, branch) after checking the checkout, the files and the names."""
+    paths = all_paths(path, extra_paths)
+    for each in paths:
+        check_relative(each)
     if not REMOTE.match(remote or ""):
         raise GitError("remote %r is not a remote name" % remote)
     if not os.path.isdir(os.path.join(repo, ".git")):
@@ -85,9 +97,10 @@ def open_checkout(repo, path, remote, branch, **ssh):
     branch = branch or checkout.out("symbolic-ref", "--short", "-q", "HEAD")
     if not BRANCH.match(branch or ""):
         raise GitError("branch %r is not a branch name (is the checkout on a detached HEAD? name the branch)" % branch)
-    full = os.path.join(repo, path)
-    if os.path.islink(full) or not os.path.isfile(full):
-        raise GitError("%s is not a regular file in the checkout" % path)
+    for each in paths:
+        full = os.path.join(repo, each)
+        if os.path.islink(full) or not os.path.isfile(full):
+            raise GitError("%s is not a regular file in the checkout" % each)
     return checkout, branch
 
 
@@ -98,64 +111,72 @@ def remote_head(checkout, remote, branch):
 
 
 def publish(repo, path, change_id, message, remote="origin", branch=None, author=("runbooks.incident", "runbooks-incident@localhost"),
-            check_mode=False, **ssh):
-    """Push the checkout's `path` to `remote`/`branch` unless the remote already has that content; returns a result dict."""
-    checkout, branch = open_checkout(repo, path, remote, branch, **ssh)
-    result = dict(branch=branch, remote=remote, path=path, pushed=False, checkout_updated=False)
-    local_blob = checkout.out("hash-object", "--", path)
+            check_mode=False, extra_paths=(), **ssh):
+    """Push the checkout's `path` and `extra_paths` to `remote`/`branch` in one commit unless the remote already has
+    that content of each; returns a result dict."""
+    paths = all_paths(path, extra_paths)
+    checkout, branch = open_checkout(repo, path, remote, branch, extra_paths=paths[1:], **ssh)
+    result = dict(branch=branch, remote=remote, path=path, paths=paths, pushed=False, checkout_updated=False)
+    local_blobs = dict(zip(paths, checkout.out("hash-object", "--", *paths).splitlines()))
+    names, verb = ", ".join(paths), "is" if len(paths) == 1 else "are"
     if check_mode:
         head = remote_head(checkout, remote, branch)
         known = head and checkout.run("cat-file", "-e", head + "^{commit}", check=False).returncode == 0
-        published = bool(known and checkout.blob_at(head, path) == local_blob)
-        return dict(result, changed=not published, commit=head, msg="%s is %s %s/%s" % (
-            path, "already in" if published else "would be pushed to", remote, branch))
+        published = bool(known and all(checkout.blob_at(head, each) == local_blobs[each] for each in paths))
+        return dict(result, changed=not published, commit=head, msg="%s %s %s %s/%s" % (
+            names, verb, "already in" if published else "would be pushed to", remote, branch))
     for _attempt in range(PUSH_ATTEMPTS):
         checkout.run("fetch", "--quiet", remote, "+refs/heads/%s:refs/remotes/%s/%s" % (branch, remote, branch))
         base = checkout.out("rev-parse", "--verify", "refs/remotes/%s/%s^{commit}" % (remote, branch))
-        remote_blob = checkout.blob_at(base, path)
-        if remote_blob == local_blob:
-            result.update(commit=base, msg="%s/%s already holds this %s" % (remote, branch, path))
+        remote_blobs = {each: checkout.blob_at(base, each) for each in paths}
+        differing = [each for each in paths if remote_blobs[each] != local_blobs[each]]
+        if not differing:
+            result.update(commit=base, msg="%s/%s already holds this %s" % (remote, branch, names))
             break
-        head_blob = checkout.blob_at("HEAD", path)
-        if remote_blob != head_blob:
-            raise GitError("%s on %s/%s changed since this checkout's HEAD (someone else changed or rotated it): nothing was "
-                           "pushed; merge the two by hand" % (path, remote, branch))
-        commit = _commit_on(checkout, base, path, "%s (%s)" % (message, change_id), author)
+        for each in differing:  # the remote's copy must still be HEAD's, else someone else changed it meanwhile
+            if remote_blobs[each] != checkout.blob_at("HEAD", each):
+                raise GitError("%s on %s/%s changed since this checkout's HEAD (someone else changed or rotated it): nothing was "
+                               "pushed; merge the two by hand" % (each, remote, branch))
+        commit = _commit_on(checkout, base, differing, "%s (%s)" % (message, change_id), author)
         pushed = checkout.run("push", "--quiet", "--porcelain", remote, "%s:refs/heads/%s" % (commit, branch), check=False)
         if pushed.returncode == 0:
-            result.update(commit=commit, pushed=True, msg="pushed %s to %s/%s as %s" % (path, remote, branch, commit[:12]))
+            result.update(commit=commit, pushed=True, msg="pushed %s to %s/%s as %s" % (names, remote, branch, commit[:12]))
             break
         if "rejected" not in pushed.stdout + pushed.stderr:
             raise GitError("git push failed: %s" % (pushed.stderr.strip() or pushed.stdout.strip())[-400:])
     else:
         raise GitError("the remote branch %s/%s kept moving: %d pushes were rejected" % (remote, branch, PUSH_ATTEMPTS))
-    result["checkout_updated"], result["warning"] = _fast_forward(checkout, result["commit"], path)
+    result["checkout_updated"], result["warning"] = _fast_forward(checkout, result["commit"], paths)
     result["changed"] = result["pushed"] or result["checkout_updated"]
     return result
 
 
-def _commit_on(checkout, base, path, message, author):
-    """A commit on `base` whose only change is the checkout's `path` (a temporary index; the real one is untouched)."""
-    blob = checkout.out("hash-object", "-w", "--", path)
-    mode = "100755" if os.access(os.path.join(checkout.repo, path), os.X_OK) else "100644"
+def _commit_on(checkout, base, paths, message, author):
+    """A commit on `base` whose only changes are the checkout's `paths`, each with its mode (a temporary index; the
+    real one is untouched)."""
+    blobs = checkout.out("hash-object", "-w", "--", *paths).splitlines()
+    entries = []
+    for path, blob in zip(paths, blobs):
+        mode = "100755" if os.access(os.path.join(checkout.repo, path), os.X_OK) else "100644"
+        entries += ["--cacheinfo", "%s,%s,%s" % (mode, blob, path)]
     with tempfile.TemporaryDirectory(prefix="runbooks-git-") as scratch:
         index = {"GIT_INDEX_FILE": os.path.join(scratch, "index")}
         checkout.run("read-tree", base, env=index)
-        checkout.run("update-index", "--add", "--cacheinfo", "%s,%s,%s" % (mode, blob, path), env=index)
+        checkout.run("update-index", "--add", *entries, env=index)
         tree = checkout.run("write-tree", env=index).stdout.strip()
     name, email = author
     identity = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email, "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
     return checkout.run("commit-tree", tree, "-p", base, "-m", message, env=identity).stdout.strip()
 
 
-def _fast_forward(checkout, commit, path):
-    """(updated, warning): move the checkout to `commit` when that is a fast-forward; the file already holds its content."""
+def _fast_forward(checkout, commit, paths):
+    """(updated, warning): move the checkout to `commit` when that is a fast-forward; the files already hold its content."""
     head = checkout.out("rev-parse", "HEAD")
     if head == commit:
         return False, None
     if not checkout.is_ancestor(head, commit):
         return False, "the checkout has commits the remote does not (HEAD %s): it was left as it is" % head[:12]
-    checkout.run("add", "--", path)  # staged equal to the target: the fast-forward then keeps it
+    checkout.run("add", "--", *paths)  # staged equal to the target: the fast-forward then keeps them
     merged = checkout.run("merge", "--quiet", "--ff-only", commit, check=False)
     if merged.returncode != 0:
         return False, "the checkout could not be fast-forwarded to %s: %s" % (commit[:12], merged.stderr.strip()[-300:])

@@ -10,13 +10,14 @@ version_added: 0.1.0
 description:
   - A rotation changes the encrypted secrets file in the host's checkout of the service repository. Until the
     repository of record has it, a re-deploy from the repository brings the old secrets back. This module commits
-    that one file on top of the remote branch and pushes it, without force, then fast-forwards the checkout so it is
-    clean for the next deploy.
-  - Only I(path) changes in the commit, whatever else is modified in the checkout; the checkout's index is not used.
-    A push that lost a race is rebuilt on the new remote head. If the remote's copy of I(path) changed since the
-    checkout's HEAD (someone else rotated or edited it), nothing is pushed and the module fails.
+    that file (with the files of I(extra_paths), in the same commit) on top of the remote branch and pushes it,
+    without force, then fast-forwards the checkout so it is clean for the next deploy.
+  - Only I(path) (and I(extra_paths)) change in the commit, whatever else is modified in the checkout; the checkout's
+    index is not used. A push that lost a race is rebuilt on the new remote head. If the remote's copy of I(path) or
+    of one of I(extra_paths) changed since the checkout's HEAD (someone else rotated or edited it), nothing is pushed
+    and the module fails.
   - Refuses a file that sops does not report as encrypted (C(sops filestatus)), so a clear secret is never pushed.
-  - Running it again when the remote already holds the file changes nothing.
+  - Running it again when the remote already holds the files changes nothing.
 extends_documentation_fragment:
   - runbooks.incident.attributes
 attributes:
@@ -35,6 +36,18 @@ options:
     description: The encrypted file, relative to I(repo).
     type: str
     default: ops/secrets/secrets.enc.yaml
+  extra_paths:
+    description:
+      - Other files of the checkout, relative to I(repo), committed in the same single commit as I(path) and pushed
+        with it; for example sops' C(.sops.yaml) after the age key changed, so the repository never holds the
+        re-encrypted file without the recipients it was encrypted to.
+      - Each must be a regular file in the checkout (not a symlink, no C(..), no leading C(/)); I(path) itself and
+        repeats are ignored. The remote counts as up to date only when it holds every file with the checkout's
+        content; the remote's copy of any of them changed since the checkout's HEAD fails the module.
+      - They are not checked with sops (a C(.sops.yaml) is not encrypted), so never list a clear secret here.
+    type: list
+    elements: str
+    default: []
   remote:
     description: The git remote to push to.
     type: str
@@ -84,11 +97,21 @@ EXAMPLES = r"""
     commit_message: Rotate the API key pepper
     ssh_key_file: /etc/runbooks-incident/deploy-key
     known_hosts_file: /etc/runbooks-incident/git-known-hosts
+
+- name: After the age key changed, push the re-encrypted secrets and sops' config naming the new recipient, in one commit
+  runbooks.incident.secrets_publish:
+    repo: /opt/whatsapp-mcp
+    extra_paths:
+      - ops/sops/.sops.yaml
+    change_id: INC-2026-0043
+    commit_message: Replace the sops age key
+    ssh_key_file: /etc/runbooks-incident/deploy-key
+    known_hosts_file: /etc/runbooks-incident/git-known-hosts
 """
 
 RETURN = r"""
 commit:
-  description: The remote branch's commit holding the file (the one pushed, or the one that already had it).
+  description: The remote branch's commit holding the files (the one pushed, or the one that already had them).
   returned: success
   type: str
   sample: 3f6c1a0e8d7b2c4a5f9e1d0c8b7a6f5e4d3c2b1a
@@ -100,6 +123,17 @@ checkout_updated:
   description: Whether the checkout was fast-forwarded to that commit.
   returned: success
   type: bool
+path:
+  description: The encrypted file, relative to I(repo).
+  returned: success
+  type: str
+  sample: ops/secrets/secrets.enc.yaml
+paths:
+  description: Every file published, relative to I(repo); I(path) first, then I(extra_paths) without repeats.
+  returned: success
+  type: list
+  elements: str
+  sample: [ops/secrets/secrets.enc.yaml, ops/sops/.sops.yaml]
 branch:
   description: The remote branch.
   returned: success
@@ -137,6 +171,7 @@ def main():
         argument_spec=dict(
             repo=dict(type="path", default="/opt/whatsapp-mcp"),
             path=dict(type="str", default="ops/secrets/secrets.enc.yaml"),
+            extra_paths=dict(type="list", elements="str", default=[]),
             remote=dict(type="str", default="origin"),
             branch=dict(type="str"),
             change_id=dict(type="str", required=True),
@@ -158,11 +193,12 @@ def main():
         if not params[name].strip() or (name != "commit_message" and "\n" in params[name]):
             module.fail_json(msg="%s %r is not usable in a commit; nothing was pushed" % (name, params[name]))
     try:
-        _git.check_relative(params["path"])
+        for path in [params["path"]] + params["extra_paths"]:
+            _git.check_relative(path)
         require_encrypted(params["sops_binary"], os.path.join(params["repo"], params["path"]))
         result = _git.publish(params["repo"], params["path"], params["change_id"], params["commit_message"], remote=params["remote"],
                               branch=params["branch"], author=(params["author_name"], params["author_email"]),
-                              check_mode=module.check_mode, ssh_key_file=params["ssh_key_file"],
+                              check_mode=module.check_mode, extra_paths=params["extra_paths"], ssh_key_file=params["ssh_key_file"],
                               known_hosts_file=params["known_hosts_file"], accept_new_host_key=params["accept_new_host_key"])
     except (_git.GitError, OSError) as exc:
         module.fail_json(msg="the secrets file was not published: %s" % exc)

@@ -166,6 +166,117 @@ def test_a_symlinked_secrets_file_is_refused(service: Service, run_module, tmp_p
     assert failed.get("failed") and "not a regular file" in failed["msg"], failed
 
 
+SOPS_CONFIG = "ops/sops/.sops.yaml"
+
+
+def sops_config(recipient: str) -> str:
+    return "creation_rules:\n  - path_regex: ops/secrets/.*\\.enc\\.yaml$\n    age: %s\n" % recipient
+
+
+def new_recipient(tmp_path: Path) -> str:
+    key = tmp_path / "new-age.key"
+    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
+    return subprocess.run(["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def track_sops_config(service: Service) -> None:
+    """sops' config in the repository of record and in the host's checkout (the developer pushed it)."""
+    config = service.developer / SOPS_CONFIG
+    config.parent.mkdir(parents=True)
+    config.write_text(sops_config("age1" + "q" * 58))
+    git(service.developer, "add", SOPS_CONFIG)
+    git(service.developer, "commit", "-qm", "sops config")
+    git(service.developer, "push", "-q", "origin", "main")
+    git(service.checkout, "pull", "-q", "--ff-only")
+
+
+def remote_head_commit(service: Service) -> str:
+    return git(service.remote, "rev-parse", "main")
+
+
+@pytest.mark.parametrize("tracked", [True, False], ids=["tracked-config", "new-config"])
+def test_extra_paths_go_in_the_same_single_commit(service: Service, run_module, tmp_path: Path, tracked: bool) -> None:
+    if tracked:
+        track_sops_config(service)
+    before = remote_head_commit(service)
+    service.rotate("api_key_pepper", "k" * 64)
+    config = service.checkout / SOPS_CONFIG
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(sops_config(new_recipient(tmp_path)))
+    params = service.params(extra_paths=[SOPS_CONFIG, SECRETS, SOPS_CONFIG])
+
+    done = run_module("secrets_publish", params)
+    assert done["changed"] and done["pushed"] and done["checkout_updated"], done
+    assert done["path"] == SECRETS and done["paths"] == [SECRETS, SOPS_CONFIG]
+    assert SECRETS in done["msg"] and SOPS_CONFIG in done["msg"]
+    assert service.remote_file() == (service.checkout / SECRETS).read_bytes()
+    assert service.remote_file(SOPS_CONFIG) == config.read_bytes()
+    assert git(service.remote, "rev-parse", "main~1") == before and remote_head_commit(service) == done["commit"]
+    changed = git(service.remote, "show", "--name-only", "--format=", "main").split()
+    assert sorted(changed) == sorted([SECRETS, SOPS_CONFIG])
+    assert git(service.checkout, "status", "--porcelain") == ""
+    assert git(service.checkout, "rev-parse", "HEAD") == done["commit"]
+
+    dry = run_module("secrets_publish", params, check_mode=True)
+    assert not dry["changed"] and "already in" in dry["msg"], dry
+    again = run_module("secrets_publish", params)
+    assert not again["changed"] and not again["pushed"] and again["commit"] == done["commit"], again
+
+
+def test_check_mode_sees_a_changed_extra_file_alone_and_changes_nothing(service: Service, run_module, tmp_path: Path) -> None:
+    track_sops_config(service)
+    before = remote_head_commit(service)
+    config = service.checkout / SOPS_CONFIG
+    config.write_text(sops_config(new_recipient(tmp_path)))
+    # The secrets file is the remote's: without extra_paths there is nothing to push.
+    assert not run_module("secrets_publish", service.params(), check_mode=True)["changed"]
+
+    dry = run_module("secrets_publish", service.params(extra_paths=[SOPS_CONFIG]), check_mode=True)
+    assert dry["changed"] and not dry["pushed"] and "would be pushed" in dry["msg"], dry
+    assert dry["paths"] == [SECRETS, SOPS_CONFIG] and dry["commit"] == before
+    assert remote_head_commit(service) == before and git(service.checkout, "rev-parse", "HEAD") == before
+    assert git(service.checkout, "status", "--porcelain").split() == ["M", SOPS_CONFIG]  # modified, not staged or committed
+
+
+def test_an_extra_file_the_remote_changed_too_is_refused_with_nothing_pushed(service: Service, run_module, tmp_path: Path) -> None:
+    track_sops_config(service)
+    (service.developer / SOPS_CONFIG).write_text(sops_config("age1" + "z" * 58))
+    git(service.developer, "commit", "-qam", "sops config, edited by hand")
+    git(service.developer, "push", "-q", "origin", "main")
+    before, theirs, secrets = remote_head_commit(service), service.remote_file(SOPS_CONFIG), service.remote_file()
+    service.rotate("api_key_pepper", "l" * 64)
+    (service.checkout / SOPS_CONFIG).write_text(sops_config(new_recipient(tmp_path)))
+
+    failed = run_module("secrets_publish", service.params(extra_paths=[SOPS_CONFIG]))
+    assert failed.get("failed") and "changed since this checkout" in failed["msg"] and SOPS_CONFIG in failed["msg"], failed
+    assert remote_head_commit(service) == before
+    assert service.remote_file(SOPS_CONFIG) == theirs and service.remote_file() == secrets
+
+
+@pytest.mark.parametrize("extra, words", [
+    ("../outside.yaml", "relative path inside the checkout"),
+    ("ops/../../outside.yaml", "relative path inside the checkout"),
+    ("/etc/passwd", "relative path inside the checkout"),
+    ("symlink", "not a regular file"),
+    ("ops/secrets", "not a regular file"),
+    ("ops/sops/missing.yaml", "not a regular file"),
+])
+def test_hostile_extra_paths_are_refused_with_nothing_pushed(service: Service, run_module, tmp_path: Path, extra: str,
+                                                             words: str) -> None:
+    (tmp_path / "outside.yaml").write_text(sops_config("age1" + "x" * 58))
+    if extra == "symlink":
+        extra = SOPS_CONFIG
+        (service.checkout / SOPS_CONFIG).parent.mkdir(parents=True)
+        (service.checkout / SOPS_CONFIG).symlink_to(tmp_path / "outside.yaml")
+    service.rotate("api_key_pepper", "m" * 64)
+    before = remote_head_commit(service)
+    for check_mode in (True, False):
+        failed = run_module("secrets_publish", service.params(extra_paths=[extra]), check_mode=check_mode)
+        assert failed.get("failed") and words in failed["msg"], failed
+    assert remote_head_commit(service) == before
+    assert git(service.checkout, "rev-parse", "HEAD") == before
+
+
 def publish_role(**variables) -> list:
     return [{"name": "publish", "ansible.builtin.include_role": {"name": "runbooks.incident.secrets_publish"},
              "vars": dict(secrets_publish_change_id="INC-2026-0042", **variables)}]
