@@ -1,6 +1,7 @@
 # Copyright: contributors to runbooks.incident
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Read and change top-level keys of a sops-encrypted file without a clear value in argv or on disk. PRIVATE.
+"""Read and change top-level keys of a sops-encrypted file without a clear value in argv or on disk, and change the
+age recipients it is encrypted to (`sops rotate`: a new data key). PRIVATE.
 
 Values go to `sops set --value-stdin` on stdin and come back from `sops --decrypt` on a pipe. The age identity is
 passed in the environment (SOPS_AGE_KEY_FILE). A change is made on an encrypted copy, under the file's own name
@@ -24,6 +25,8 @@ import subprocess
 from ansible_collections.runbooks.incident.plugins.module_utils import _faults, _fileio
 
 WORK_SUFFIX = ".sops-partial"
+# `recipient: age1...` (YAML), `"recipient": "age1..."` (JSON), `sops_age__list_0__map_recipient=age1...` (dotenv, INI).
+AGE_RECIPIENT = re.compile(rb"recipient[\"']?[ \t]*[:=][ \t]*[\"']?(age1[02-9ac-hj-np-z]{58})")
 
 
 class SopsError(Exception):
@@ -111,6 +114,60 @@ class Sops:
         wanted = {key: value for key, value in changes.items() if current.get(key) != value and not (value is None and key not in current)}
         if not wanted:
             return []
+        expected = {key: value for key, value in dict(current, **wanted).items() if value is not None}
+
+        def change(copy, work_fd):
+            for key, value in sorted(wanted.items()):
+                index = '["%s"]' % key.replace("\\", "\\\\").replace('"', '\\"')
+                if value is None:
+                    self._run(["unset", copy, index], pass_fds=(work_fd,))
+                else:
+                    self._run(["set", "--value-stdin", copy, index], stdin=json.dumps(value).encode(), pass_fds=(work_fd,))
+            if self._document(copy, work_fd) != expected:
+                raise SopsError("the re-encrypted copy of %s does not hold what was set; the file was left as it was" % self.path)
+
+        self._replace_with_changed_copy(change)
+        return sorted(wanted)
+
+    def age_recipients(self):
+        """The age recipients the file is encrypted to (read from its sops metadata; nothing is decrypted)."""
+        with open(_fileio.open_file(os.path.abspath(self.path)), "rb") as reader:
+            return recipients_in(reader.read())
+
+    def rekey(self, recipients):
+        """Encrypt the file to exactly the age `recipients` (other kinds of keys kept) with a new data key, atomically:
+        `sops rotate` on a private copy, which must then list exactly those recipients and decrypt to the same document.
+        Returns (added, removed); nothing is written when the recipients are already those."""
+        self.remove_leftovers()
+        wanted = sorted(set(recipients))
+        current = self.age_recipients()
+        added = [key for key in wanted if key not in current]
+        removed = [key for key in current if key not in wanted]
+        if not added and not removed:
+            return [], []
+        document = self.decrypt()
+
+        def change(copy, work_fd):
+            argv = ["rotate", "--in-place"]
+            if added:
+                argv += ["--add-age", ",".join(added)]
+            if removed:
+                argv += ["--rm-age", ",".join(removed)]
+            self._run(argv + [copy], pass_fds=(work_fd,))
+            fd = os.open(os.path.basename(copy), os.O_RDONLY | _fileio.O_NOFOLLOW | _fileio.O_CLOEXEC, dir_fd=work_fd)
+            with open(fd, "rb") as reader:
+                now = recipients_in(reader.read())
+            if now != wanted:
+                raise SopsError("the rotated copy of %s is encrypted to other age recipients than asked; the file was left as it was" % self.path)
+            if self._document(copy, work_fd) != document:
+                raise SopsError("the rotated copy of %s does not decrypt to the same secrets; the file was left as it was" % self.path)
+
+        self._replace_with_changed_copy(change)
+        return added, removed
+
+    def _replace_with_changed_copy(self, change):
+        """Copy the file into a private work directory beside it, let change(copy_path, work_fd) change and verify the
+        copy (raising SopsError leaves the file as it was), give it the file's owner and mode, and rename it over."""
         path = os.path.abspath(self.path)
         with _fileio.parent_dir(path) as (dir_fd, name):
             work = ".%s.%s%s" % (name, secrets.token_hex(4), WORK_SUFFIX)
@@ -118,18 +175,8 @@ class Sops:
             work_fd = os.open(work, _fileio.DIR_FLAGS, dir_fd=dir_fd)
             try:
                 info = _copy(path, work_fd, name)
-                copy = "/dev/fd/%d/%s" % (work_fd, name)
-                for key, value in sorted(wanted.items()):
-                    index = '["%s"]' % key.replace("\\", "\\\\").replace('"', '\\"')
-                    if value is None:
-                        self._run(["unset", copy, index], pass_fds=(work_fd,))
-                    else:
-                        self._run(["set", "--value-stdin", copy, index], stdin=json.dumps(value).encode(), pass_fds=(work_fd,))
+                change("/dev/fd/%d/%s" % (work_fd, name), work_fd)
                 _faults.checkpoint("sops_copy_changed")
-                result = self._document(copy, work_fd)
-                expected = {key: value for key, value in dict(current, **wanted).items() if value is not None}
-                if result != expected:
-                    raise SopsError("the re-encrypted copy of %s does not hold what was set; the file was left as it was" % self.path)
                 fd = os.open(name, os.O_RDONLY | _fileio.O_NOFOLLOW | _fileio.O_CLOEXEC, dir_fd=work_fd)
                 try:
                     os.fchown(fd, info.st_uid, info.st_gid)
@@ -146,7 +193,12 @@ class Sops:
                 with contextlib.suppress(OSError):
                     os.rmdir(work, dir_fd=dir_fd)
         _fileio.fsync_dir(os.path.dirname(path))
-        return sorted(wanted)
+
+
+def recipients_in(encrypted):
+    """The sorted age recipients named in the sops metadata of an encrypted file's bytes (YAML, JSON, dotenv or INI:
+    encrypted values are ENC[...] strings, so only the metadata holds `recipient` with an age public key)."""
+    return sorted(set(m.decode() for m in AGE_RECIPIENT.findall(encrypted)))
 
 
 def _copy(path, work_fd, name):
