@@ -13,7 +13,7 @@ description:
     C(whatsapp_mcp_data_dir) moves the backups, the media and the audit archive; setting C(whatsapp_mcp_service)
     renames the directories, the user, the group and the units.
   - "The names: C(service), C(project_dir), C(config_dir), C(data_dir), C(backup_dir), C(media_dir),
-    C(audit_archive_dir), C(releases_dir), C(secrets_dir), C(secrets_file) (relative to C(project_dir), or absolute), C(age_key_file),
+    C(audit_archive_dir), C(releases_dir), C(secrets_dir), C(secrets_file) (relative to C(project_dir), or absolute), C(sops_config), C(age_key_file),
     C(tls_dir), C(acme_webroot), C(user), C(secrets_group), C(service_unit), C(secrets_unit), C(domain), C(health_url), C(app_service),
     C(db_service), C(db), C(db_user); and C(sops_file), the secrets file's absolute path, derived."
   - A value that is not what its name needs (a relative path, a name with a slash, a URL that is not http or https)

@@ -29,6 +29,7 @@ LAYOUT = {
     "secrets_dir": ("/run/secrets", "path", "where the secrets are decrypted at boot (a tmpfs)"),
     "secrets_file": ("ops/secrets/secrets.enc.yaml", "relpath", "the sops-encrypted secrets, relative to project_dir or absolute"),
     "sops_file": ("{project_dir}/{secrets_file}", "path", "the secrets file's absolute path (derived from secrets_file)"),
+    "sops_config": ("{project_dir}/ops/sops/.sops.yaml", "path", "sops' rules: the age recipients new secrets files are encrypted to"),
     "age_key_file": ("{config_dir}/age.key", "path", "the age private key the secrets and backups are encrypted to"),
     "tls_dir": ("{config_dir}/tls", "path", "the certificate and key nginx serves"),
     "acme_webroot": ("/var/www/certbot", "path", "the directory nginx serves /.well-known/acme-challenge/ from"),
