@@ -37,6 +37,10 @@ SELECT jsonb_build_object(
   'stats_reset', (SELECT stats_reset FROM pg_stat_database WHERE datname = current_database()),
   'server_started', pg_postmaster_start_time(),
   'read_all_stats', pg_has_role('pg_read_all_stats', 'USAGE'),
+  'version', current_setting('server_version_num')::int,
+  'autovacuum', current_setting('autovacuum') = 'on',
+  'max_wal_size_mb', (SELECT setting::bigint FROM pg_settings WHERE name = 'max_wal_size'),
+  'checkpoint_timeout', current_setting('checkpoint_timeout'),
   'statements', (
     SELECT jsonb_build_object('schema', n.nspname, 'version', e.extversion,
                               'preload', (SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries'),
@@ -48,6 +52,8 @@ SELECT jsonb_build_object(
     SELECT jsonb_agg(jsonb_build_object(
         'schema', s.schemaname, 'name', s.relname, 'seq_scan', s.seq_scan, 'seq_tup_read', s.seq_tup_read,
         'idx_scan', s.idx_scan, 'idx_tup_fetch', s.idx_tup_fetch, 'n_live_tup', s.n_live_tup,
+        'n_dead_tup', s.n_dead_tup, 'last_vacuum', s.last_vacuum, 'last_autovacuum', s.last_autovacuum,
+        'autovacuum_enabled', NOT coalesce('autovacuum_enabled=false' = ANY(c.reloptions), false),
         'size_bytes', CASE WHEN NOT {table_locked} THEN pg_table_size(s.relid) END,
         'last_analyze', s.last_analyze, 'last_autoanalyze', s.last_autoanalyze)
       ORDER BY s.seq_tup_read DESC, s.schemaname, s.relname)
@@ -73,6 +79,17 @@ SELECT jsonb_build_object(
            index_locked=LOCKED_SQL.format(oids="c.oid, x.indrelid"), user_schema=USER_SCHEMA_SQL)
 
 
+# Checkpoints since the counters were reset: pg_stat_checkpointer from PostgreSQL 17, pg_stat_bgwriter before.
+CHECKPOINTS_SQL = {
+    170000: "SELECT jsonb_build_object('timed', num_timed, 'requested', num_requested, 'since', stats_reset) FROM pg_stat_checkpointer",
+    0: "SELECT jsonb_build_object('timed', checkpoints_timed, 'requested', checkpoints_req, 'since', stats_reset) FROM pg_stat_bgwriter",
+}
+# Fewer checkpoints than this since the reset say nothing about why they happen.
+MIN_CHECKPOINTS = 10
+# Fewer dead rows than this are never worth a VACUUM of their own.
+MIN_DEAD_ROWS = 1000
+
+
 class StatsError(Exception):
     """A refused input: the message says what, and nothing was read."""
 
@@ -93,6 +110,9 @@ def check_params(params):
     ratio = params["seq_scan_ratio"]
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
         raise StatsError("seq_scan_ratio is %r: a share of the scans, 0 or more and less than 1 (0.5: half)" % (ratio,))
+    dead = params["dead_row_ratio"]
+    if isinstance(dead, bool) or not isinstance(dead, (int, float)) or not 0 < dead < 1:
+        raise StatsError("dead_row_ratio is %r: a share of a table's rows, more than 0 and less than 1 (0.2: a fifth)" % (dead,))
     incident_id = params.get("incident_id")
     if incident_id is not None and not _run_lock.INCIDENT_ID.match(incident_id):
         raise StatsError("incident_id %r is not valid (letters, digits and ._:-, at most 64)" % (incident_id,))
@@ -216,6 +236,43 @@ def findings(tables, unused, invalid, params, statements_available):
     return found
 
 
+def checkpoints(runtime, db, version):
+    """{timed, requested, since}: the server's checkpoints since its counters were reset."""
+    return _pg_info.answer(runtime, db, CHECKPOINTS_SQL[170000 if version >= 170000 else 0])
+
+
+def maintenance_findings(tables, server, params):
+    """What VACUUM and the checkpoints say: autovacuum off, tables of at least min_rows rows with more than
+    dead_row_ratio of them dead, checkpoints mostly requested (WAL reached max_wal_size before checkpoint_timeout)."""
+    found = []
+    if not server["autovacuum"]:
+        found.append(_finding("high", "autovacuum is off on the server",
+                              "dead rows are never removed and the tables only grow, statistics go stale and transaction ids "
+                              "wrap around in the end: turn it on (ALTER SYSTEM SET autovacuum = on; SELECT pg_reload_conf())", None))
+    for table in tables:
+        live, dead = table["n_live_tup"] or 0, table["n_dead_tup"] or 0
+        if live + dead < params["min_rows"] or dead < MIN_DEAD_ROWS or dead <= params["dead_row_ratio"] * (live + dead):
+            continue
+        last = max((stamp for stamp in (table["last_vacuum"], table["last_autovacuum"]) if stamp), default=None)
+        why = ("autovacuum is disabled for this table (autovacuum_enabled = false)" if not table["autovacuum_enabled"]
+               else "autovacuum is off on the server" if not server["autovacuum"] else "autovacuum has not kept up")
+        found.append(_finding("warning", "table %s has %d dead rows (%.0f%% of its rows)" % (table["table"], dead, 100.0 * dead / (live + dead)),
+                              "last vacuumed %s; %s. Scans read the dead rows too: run VACUUM (ANALYZE) %s (it neither blocks reads "
+                              "nor writes; VACUUM FULL would, and needs room for a copy). A long or idle transaction keeps "
+                              "VACUUM from removing rows it may still see: end it first (the sessions above)"
+                              % (last or "never", why, _pg.qualified(table["table"])), table["table"]))
+    ckpt = server["checkpoints"]
+    timed, requested = ckpt["timed"] or 0, ckpt["requested"] or 0
+    if timed + requested >= MIN_CHECKPOINTS and requested > timed:
+        found.append(_finding("warning", "checkpoints are mostly requested (%d of %d since %s)" % (
+            requested, timed + requested, ckpt["since"] or "the server started"),
+            "WAL reaches max_wal_size (%d MB) before checkpoint_timeout (%s) ends, so each checkpoint is a burst of writes "
+            "that slows every query: raise it, e.g. ALTER SYSTEM SET max_wal_size = '%dMB'; SELECT pg_reload_conf() (the "
+            "WAL disk must hold it; CHECKPOINT commands and base backups count here too)"
+            % (server["max_wal_size_mb"], server["checkpoint_timeout"], 2 * server["max_wal_size_mb"]), None))
+    return found
+
+
 def _definition(index):
     return index["definition"] or "definition not read (an ACCESS EXCLUSIVE lock is held or awaited on its table)"
 
@@ -246,13 +303,16 @@ def run(runtime, params, warn=None):
     unused = [index for index in found["indexes"] if index["valid"] and index["idx_scan"] == 0 and not index["unique"]
               and not index["primary"] and index["constraint"] is None]
     available, reason, rows = statements(runtime, db, found, top, query_chars)
+    server = dict(autovacuum=found["autovacuum"], max_wal_size_mb=found["max_wal_size_mb"], checkpoint_timeout=found["checkpoint_timeout"],
+                  checkpoints=checkpoints(runtime, db, found["version"]))
     if available and not found["read_all_stats"]:
         (warn or (lambda _msg: None))("login_user %s lacks pg_read_all_stats: the statements of other roles show no text" % found["login_user"])
     result = dict(changed=False, db=db, stats_reset=found["stats_reset"], server_started=found["server_started"],
                   tables=tables[:top], unused_indexes=[_index_item(index) for index in sorted(unused, key=lambda item: -(item["size_bytes"] or 0))],
                   invalid_indexes=[_index_item(index, "ready", "building_pid") for index in invalid],
-                  statements_available=available, statements=rows,
-                  findings=findings(tables, unused, invalid, params, available))
+                  statements_available=available, statements=rows, server=server,
+                  findings=sorted(findings(tables, unused, invalid, params, available) + maintenance_findings(tables, server, params),
+                                  key=lambda item: SEVERITIES.index(item["severity"])))
     if reason is not None:
         result["statements_reason"] = reason
     if params.get("incident_id") is not None:

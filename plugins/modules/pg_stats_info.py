@@ -5,13 +5,14 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: pg_stats_info
-short_description: Why a database is slow - sequential scans of big tables, unused and INVALID indexes, the top statements
+short_description: Why a database is slow - sequential scans, dead rows, checkpoints, unused and INVALID indexes, the top statements
 version_added: 0.1.0
 description:
   - Reads the statistics of I(db) for the degraded-database incident (C(db_degraded.yml)) and says what is worth a
     look in RV(findings) - a big table read mostly by sequential scans (an index may be missing), an INVALID index
-    (the leftover of a failed or cancelled C(CREATE INDEX CONCURRENTLY)), a big table never analyzed, and indexes
-    never scanned.
+    (the leftover of a failed or cancelled C(CREATE INDEX CONCURRENTLY)), a big table never analyzed, indexes never
+    scanned, a big table with many dead rows (C(VACUUM)), autovacuum turned off, and checkpoints that WAL forces
+    before their time (C(max_wal_size)).
   - The tables are those of C(pg_stat_user_tables) (ordinary tables and materialized views), by rows read by
     sequential scans; the counters cover the time since RV(stats_reset) (or since the statistics began, when it is
     null). A table with fewer than I(min_rows) live rows is never a finding.
@@ -47,6 +48,12 @@ options:
         at least I(min_rows) rows is a finding. 0 or more, less than 1.
     type: float
     default: 0.5
+  dead_row_ratio:
+    description:
+      - The share of a table's rows that are dead (C(n_dead_tup / (n_live_tup + n_dead_tup))) above which a table of at
+        least I(min_rows) rows and 1000 dead rows is a finding (run C(VACUUM)). More than 0, less than 1.
+    type: float
+    default: 0.2
   top:
     description: The most tables in RV(tables), and statements in RV(statements) (1 to 1000).
     type: int
@@ -159,6 +166,14 @@ invalid_indexes:
   sample:
     - {schema: public, table: messages, index: messages_sender_idx, size_bytes: 8192, ready: true, building_pid: null,
        definition: "CREATE UNIQUE INDEX messages_sender_idx ON public.messages USING btree (sender)"}
+server:
+  description:
+    - What the server's maintenance looks like - C(autovacuum) (on or off), C(max_wal_size_mb), C(checkpoint_timeout),
+      and C(checkpoints) (C(timed), C(requested), C(since) the counters were reset; from C(pg_stat_checkpointer) on
+      PostgreSQL 17 and later, C(pg_stat_bgwriter) before).
+  returned: success
+  type: dict
+  sample: {autovacuum: true, max_wal_size_mb: 1024, checkpoint_timeout: 5min, checkpoints: {timed: 40, requested: 310, since: null}}
 statements_available:
   description: Whether pg_stat_statements could be read in I(db).
   returned: success
@@ -189,8 +204,10 @@ findings:
     - C(high) a table of at least I(min_rows) rows read by sequential scans in more than I(seq_scan_ratio) of its
       scans (an index may be missing; which columns, the statements that read it tell). C(warning) an INVALID
       index (drop it with M(runbooks.incident.pg_index) I(state=absent), or build it again), a table of at least
-      I(min_rows) rows never analyzed (run C(ANALYZE)). C(info) an index never scanned on such a table, an INVALID
-      index being built right now.
+      I(min_rows) rows never analyzed (run C(ANALYZE)), a table of at least I(min_rows) rows with more than
+      I(dead_row_ratio) of them dead (run C(VACUUM (ANALYZE)); why autovacuum did not), checkpoints mostly requested
+      rather than timed, at least 10 of them (raise C(max_wal_size); C(table) is null). C(high) also autovacuum off
+      on the server. C(info) an index never scanned on such a table, an INVALID index being built right now.
   returned: success
   type: list
   elements: dict
@@ -215,6 +232,7 @@ def main():
         db=dict(type="str", default="wa_mcp"),
         min_rows=dict(type="int", default=10000),
         seq_scan_ratio=dict(type="float", default=0.5),
+        dead_row_ratio=dict(type="float", default=0.2),
         top=dict(type="int", default=10),
         query_chars=dict(type="int", default=80),
         incident_id=dict(type="str"),

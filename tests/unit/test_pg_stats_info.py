@@ -74,10 +74,10 @@ def big_scanned(result):
 @pytest.mark.parametrize("change, message", [
     (dict(seq_scan_ratio=1.5), "seq_scan_ratio"), (dict(seq_scan_ratio=True), "seq_scan_ratio"), (dict(top=0), "top"),
     (dict(min_rows=-1), "min_rows"), (dict(query_chars=10001), "query_chars"), (dict(incident_id="a b"), "incident_id"),
-    (dict(db="x;y"), "database name"),
+    (dict(db="x;y"), "database name"), (dict(dead_row_ratio=0), "dead_row_ratio"), (dict(dead_row_ratio=1), "dead_row_ratio"),
 ])
 def test_options_refused(change, message):
-    params = dict(db="wa_mcp", min_rows=10000, seq_scan_ratio=0.5, top=10, query_chars=80, incident_id=None)
+    params = dict(db="wa_mcp", min_rows=10000, seq_scan_ratio=0.5, dead_row_ratio=0.2, top=10, query_chars=80, incident_id=None)
     params.update(change)
     with pytest.raises(Exception, match=message):
         _pg_stats.check_params(params)
@@ -135,6 +135,49 @@ def test_tables_indexes_and_findings(pg_server, request, run_module):
     assert [item for item in bigger["findings"] if item.get("index") == "dup_k_key"]
     top = run_module("pg_stats_info", dict(params, top=1), check_mode=True)
     assert [table["name"] for table in top["tables"]] == ["big"] and top["changed"] is False
+
+
+def test_dead_rows_call_for_a_vacuum_until_it_runs(pg_server, request, run_module):
+    """big has autovacuum disabled (seed): rows deleted stay dead until a VACUUM, and the finding says why."""
+    db = database(pg_server, request)
+    params = conn_of(pg_server, db)
+    sql(pg_server, db, "DELETE FROM big WHERE id % 5 < 2")  # 8000 of 20000 rows: 40% dead
+    result = settled(run_module, params, lambda found: by_name(found["tables"])["big"]["n_dead_tup"] >= 8000, "the dead rows counted")
+    dead = [item for item in result["findings"] if item["table"] == "big" and "dead rows" in item["title"]]
+    assert len(dead) == 1 and dead[0]["severity"] == "warning" and "(40% of its rows)" in dead[0]["title"], dead
+    assert "autovacuum is disabled for this table" in dead[0]["detail"] and 'VACUUM (ANALYZE) "public"."big"' in dead[0]["detail"]
+    assert "last vacuumed never" in dead[0]["detail"]
+    assert by_name(result["tables"])["big"]["autovacuum_enabled"] is False and by_name(result["tables"])["small"]["autovacuum_enabled"]
+    # A higher ratio or a higher min_rows: no finding; a VACUUM: no finding either.
+    assert not [item for item in run_module("pg_stats_info", dict(params, dead_row_ratio=0.5))["findings"] if "dead rows" in item["title"]]
+    assert not [item for item in run_module("pg_stats_info", dict(params, min_rows=ROWS + 1))["findings"] if "dead rows" in item["title"]]
+    sql(pg_server, db, "VACUUM big")
+    vacuumed = settled(run_module, params, lambda found: by_name(found["tables"])["big"]["n_dead_tup"] == 0, "the vacuum counted")
+    assert not [item for item in vacuumed["findings"] if "dead rows" in item["title"]]
+    assert by_name(vacuumed["tables"])["big"]["last_vacuum"]
+
+
+def test_requested_checkpoints_and_autovacuum_off_are_findings_of_the_server(run_module):
+    """A cluster of the test's own with autovacuum off, where CHECKPOINT commands outnumber the timed checkpoints."""
+    cluster = OwnCluster("pg-ckpt-", settings=("autovacuum=off", "max_wal_size=256MB"))
+    try:
+        cluster.start()
+        server = cluster.server
+        params = conn_of(server, "postgres")
+        quiet = run_module("pg_stats_info", params)
+        assert quiet["server"]["autovacuum"] is False and quiet["server"]["max_wal_size_mb"] == 256
+        assert quiet["server"]["checkpoints"]["requested"] < _pg_stats.MIN_CHECKPOINTS
+        assert not [item for item in quiet["findings"] if "checkpoints" in item["title"]]  # too few to say anything
+        off = [item for item in quiet["findings"] if item["title"] == "autovacuum is off on the server"]
+        assert len(off) == 1 and off[0]["severity"] == "high" and off[0]["table"] is None
+        assert quiet["findings"][0] is not None and quiet["findings"][0]["severity"] == "high"
+        sql(server, "postgres", *(["CHECKPOINT"] * 12))
+        busy = settled(run_module, params, lambda found: found["server"]["checkpoints"]["requested"] >= 12, "the checkpoints counted")
+        ckpt = [item for item in busy["findings"] if item["title"].startswith("checkpoints are mostly requested")]
+        assert len(ckpt) == 1 and ckpt[0]["severity"] == "warning" and ckpt[0]["table"] is None, busy["findings"]
+        assert "max_wal_size (256 MB)" in ckpt[0]["detail"] and "max_wal_size = '512MB'" in ckpt[0]["detail"]
+    finally:
+        cluster.remove()
 
 
 def test_a_locked_table_is_read_around_never_waited_for(pg_server, request, run_module):
