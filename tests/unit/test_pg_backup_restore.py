@@ -251,6 +251,22 @@ def test_restore_four_runs(db, run_module, dumps, conn):
     assert not again["changed"] and again["previous_db"] == done["previous_db"]
 
 
+def test_a_database_made_read_only_for_a_corruption_is_replaced_by_a_writable_restore(db, run_module, dumps, conn):
+    """db_corruption.yml leaves the live database read-only (default_transaction_read_only, pg_read_only) and hands
+    over to the restore: the restore must work from it, and the database put live must take writes again, while
+    the damaged one is kept read-only as evidence."""
+    db.create("corrupt", "large_template")
+    db.psql("corrupt", "ALTER DATABASE corrupt SET default_transaction_read_only = on")
+    with pytest.raises(AssertionError, match="read-only transaction"):
+        db.psql("corrupt", "CREATE TABLE refused (x int)")
+    done = run_module("pg_restore", restore_params(dumps["plain"], "corrupt", conn))
+    assert done["changed"] and done["verified"], done.get("msg")
+    assert db.counts("corrupt") == db.counts("small_template")
+    db.psql("corrupt", "CREATE TABLE written_after_the_restore (x int)")
+    with pytest.raises(AssertionError, match="read-only transaction"):  # the damaged one is kept as it was: evidence
+        db.psql(done["previous_db"], "CREATE TABLE refused (x int)")
+
+
 @pytest.mark.parametrize("fmt", ["custom", "directory"])
 def test_restore_archive_formats(db, run_module, dumps, conn, fmt):
     db.create("arch_" + fmt, "large_template")
