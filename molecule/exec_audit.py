@@ -129,7 +129,8 @@ class ExecAudit:
 
     def __init__(self) -> None:
         self.key = f"{KEY_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        self.rules = [["-F", f"arch={arch}", "-S", "execve", "-k", self.key] for arch in ("b64", "b32")]
+        # execveat too: fexecve() (systemd 255 starts services with it) is an execveat.
+        self.rules = [["-F", f"arch={arch}", "-S", "execve", "-S", "execveat", "-k", self.key] for arch in ("b64", "b32")]
         self.lost = self.offset = self.inode = 0
         self.log = ""
 
@@ -152,16 +153,19 @@ class ExecAudit:
         lost = _lost() - self.lost
         if lost:
             raise RuntimeError(f"the kernel lost {lost} audit record(s) while execs were captured: an exec may be missing")
-        # The last records may still be on their way to the log: read until two reads agree.
-        raw = None
-        for _attempt in range(50):
+        # auditd writes the records in the order the kernel sent them: once the removals of this capture's rules are in
+        # the log, so is every exec they recorded.
+        removed = f'op=remove_rule key="{self.key}"'
+        deadline = time.monotonic() + 60
+        while True:
             if os.stat(self.log).st_ino != self.inode:
                 raise RuntimeError(f"{self.log} was rotated while execs were captured: some may be missing")
             with open(self.log, "rb") as handle:
                 handle.seek(self.offset)
-                text = handle.read().decode(errors="replace")
-            if text == raw:
+                raw = handle.read().decode(errors="replace")
+            if raw.count(removed) >= len(self.rules):
                 break
-            raw = text
-            time.sleep(0.2)
-        return parse(raw or "")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the removal of the capture's audit rules did not reach {self.log} in 60 s: execs may be missing")
+            time.sleep(0.1)
+        return parse(raw)

@@ -362,6 +362,9 @@ def test_a_key_that_did_not_change_fails_and_nothing_is_revoked(host):
 def test_the_key_compromise_playbook_reissues_with_a_new_key_and_revokes_once(host):
     """key_compromise.yml -e steps=tls: the certificates role with a new key and a keyCompromise revocation."""
     before = served()
+    rc, out = playbook("key_compromise.yml", "incident_id=MOLECULE-KC-TLS", "steps=tls", check=True)  # hosts compared around it
+    assert rc == 0 and "Would renew with a new key" in out, out
+    assert served().serial_number == before.serial_number and ca_status(before.serial_number)["Status"] == "Valid"
     rc, out = playbook("key_compromise.yml", "incident_id=MOLECULE-KC-TLS", "steps=tls")
     assert rc != 0 and "re-issue the TLS certificate with a new key" in out and served().serial_number == before.serial_number
     rc, out = playbook("key_compromise.yml", "incident_id=MOLECULE-KC-TLS", "steps=tls", "confirm=true")

@@ -10,7 +10,7 @@ import json
 import os
 import re
 
-from conftest import incident_dir, playbook, restored  # pylint: disable=import-error
+from conftest import incident_dir, playbook, restored, unchanged  # pylint: disable=import-error
 
 PSQL = "docker compose --project-directory /opt/whatsapp-mcp exec -T postgres psql -U wa -At"
 TABLES = ("clients", "api_keys", "messages")
@@ -132,7 +132,8 @@ def test_the_timeline_shows_what_the_rolled_back_restore_did():
 def test_without_confirmation_the_restore_refuses_and_changes_nothing(host):
     add_canary(host, "canary-unconfirmed")
     before, present = counts(host), databases(host)
-    rc, out = playbook("restore_database.yml", "incident_id=MOLECULE-UNCONFIRMED")
+    with unchanged():  # every host's files, units, containers and databases
+        rc, out = playbook("restore_database.yml", "incident_id=MOLECULE-UNCONFIRMED")
     assert rc != 0 and "Nothing was changed" in out and "confirm=true" in out
     assert counts(host) == before and databases(host) == present  # no staging copy, no swap
     assert json.loads(host.check_output("curl -fsS http://127.0.0.1/health"))["status"] == "ok"
