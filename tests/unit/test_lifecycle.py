@@ -552,6 +552,26 @@ def test_the_playbooks_declare_update_and_resolve_without_leaking(providers, smt
     assert "INC-2026-0099 is P1 High (Major degradation): respond within 60 min. Call L2 DevOps/SRE: devops-oncall@example.test." in said
     assert [request["provider"] for request in providers.requests] == ["pagerduty", "slack", "statuspage"] and len(smtp.messages) == 1
 
+    # Dry runs of update and resolve on the declared incident: the lifecycle's records stay byte for byte, no provider
+    # hears of them; the timeline only gains each dry run (mode check) and no event.
+    record = incidents / "INC-2026-0099"
+    lifecycle_files = ("incident.json", ".incident.lock")
+    before = {name: (record / name).read_bytes() for name in lifecycle_files}
+    names = sorted(path.name for path in record.iterdir())
+    events_before = json.loads((record / "timeline.json").read_text())["events"]
+    sent = (list(providers.requests), len(smtp.messages))
+    for name, extra in (("incident_update.yml", {"incident_id": "INC-2026-0099", "status": "identified", "severity": "P0"}),
+                        ("incident_resolve.yml", {"incident_id": "INC-2026-0099", "summary": "Fixed"})):
+        dry = run_playbook(name, tmp_path, extra, secrets_file, check=True, env=env)
+        outputs.append(dry)
+        assert dry.returncode == 0 and "changed=1" in dry.stdout, dry.stdout + dry.stderr
+    assert {name: (record / name).read_bytes() for name in lifecycle_files} == before
+    assert sorted(path.name for path in record.iterdir()) == names
+    assert (list(providers.requests), len(smtp.messages)) == sent
+    timeline = json.loads((record / "timeline.json").read_text())
+    assert timeline["events"] == events_before
+    assert [(run["playbook"], run["mode"]) for run in timeline["runs"]][-2:] == [("incident_update.yml", "check"), ("incident_resolve.yml", "check")]
+
     update = run_playbook("incident_update.yml", tmp_path, {"incident_id": "INC-2026-0099", "status": "identified", "severity": "P0"},
                           secrets_file, env=env)
     outputs.append(update)
