@@ -16,6 +16,9 @@ import pytest
 
 from conftest import fed, incident_dir, incident_records, playbook  # pylint: disable=import-error
 
+# Up to a minute for /health, then once more: the command fails when it never answered.
+WAIT_HEALTHY = "for i in $(seq 60); do curl -fs http://127.0.0.1/health >/dev/null && break; sleep 1; done; curl -fsS http://127.0.0.1/health >/dev/null"
+
 testinfra_hosts = ["app"]
 
 COMPOSE = "docker compose --project-directory /opt/whatsapp-mcp"
@@ -104,7 +107,7 @@ def test_soft_rotation_old_keys_still_work_and_new_keys_use_the_new_pepper(host,
 def test_the_rotation_survives_a_reboot(host, tokens):
     before = health(host)
     host.check_output("systemctl restart whatsapp-mcp-secrets.service whatsapp-mcp.service")
-    host.check_output("for i in $(seq 60); do curl -fs http://127.0.0.1/health >/dev/null && break; sleep 1; done; curl -fsS http://127.0.0.1/health >/dev/null")
+    host.check_output(WAIT_HEALTHY)
     after = health(host)
     assert after["pepper_fingerprint"] == before["pepper_fingerprint"]
     assert after["previous_pepper"]["fingerprint"] == before["previous_pepper"]["fingerprint"]
@@ -208,7 +211,7 @@ def test_a_token_meta_does_not_accept_is_rolled_back(host, runs):
     assert rc == 2 and "did not work" in out and "previous token is back" in out
     assert decrypted(host)[f"wa_access_token_{PHONE_ID}"] == before
     assert not host.file(SECRETS_FILE + ".pre-MOLECULE-TOKEN-BAD").exists  # the kept copy went with the rollback
-    host.check_output("for i in $(seq 60); do curl -fs http://127.0.0.1/health >/dev/null && break; sleep 1; done; curl -fsS http://127.0.0.1/health >/dev/null")
+    host.check_output(WAIT_HEALTHY)
     smoke = host.run(f"{COMPOSE} exec -T app wa-mcp smoke --send-phone-id {PHONE_ID}")
     assert smoke.rc == 0, smoke.stdout
 
@@ -277,7 +280,7 @@ def test_key_compromise_cuts_off_every_token_and_the_old_db_password_and_survive
     assert code == 201 and api(host, "GET", "/v1/whoami", fresh["access_token"])[0] == 200
 
     host.check_output("systemctl restart whatsapp-mcp-secrets.service whatsapp-mcp.service")
-    host.check_output("for i in $(seq 60); do curl -fs http://127.0.0.1/health >/dev/null && break; sleep 1; done; curl -fsS http://127.0.0.1/health >/dev/null")
+    host.check_output(WAIT_HEALTHY)
     assert health(host)["checks"]["db_credential"] == "current" and api(host, "GET", "/v1/whoami", fresh["access_token"])[0] == 200
 
     rc, out = runs(KEYS, "incident_id=MOLECULE-KEYS", "steps=sessions,auth_secret,db_password", "confirm=true")
@@ -292,7 +295,7 @@ def test_a_db_password_the_service_cannot_use_is_rolled_back(host, runs):
     assert rc == 2 and "logs in with the previous password only" in out and "previous password is back" in out
     assert decrypted(host)["db_password"] == before["db_password"] and db_login(host, before["db_password"])
     assert not host.file(SECRETS_FILE + ".pre-MOLECULE-KEYS-BAD").exists
-    host.check_output("for i in $(seq 60); do curl -fs http://127.0.0.1/health >/dev/null && break; sleep 1; done; curl -fsS http://127.0.0.1/health >/dev/null")
+    host.check_output(WAIT_HEALTHY)
     assert health(host)["checks"]["db_credential"] == "current"
 
 
