@@ -668,7 +668,7 @@ class Restorer:
             for name in self.runtime.databases_like("^%s_failed_restore_[0-9]{8}T[0-9]{6}Z$" % self.db):
                 failed = self.mark_of(name)
                 if failed and failed.get("change_id") == self.change_id:
-                    return dict(changed=False, previous_db=name, msg="change %s was already rolled back" % self.change_id)
+                    return self._already_rolled_back(name, app)
             raise RestoreError("%s is not the restore of change %s: nothing to roll back" % (self.db, self.change_id))
         previous = live.get("previous_db")
         if not previous or not self.runtime.database_exists(previous):
@@ -684,11 +684,23 @@ class Restorer:
             "ALTER DATABASE %s RENAME TO %s" % (_pg.quote_ident(self.db), _pg.quote_ident(failed)),
             "ALTER DATABASE %s RENAME TO %s" % (_pg.quote_ident(previous), _pg.quote_ident(self.db)),
             comment_sql(failed, dict(live, state="rolled_back"))], [self.db, previous])
+        _faults.checkpoint("rollback_after_swap")
         if app:
             app.start()
         return dict(changed=True, previous_db=failed, downtime_s=round(downtime, 3),
                     msg="rolled back: %s is the database from before the restore again; the restored one is kept as %s"
                     % (self.db, failed))
+
+    def _already_rolled_back(self, failed, app):
+        """A re-run of a rollback that is done. A run killed after the rename and before the app came back left the
+        app stopped: with a start command, it is started again when it is not healthy (changed only then)."""
+        result = dict(changed=False, previous_db=failed, msg="change %s was already rolled back" % self.change_id)
+        if not app or not app.start_argv or app.healthy():
+            return result
+        if self.check_mode:  # /health is only read: the dry run predicts the start
+            return dict(result, changed=True, plan=["start the app on %s (it is not healthy)" % self.db])
+        app.start()
+        return dict(result, changed=True, msg=result["msg"] + "; the app was not running on %s and is started again" % self.db)
 
     def check_in_place(self, force):
         if not force:

@@ -20,7 +20,9 @@ description:
     (C(changed=false)), and a run killed at any point leaves the live database intact; the next run drops a
     half-loaded staging database and completes. A run killed after the swap, before the app came back, left the app
     stopped; the next run with the app commands (I(state=swapped) or C(restored)) finds it not healthy, starts it
-    (C(changed=true)) and, if it does not come back, puts the pre-restore database back.
+    (C(changed=true)) and, if it does not come back, puts the pre-restore database back. Likewise, after a rollback
+    killed after its rename, the next I(state=rolled_back) run with I(app_start_command) finds the app not healthy
+    on the previous database and starts it (C(changed=true)).
   - I(strategy=in_place) is the seeds' way (drop the live database, load into it) and needs I(force=true).
   - Check mode verifies the whole dump (integrity, tables, row counts against the manifest), that the server is
     reachable and has the disk space, and returns the plan; it touches no database.

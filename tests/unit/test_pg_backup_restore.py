@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import zlib
 from pathlib import Path
 
@@ -658,24 +659,37 @@ def test_a_run_killed_while_the_app_is_stopped_starts_it_on_the_rerun(db, run_mo
     assert not again["changed"] and app_state() == "running", again
 
 
-def test_a_rollback_killed_while_the_app_is_stopped_completes_on_the_rerun(db, run_module, dumps, conn, tmp_path, stand_in_app):
+@pytest.mark.parametrize("point", ["rollback_before_swap", "rollback_after_swap"])
+def test_a_rollback_killed_while_the_app_is_stopped_completes_on_the_rerun(db, run_module, dumps, conn, tmp_path, stand_in_app, point):
+    """Killed with the app stopped for a rollback, before its rename or after it: the re-run leaves the previous
+    database live and the app running on it."""
     app, app_state = stand_in_app
-    db.create("rbkill", "small_template")
-    before = db.state("rbkill")
-    swapped = run_module("pg_restore", restore_params(dumps["large"], "rbkill", conn, **app))
+    live = "rbkill_" + point.split("_", 1)[1]
+    db.create(live, "small_template")
+    before = db.state(live)
+    swapped = run_module("pg_restore", restore_params(dumps["large"], live, conn, **app))
     assert swapped["changed"] and app_state() == "running"
     fault_dir = tmp_path / "faults"
     fault_dir.mkdir()
-    (fault_dir / "rollback_before_swap.hold").touch()
-    params = restore_params(dumps["large"], "rbkill", conn, state="rolled_back", **app)
+    (fault_dir / (point + ".hold")).touch()
+    params = restore_params(dumps["large"], live, conn, state="rolled_back", **app)
     proc = start_restore(tmp_path, params, fault_dir)
     try:
-        wait_for(fault_dir / "rollback_before_swap.reached", proc)
+        wait_for(fault_dir / (point + ".reached"), proc)
     finally:
         kill_9_run(fault_dir)
         proc.wait()
-    assert app_state() == "stopped" and db.counts("rbkill") == db.counts("large_template")  # nothing renamed yet
+    assert app_state() == "stopped"
+    if point == "rollback_after_swap":
+        assert db.state(live)[1:] == before[1:]  # the rename committed: the previous database is live
+    else:
+        assert db.counts(live) == db.counts("large_template")  # nothing renamed yet
+    predicted = run_module("pg_restore", params, check_mode=True)
+    assert predicted["changed"] and app_state() == "stopped", predicted  # the dry run predicts the start, does not start
     rerun = run_module("pg_restore", params)
     assert not rerun.get("failed") and rerun["changed"], rerun
-    assert db.state("rbkill")[1:] == before[1:] and app_state() == "running"
-    assert any(name.startswith("rbkill_failed_restore_") for name in db.databases())
+    assert db.state(live)[1:] == before[1:] and app_state() == "running"
+    assert urllib.request.urlopen(app["health_url"], timeout=10).status == 200  # pylint: disable=consider-using-with
+    assert any(name.startswith(live + "_failed_restore_") for name in db.databases())
+    again = run_module("pg_restore", params)  # done, the app healthy: nothing left to do
+    assert not again.get("failed") and not again["changed"] and app_state() == "running", again
