@@ -50,6 +50,7 @@ def judge(served, trusted=None, lineage="", names=(NAME,), **thresholds):
     (31.5, [], "ok"),
     (30.5, [], "warn"),                                      # 30 days left: warned of, not yet due for renewal
     (29.5, ["valid for less than 30 days"], "warn"),
+    (8.5, ["valid for less than 30 days"], "warn"),         # 8 days left: still a warning, one day above the page
     (7.5, ["valid for less than 30 days"], "page"),         # 7 days left: the page threshold
     (2.5, ["valid for less than 30 days"], "page"),
     (-3.5, ["expired"], "page"),
