@@ -50,7 +50,15 @@ def test_backup_job_dumps_verifies_and_prunes(job_config):
         ["db-2026-01-21.sql.gz", os.path.basename(summary["path"])])
     assert "db-2025-12-31.manifest.json" not in os.listdir(dest)
     again = json.loads(run_job("backup-db", path).stdout)
-    assert not again["changed"] and again["verified"] and again["pruned"] == []
+    assert again["verified"]
+    # The job stamps its dump with the UTC date at its start (no clock to set): the expectation follows the two
+    # dates the runs used, so a UTC midnight between them is not a failure.
+    first, second = os.path.basename(summary["path"]), os.path.basename(again["path"])
+    if second == first:
+        assert not again["changed"] and again["pruned"] == []  # today's dump exists and verifies: nothing is rewritten
+    else:
+        assert again["changed"] and second > first  # a new day's dump; keep_daily=2 keeps both days, and only them
+        assert sorted(p.name for p in dest.iterdir() if p.name.endswith(".sql.gz")) == [first, second]
 
 
 def test_backup_job_failure_exits_non_zero_with_one_line(job_config, tmp_path):
