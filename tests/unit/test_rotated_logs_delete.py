@@ -2,9 +2,9 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """rotated_logs_delete on real files: it deletes exactly what storage_info counts as rotated logs (the same bytes, the
 files find selects), never a current log, a directory, a symlink or its target, never a file on another filesystem
-mounted below (a tmpfs; skipped where mounting is refused), follows a log directory that is itself a symlink but
-nothing below it, never a directory swapped for a symlink during the walk; check mode deletes nothing; a second run
-changes nothing; a file it cannot delete is named and the others still go."""
+mounted below (a tmpfs; skipped only as non-root), follows a log directory that is itself a symlink but nothing below
+it, never a directory swapped for a symlink during the walk; check mode deletes nothing; a second run changes
+nothing; a file it cannot delete (chattr +i; skipped only as non-root) is named and the others still go."""
 from __future__ import annotations
 
 import os
@@ -12,6 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from conftest import require  # pylint: disable=import-error
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _rotated_logs, _storage
 
@@ -123,6 +125,7 @@ def test_a_directory_swapped_for_a_symlink_during_the_walk_is_not_followed(tmp_p
     assert victim.exists() and (tmp_path / "app-moved" / "app.log.1").exists()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="chattr +i needs root (CAP_LINUX_IMMUTABLE)")
 def test_a_file_that_cannot_be_deleted_is_named_and_the_others_still_go(tmp_path, run_module):
     logs = tmp_path / "log"
     write(logs / "a.log.1", 4096)
@@ -130,8 +133,8 @@ def test_a_file_that_cannot_be_deleted_is_named_and_the_others_still_go(tmp_path
     write(logs / "z.log.1", 4096)
     subprocess.run(["chattr", "+i", str(logs / "locked" / "b.log.1")], check=False, capture_output=True)
     immutable = subprocess.run(["lsattr", str(logs / "locked" / "b.log.1")], capture_output=True, text=True, check=False).stdout
-    if "i" not in immutable.split()[0] if immutable else True:
-        pytest.skip("cannot make a file immutable here (chattr +i)")
+    require(immutable and "i" in immutable.split()[0], "chattr +i to make a file immutable here (CAP_LINUX_IMMUTABLE, a filesystem with the flag)",
+            "run as root outside an unprivileged container, as make test does")
     try:
         result = run_module("rotated_logs_delete", dict(paths=[str(logs)]))
     finally:

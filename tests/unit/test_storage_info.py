@@ -7,9 +7,9 @@ holding the whole tree so that the module's walk from the mount point sees only 
 filled to its last inode and its last block. A directory that cannot be listed is a real one: mode 000, read by the
 module run without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (setpriv), which root otherwise has.
 
-The mounts need root and mount(2); each test that needs them is skipped where they are refused. docker is never run:
-its candidate is checked skipped without docker on PATH, and parsed from a stand-in printing the JSON
-`docker system df -v --format '{{json .}}'` prints. journalctl is the real one when installed."""
+The mounts need root and mount(2): as non-root each test that needs them is skipped; as root, a mount refused fails
+it. docker is never run: its candidate is checked skipped without docker on PATH, and parsed from a stand-in printing
+the JSON `docker system df -v --format '{{json .}}'` prints. journalctl is also the real one (systemd's)."""
 from __future__ import annotations
 
 import errno
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_module_under  # pylint: disable=import-error
+from conftest import require, run_module_under  # pylint: disable=import-error
 
 from ansible_collections.runbooks.incident.plugins.module_utils import _storage
 
@@ -164,8 +164,7 @@ def test_a_spent_timeout_stops_the_walk_and_says_truncated(tmp_path):
 def test_a_directory_that_cannot_be_listed_is_counted_unreadable(tmp_path, mount):
     """Root reads a mode-000 directory through CAP_DAC_OVERRIDE: the module runs without it (and without
     CAP_DAC_READ_SEARCH), as a process of its own, on a tmpfs holding only this tree."""
-    if not shutil.which("setpriv"):
-        pytest.skip("setpriv (util-linux) is not installed")
+    require(shutil.which("setpriv"), "setpriv (util-linux)", "make deps installs it (tests/sandbox/sandbox.py APT_PACKAGES)")
     fs = tmpfs(mount, tmp_path / "fs")
     write(fs / "open" / "seen.bin", MIB)
     write(fs / "locked" / "hidden.bin", 2 * MIB)
@@ -237,8 +236,7 @@ def test_the_threshold_is_judged_on_the_real_filesystem_of_tmp_path(tmp_path, ru
 
 
 def test_a_small_ext4_filled_to_its_last_inode_then_its_last_block_is_full(tmp_path, mount, run_module):
-    if not shutil.which("mkfs.ext4"):
-        pytest.skip("mkfs.ext4 is not installed")
+    require(shutil.which("mkfs.ext4"), "mkfs.ext4 (e2fsprogs)", "Debian and Ubuntu install it with the base system")
     image = tmp_path / "disk.img"
     with open(image, "wb") as handle:
         handle.truncate(16 * MIB)
@@ -390,9 +388,8 @@ def test_a_docker_whose_daemon_does_not_answer_is_skipped_with_its_message(tmp_p
         assert item["skipped"] == "docker system df exited 1: Cannot connect to the Docker daemon at unix:///var/run/docker.sock."
 
 
-def test_the_real_journalctl_is_read_when_installed(tmp_path, run_module):
-    if not shutil.which("journalctl"):
-        pytest.skip("journalctl is not installed")
+def test_the_real_journalctl_is_read(tmp_path, run_module):
+    require(shutil.which("journalctl"), "journalctl (systemd)", "a Debian or Ubuntu machine running systemd has it")
     result = run_module("storage_info", dict(paths=[str(tmp_path)], largest=0, candidates=dict(journal=True)))
     [journal] = result["candidates"]
     assert journal["skipped"] is None and journal["bytes"] >= 0 and journal["how"].startswith("journalctl --vacuum")
