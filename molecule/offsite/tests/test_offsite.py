@@ -11,10 +11,11 @@ import base64
 import concurrent.futures
 import json
 import re
+import subprocess
 
 import pytest
 
-from conftest import eventually, fed, inventory_s3_secret_key, other, playbook, received_alerts  # pylint: disable=import-error
+from conftest import eventually, fed, inventory_s3_secret_key, other, playbook, received_alerts, unchanged  # pylint: disable=import-error
 
 testinfra_hosts = ["app"]
 
@@ -61,7 +62,8 @@ def test_without_confirmation_the_media_restore_refuses_and_changes_nothing(host
     host.check_output("touch /var/lib/whatsapp-mcp/media/added-after-the-snapshot.jpg")
     try:
         before = host.check_output(listing)
-        rc, out = playbook("restore_media.yml", "incident_id=MOLECULE-MEDIA-UNCONFIRMED", "source=offsite")
+        with unchanged():  # every host's files, units, containers, databases and the bucket
+            rc, out = playbook("restore_media.yml", "incident_id=MOLECULE-MEDIA-UNCONFIRMED", "source=offsite")
         assert rc != 0 and "Nothing was changed" in out and "confirm=true" in out
         assert host.check_output(listing) == before  # the file added since the snapshot is still there
     finally:
@@ -126,7 +128,9 @@ def test_a_drill_aimed_at_the_production_host_is_refused_and_changes_nothing(hos
     state = f"{PSQL} -c 'SELECT count(*) FROM messages' && docker inspect -f '{{{{.Name}}}} {{{{.State.StartedAt}}}}' $(docker ps -q) | sort"
     log_server = other("offhost")
     drills, before = log_server.file("/srv/evidence/backup-drills.md").content_string, host.check_output(state)
-    rc, out = playbook("restore_drill.yml", "incident_id=MOLECULE-DRILL-ON-PROD", "target=app")
+    # With the log server's settings of the drills before (its pager): every host is compared around the run.
+    with unchanged():
+        rc, out = playbook("restore_drill.yml", "incident_id=MOLECULE-DRILL-ON-PROD", "target=app", "pager_url=http://offhost:9099/api/v2/alerts")
     assert rc != 0 and "app is in group whatsapp_mcp" in out and "Run it on a scratch host" in out
     assert host.check_output(state) == before  # same data, same containers (none restarted)
     assert log_server.file("/srv/evidence/backup-drills.md").content_string == drills  # no drill was made, none recorded
@@ -243,3 +247,65 @@ def test_a_media_restore_keeps_the_current_directory_as_a_hard_linked_copy(host)
         assert host.check_output(f"stat -c %i {media}/{some}") == host.check_output(f"stat -c %i {kept}/{some}")
     finally:
         host.check_output(f"rm -f {extra}")
+
+
+# ------------------------------------------------------------------------------------- the age key leaked
+AGE_KEY = "/etc/whatsapp-mcp/age.key"
+SOPS_FILE = "/opt/whatsapp-mcp/ops/secrets/secrets.enc.yaml"
+SOPS_CONFIG = "/opt/whatsapp-mcp/ops/sops/.sops.yaml"
+
+
+def identities(text):
+    return [line for line in text.splitlines() if line.startswith("AGE-SECRET-KEY-")]
+
+
+def opens_header(identity, body):
+    """Whether the age identity file `identity` opens the header of an object's first bytes (its payload is cut)."""
+    res = subprocess.run(["age", "-d", "-i", str(identity)], input=body, capture_output=True, check=False)
+    return b"no identity matched" not in res.stderr
+
+
+def test_a_leaked_age_key_is_replaced_in_the_secrets_off_host_and_on_the_host(host, tmp_path):
+    """key_compromise.yml -e steps=age_key: a new key made on the controller; the secrets file encrypted to it alone and
+    sops' rules naming it; the off-host sets re-encrypted to it and the nightly shipping encrypting to it; the leaked
+    key gone from the host; paper shares of the new key. Every run is scanned for both keys (conftest)."""
+    leaked = tmp_path / "leaked-age.key"  # what the attacker has, kept here to prove it no longer opens anything
+    leaked.write_text(host.file(AGE_KEY).content_string)
+    leaked.chmod(0o600)
+    leaked_public = host.check_output(f"age-keygen -y {AGE_KEY}")
+    new_key, shares = tmp_path / "new-age.key", tmp_path / "shares"
+    shares.mkdir()
+    args = ("key_compromise.yml", "incident_id=MOLECULE-AGE-KEY", "steps=age_key", f"key_compromise_age_key_new_key_file={new_key}",
+            "secrets_publish_mode=none", f"key_compromise_age_key_split_dir={shares}")
+    objects = s3_objects(host, body=True)
+    assert objects and all(opens_header(leaked, base64.b64decode(body)) for name, body in objects.items() if name.endswith(".age"))
+
+    rc, out = playbook(*args, check=True)  # compares every host's state around it
+    assert rc == 0 and "A new age key would be made in" in out, out
+    rc, out = playbook(*args)
+    assert rc != 0 and "confirm=true" in out, out
+    assert not new_key.exists() and host.file(AGE_KEY).content_string == leaked.read_text()
+
+    rc, out = playbook(*args, "confirm=true")
+    assert rc == 0, out
+    new_public = subprocess.run(["age-keygen", "-y", str(new_key)], capture_output=True, text=True, check=True).stdout.strip()
+    assert oct(new_key.stat().st_mode & 0o777) == "0o600"
+    key_file = host.file(AGE_KEY)
+    assert identities(key_file.content_string) == identities(new_key.read_text()) and key_file.mode == 0o400
+    assert not host.file(AGE_KEY + ".leaked").exists
+    assert new_public in host.file(SOPS_FILE).content_string and leaked_public not in host.file(SOPS_FILE).content_string
+    assert new_public in host.file(SOPS_CONFIG).content_string and leaked_public not in host.file(SOPS_CONFIG).content_string
+    assert json.loads(host.check_output("curl -fsS http://127.0.0.1/health"))["status"] == "ok"
+    assert json.loads(host.file("/etc/runbooks-incident/offsite-sync.json").content_string)["recipient"] == new_public
+    after = s3_objects(host, body=True)
+    assert set(after) == set(objects)  # re-encrypted in place, none lost
+    for name, body in after.items():
+        if name.endswith(".age"):
+            assert not opens_header(leaked, base64.b64decode(body)) and opens_header(new_key, base64.b64decode(body)), name
+    assert sorted(oct(share.stat().st_mode & 0o777) for share in (shares / "app").iterdir()) == ["0o600"] * 3
+    check = host.run("systemctl start runbooks-offsite-check.service")  # the newest off-host dump, with the new key
+    assert check.rc == 0, check.stderr
+
+    rc, out = playbook(*args, "confirm=true")
+    assert rc == 0 and "Already done for this change: age_key" in out, out
+    assert host.file(AGE_KEY).content_string == key_file.content_string
