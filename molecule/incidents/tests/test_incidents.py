@@ -10,10 +10,11 @@ import json
 import os
 import re
 import shlex
+import subprocess
 
 import pytest
 
-from conftest import eventually, other, playbook, restored  # pylint: disable=import-error
+from conftest import containers, eventually, other, playbook, restored  # pylint: disable=import-error
 
 testinfra_hosts = ["app"]
 COMPOSE = "docker compose --project-directory /opt/whatsapp-mcp"
@@ -356,12 +357,13 @@ def test_connection_flood_keeps_its_blocks_across_a_reboot_only_when_asked(host,
     script = host.file(BOOT_SCRIPT)
     assert script.mode == 0o600 and f"{address}/32" in script.content_string
     assert host.service("runbooks-nft-blocklist.service").is_enabled
-    # What a reboot does: the kernel's tables are gone, and the unit loads the boot script before the network.
-    host.check_output("nft delete table inet runbooks_incident")
-    assert reaches(client)
-    host.check_output("systemctl restart runbooks-nft-blocklist.service")
-    assert not reaches(client)
+    # A real reboot of the host (its container restarted: a new network namespace, systemd booting every unit): the
+    # unit loads the boot script before the network, so the address is blocked from the start.
+    subprocess.run(["docker", "restart", "--time", "30", containers()["app"]], check=True, capture_output=True)
+    assert eventually(lambda: host.run("systemctl is-system-running --wait").stdout.strip() in ("running", "degraded"), timeout=180)
     assert "FLOOD-3" in host.check_output("nft list set inet runbooks_incident blocked4")
+    assert eventually(lambda: healthy(host), timeout=180)  # the stack is back: what is refused is the block, not a service down
+    assert not reaches(client)
     # Once persisted, unblocking is persisted too.
     rc, out = playbook("connection_flood.yml", "incident_id=FLOOD-3", "connection_flood_unblock_all=true", "confirm=true")
     assert rc == 0 and reaches(client), out
