@@ -61,18 +61,32 @@ def age1_key(recipient):
     return recipient if AGE1_RE.match(recipient) else None
 
 
+def keygen_binary():
+    path = shutil.which("age-keygen")
+    if path is None:
+        raise AgeError("age-keygen is not installed on the host (no `age-keygen` on PATH)")
+    return path
+
+
 def public_keys(identity):
     """The age public keys of the identities in the file `identity` (age-keygen -y; the key is read by age-keygen
     from the file, never passed on a command line)."""
     check_identity(identity)
-    keygen = shutil.which("age-keygen")
-    if keygen is None:
-        raise AgeError("age-keygen is not installed on the host (no `age-keygen` on PATH)")
-    res = subprocess.run([keygen, "-y", identity], capture_output=True, text=True, check=False)
+    res = subprocess.run([keygen_binary(), "-y", identity], capture_output=True, text=True, check=False)
     # age-keygen's error is not repeated: it could quote a line of the key file.
     if res.returncode != 0:
         raise AgeError("age-keygen -y cannot read an age identity from %s: is it an age private key file?" % identity)
     return [line.strip() for line in res.stdout.splitlines() if line.strip()]
+
+
+def public_key_of(identity):
+    """The public key of one identity line (bytes), given to age-keygen -y on stdin."""
+    res = subprocess.run([keygen_binary(), "-y"], input=identity + b"\n", capture_output=True, check=False)
+    lines = res.stdout.decode(errors="replace").split()
+    if res.returncode != 0 or len(lines) != 1:
+        # age-keygen's message is not repeated: it could quote the key.
+        raise AgeError("an identity is not an age private key (age-keygen -y cannot read it)")
+    return lines[0]
 
 
 def check_recipient(recipient):

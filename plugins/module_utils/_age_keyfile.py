@@ -12,11 +12,9 @@ Identities are read and written only through files and stdin, never in argv or i
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-import subprocess
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _faults, _fileio
+from ansible_collections.runbooks.incident.plugins.module_utils import _age, _faults, _fileio
 
 HEADER = b"# The age identities of this host (runbooks.incident age_key_rotate).\n"
 MAX_SCANNED = 1 << 20
@@ -29,19 +27,6 @@ class KeyFileError(Exception):
 def identities(raw):
     """The identity lines of an age identity file's bytes (comments and blank lines left out)."""
     return [line.strip() for line in raw.splitlines() if line.strip() and not line.strip().startswith(b"#")]
-
-
-def public_key(identity):
-    """The public key of one identity line: age-keygen -y reads it on stdin."""
-    keygen = shutil.which("age-keygen")
-    if keygen is None:
-        raise KeyFileError("age-keygen is not installed on the host (no `age-keygen` on PATH)")
-    res = subprocess.run([keygen, "-y"], input=identity + b"\n", capture_output=True, check=False)
-    lines = res.stdout.decode(errors="replace").split()
-    if res.returncode != 0 or len(lines) != 1:
-        # age-keygen's message is not repeated: it could quote the key.
-        raise KeyFileError("an identity is not an age private key (age-keygen -y cannot read it)")
-    return lines[0]
 
 
 def new_identity(raw):
@@ -76,7 +61,7 @@ class KeyFile:
         self.path = path
         self.leaked_copy = leaked_copy
         self.new = new_identity(new_key)
-        self.recipient = public_key(self.new)
+        self.recipient = _age.public_key_of(self.new)
         raw, self.info = _read(path)
         if raw is None:
             raise KeyFileError("there is no age key at %s" % path)
@@ -89,7 +74,7 @@ class KeyFile:
         return [ident for ident in dict.fromkeys(self.held + self.kept) if ident != self.new]
 
     def old_recipients(self):
-        return sorted(set(public_key(ident) for ident in self.old()))
+        return sorted(set(_age.public_key_of(ident) for ident in self.old()))
 
     def stage(self, check_mode=False):
         """Keep the old identities in the leaked copy, then add the new key to the file. Returns whether it changed."""
@@ -140,7 +125,7 @@ class KeyFile:
         if elsewhere:
             raise KeyFileError("the leaked key is still in %s: remove it (after checking nothing needs it), then run "
                                "again" % ", ".join(elsewhere))
-        changed = self.held != [self.new] or bool(self.kept) or os.path.lexists(self.leaked_copy)
+        changed = self.held != [self.new] or os.path.lexists(self.leaked_copy)
         if not check_mode and changed:
             if self.held != [self.new]:
                 _write(self.path, [self.new], self.info)

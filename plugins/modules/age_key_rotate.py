@@ -97,7 +97,7 @@ leaked_copy:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _age_keyfile, _params
+from ansible_collections.runbooks.incident.plugins.module_utils import _age, _age_keyfile, _params
 
 
 def main():
@@ -121,7 +121,7 @@ def main():
             changed = keys.stage(check_mode=module.check_mode)
         else:
             changed = keys.finish(params["search"], check_mode=module.check_mode)
-    except (_age_keyfile.KeyFileError, OSError) as exc:
+    except (_age_keyfile.KeyFileError, _age.AgeError, OSError) as exc:
         module.fail_json(msg="cannot change the age key %s: %s; nothing more was changed" % (params["path"], getattr(exc, "strerror", None) or exc))
     if params["state"] == "staged":
         what = "holds the new key %s beside the old one(s), kept alone in %s" % (keys.recipient, leaked_copy)
