@@ -134,17 +134,18 @@ class Sops:
         with open(_fileio.open_file(os.path.abspath(self.path)), "rb") as reader:
             return recipients_in(reader.read())
 
-    def rekey(self, recipients):
+    def rekey(self, recipients, check_mode=False):
         """Encrypt the file to exactly the age `recipients` (other kinds of keys kept) with a new data key, atomically:
         `sops rotate` on a private copy, which must then list exactly those recipients and decrypt to the same document.
-        Returns (added, removed); nothing is written when the recipients are already those."""
-        self.remove_leftovers()
+        Returns (added, removed); nothing is written when the recipients are already those, or in check mode."""
+        if not check_mode:
+            self.remove_leftovers()
         wanted = sorted(set(recipients))
         current = self.age_recipients()
         added = [key for key in wanted if key not in current]
         removed = [key for key in current if key not in wanted]
-        if not added and not removed:
-            return [], []
+        if check_mode or not (added or removed):
+            return added, removed
         document = self.decrypt()
 
         def change(copy, work_fd):

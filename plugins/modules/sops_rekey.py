@@ -97,12 +97,7 @@ def main():
             module.fail_json(msg="a recipient is not an age public key (age1...); nothing was changed")
     store = _sops.Sops(params["sops_file"], params["age_key_file"], params["sops_binary"])
     try:
-        current = store.age_recipients()
-        if module.check_mode:
-            added = [key for key in wanted if key not in current]
-            removed = [key for key in current if key not in wanted]
-        else:
-            added, removed = store.rekey(wanted)
+        added, removed = store.rekey(wanted, check_mode=module.check_mode)
     except (_sops.SopsError, OSError) as exc:
         module.fail_json(msg="cannot re-encrypt %s: %s; nothing was changed" % (params["sops_file"], getattr(exc, "strerror", None) or exc))
     module.exit_json(changed=bool(added or removed), recipients=wanted, added=added, removed=removed,
