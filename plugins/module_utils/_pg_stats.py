@@ -194,8 +194,8 @@ def _size(size):
 
 
 def findings(tables, unused, invalid, params, statements_available):
-    """What is worth a look, most severe first: big tables read mostly by sequential scans, INVALID indexes, big
-    tables never analyzed, unused indexes of big tables. Tables below min_rows are never findings."""
+    """What the scans and indexes say: big tables read mostly by sequential scans, INVALID indexes, big tables never
+    analyzed, unused indexes of big tables. Tables below min_rows are never findings."""
     min_rows, ratio = params["min_rows"], params["seq_scan_ratio"]
     look = ("look at the statements that read it (statements above)" if statements_available
             else "look at the statements that read it (pg_stat_statements is not available here: the server's slow query log)")
@@ -232,7 +232,6 @@ def findings(tables, unused, invalid, params, statements_available):
                               "%s, maintained on every write, unused since the statistics were reset; drop it only once sure no "
                               "rare job (month end, a report) needs it: %s" % (_size(index["size_bytes"]), _definition(index)),
                               index["table_key"], index["index"]))
-    found.sort(key=lambda item: SEVERITIES.index(item["severity"]))
     return found
 
 
@@ -311,6 +310,7 @@ def run(runtime, params, warn=None):
                   tables=tables[:top], unused_indexes=[_index_item(index) for index in sorted(unused, key=lambda item: -(item["size_bytes"] or 0))],
                   invalid_indexes=[_index_item(index, "ready", "building_pid") for index in invalid],
                   statements_available=available, statements=rows, server=server,
+                  # Most severe first; within a severity, in the order found (stable sort).
                   findings=sorted(findings(tables, unused, invalid, params, available) + maintenance_findings(tables, server, params),
                                   key=lambda item: SEVERITIES.index(item["severity"])))
     if reason is not None:
