@@ -22,6 +22,31 @@ def postgres_argument_spec():
 
 POSTGRES_MUTUALLY_EXCLUSIVE = [("compose_project_dir", "login_host"), ("compose_project_dir", "login_unix_socket")]
 
+# A role's connection variables, `<prefix>_<suffix>` (lookup runbooks.incident.postgres_connection), by option.
+CONNECTION_VARIABLES = dict(compose_project_dir="project_dir", compose_service="compose_service", login_user="login_user",
+                            login_password="login_password", login_host="login_host", login_port="login_port")
+
+
+def postgres_connection(prefix, variables):
+    """The connection options of a role whose variables are `<prefix>_project_dir`, `<prefix>_login_user`, ...
+    (`variables` maps variable names to their values). A variable not defined or empty is left out, so a role that
+    empties its project directory and names a host reaches the server with libpq. Raises ValueError naming the
+    variable for a port that is not one, or a compose project and a server host both set. No value is shown."""
+    options = {}
+    for option, suffix in CONNECTION_VARIABLES.items():
+        value = variables.get("%s_%s" % (prefix, suffix))
+        if value is not None and value != "":
+            options[option] = value
+    if "login_port" in options:
+        port = options["login_port"]
+        if isinstance(port, bool) or not str(port).strip().isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("%s_login_port is not a TCP port number (1-65535)" % prefix)
+        options["login_port"] = int(port)
+    if "compose_project_dir" in options and "login_host" in options:
+        raise ValueError("%s_project_dir and %s_login_host are both set: empty %s_project_dir to reach the server with libpq"
+                         % (prefix, prefix, prefix))
+    return options
+
 
 def s3_argument_spec():
     """Options of doc fragment runbooks.incident.s3."""
