@@ -25,6 +25,10 @@ from testinfra.utils.ansible_runner import AnsibleRunner
 import host_state
 from exec_audit import ExecAudit
 
+# The output of molecule's own runs of the scenario (the base config sets the path for them). Verify's runs must not
+# add to it: the testinfra hosts' reads of secret files would be logged too, and playbook() scans each run itself.
+MOLECULE_RUNS_LOG = os.environ.pop("ANSIBLE_LOG_PATH", None)
+
 # Where the tests' time goes, by part of what playbook() does around each run: printed when the tests end, so a
 # scenario's verify says whether its cost is the runs themselves or the checks around them.
 SPENT = collections.defaultdict(lambda: [0, 0.0])

@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from conftest import containers, eventually, other, playbook, restored  # pylint: disable=import-error
+from conftest import containers, eventually, other, playbook, restored, unchanged  # pylint: disable=import-error
 
 testinfra_hosts = ["app"]
 COMPOSE = "docker compose --project-directory /opt/whatsapp-mcp"
@@ -45,8 +45,8 @@ def alive(host, pid):
     return sql(host, f"SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}") == "1"
 
 
-@pytest.fixture()
-def lock_chains(host):
+@contextlib.contextmanager
+def chains_held(host):
     """Two lock chains: an analyst's forgotten transaction holds messages (the app's table) and another analyst
     session waits for it; a superuser's maintenance session holds maintenance_log and an analyst waits for it."""
     hold(host, "analyst", "BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE;")
@@ -67,6 +67,12 @@ def lock_chains(host):
         assert eventually(lambda: healthy(host), timeout=60)
 
 
+@pytest.fixture()
+def lock_chains(host):
+    with chains_held(host) as held:
+        yield held
+
+
 def test_triage_of_the_healthy_service_finds_nothing_urgent(host):
     rc, out = playbook("triage.yml", "incident_id=TRI-HEALTHY")
     assert rc == 0, out
@@ -80,15 +86,20 @@ def test_triage_names_the_database_playbook_for_a_lock_chain(host, lock_chains):
     assert str(lock_chains["head"]) in out
 
 
+def test_a_dry_run_on_held_lock_chains_ends_nobody_and_changes_nothing(host):
+    """The hosts' state cannot be read while the chains hold their locks, so unchanged() reads it before they take
+    them and after they let go: letting go only rolls back their transactions (they wrote nothing), so any
+    difference would be the dry run's."""
+    with unchanged(), chains_held(host) as held:
+        rc, out = playbook("db_degraded.yml", "incident_id=DB-CHAIN", "db_degraded_blocking=true", "--check")
+        assert rc == 0, out
+        assert f"would_end: - {held['head']}" in out
+        assert alive(host, held["head"]) and alive(host, held["superuser"])
+        assert len(session(host, "analyst", "active")) == 2, "both waiters still wait"
+
+
 def test_db_degraded_ends_only_the_confirmed_ordinary_head_of_a_chain(host, lock_chains):
     head, superuser = lock_chains["head"], lock_chains["superuser"]
-    # A dry run ends nobody. (Not compared with unchanged(): the hosts' state cannot be read while the chains hold
-    # their locks; the converge step's dry run compares it on the healthy service.)
-    rc, out = playbook("db_degraded.yml", "incident_id=DB-CHAIN", "db_degraded_blocking=true", "--check")
-    assert rc == 0, out
-    assert f"would_end: - {head}" in out
-    assert alive(host, head)
-
     rc, out = playbook("db_degraded.yml", "incident_id=DB-CHAIN", "db_degraded_blocking=true")
     assert rc != 0
     assert "Nothing was changed" in out and "confirm=true" in out
