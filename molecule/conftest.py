@@ -238,20 +238,43 @@ def _scanned(name, extra, flags, vars_files, artifacts, given):
     return rc, out
 
 
-def _playbook(name, extra, flags, vars_files, artifacts):
+def _command(name, extra, flags=(), vars_files=()):
+    """(flags, extra vars, env) of a run of playbooks/<name> (see playbook())."""
     project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
-    flags = flags + [item for item in extra if item.startswith("--")]
+    flags = list(flags) + [item for item in extra if item.startswith("--")]
     for path in vars_files:
         flags += ["-e", "@" + os.path.join(project, path)]
     extravars = [item for item in extra if not item.startswith("--")]
     env = {"ANSIBLE_COLLECTIONS_PATH": os.path.join(project, ".build", "collections"), **PLAYBOOK_ENV,
            "ANSIBLE_CALLBACKS_ENABLED": "runbooks.incident.timeline", "RUNBOOKS_INCIDENT_DIR": incident_dir()}
-    path = os.path.join(project, "playbooks", name)
+    return flags, extravars, env
+
+
+def _cli(name, extra, flags=(), vars_files=()):
+    """(argv, env) of an ansible-playbook run of playbooks/<name>, from the project directory."""
+    flags, extravars, env = _command(name, extra, flags, vars_files)
+    argv = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+            os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", name)] + flags
+    return argv + [arg for item in extravars for arg in ("-e", item)], dict(os.environ, **env)
+
+
+def started_playbook(name, *extra):
+    """A run of playbooks/<name> started in the background, in a process group of its own, so that a test can kill
+    it whole as a dying controller would; its output is discarded. Not scanned: such a test scans the run that
+    completes the incident."""
+    argv, env = _cli(name, extra)
+    return subprocess.Popen(argv, cwd=os.environ["MOLECULE_PROJECT_DIRECTORY"], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _playbook(name, extra, flags, vars_files, artifacts):
+    project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
     if artifacts is None:
-        argv = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], path] + flags
-        argv += [arg for item in extravars for arg in ("-e", item)]
-        res = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=project, env=dict(os.environ, **env))
+        argv, env = _cli(name, extra, flags, vars_files)
+        res = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=project, env=env)
         return res.returncode, unfolded(res.stdout + res.stderr)
+    flags, extravars, env = _command(name, extra, flags, vars_files)
+    path = os.path.join(project, "playbooks", name)
     given = {}
     for item in extravars:
         given.update(json.loads(item) if item.startswith("{") else [item.split("=", 1)])

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 
-from conftest import incident_dir, playbook, restored, unchanged  # pylint: disable=import-error
+from conftest import eventually, incident_dir, playbook, restored, started_playbook, unchanged  # pylint: disable=import-error
 
 PSQL = "docker compose --project-directory /opt/whatsapp-mcp exec -T postgres psql -U wa -At"
 TABLES = ("clients", "api_keys", "messages")
@@ -82,6 +83,10 @@ def restore_with(override, incident_id):
 def add_canary(host, name):
     """A row written after the backup: it stays live only if the live database is never replaced or is put back."""
     host.check_output(f"""{PSQL} -d wa_mcp -c "INSERT INTO clients (name, contact_email) VALUES ('{name}', 'c@example.com')" """)
+
+
+def canaries(host):
+    return host.check_output(f"""{PSQL} -d wa_mcp -c "SELECT name FROM clients WHERE name LIKE 'canary-%'" """).split()
 
 
 def test_a_failing_migration_never_reaches_the_live_database(host):
@@ -165,6 +170,40 @@ def test_a_migration_that_fails_inside_the_swap_is_rolled_back_with_the_app_up(h
     assert len([name for name in databases(host) if name.startswith("wa_mcp_failed_restore_")]) > \
         len([name for name in present if name.startswith("wa_mcp_failed_restore_")])
     assert json.loads(host.check_output("curl -fsS http://127.0.0.1/health"))["status"] == "ok"
+
+
+def test_a_restore_killed_during_its_smoke_checks_is_checked_again_by_the_next_run(host):
+    """The controller dies (SIGKILL to the whole ansible-playbook) while the smoke checks run on the restore it just
+    swapped in. The restore is live and unverified; the dead run's lock holds the next run off until the operator
+    breaks it; then the same incident does not restore again but runs the smoke checks and row counts again."""
+    add_canary(host, "canary-killed")
+    present = databases(host)
+    marker = "/tmp/smoke-started-killed"
+    in_app = "docker compose --project-directory /opt/whatsapp-mcp exec -T app"
+    smoke = ["sh", "-c", f"touch {marker}; exec sleep 120"]
+    run = started_playbook("restore_database.yml", "incident_id=MOLECULE-KILLED", "confirm=true",
+                           json.dumps({"db_restore_smoke_command": smoke}))
+    try:
+        assert eventually(lambda: host.run(f"{in_app} test -f {marker}").rc == 0, timeout=300), "the smoke checks never started"
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+        host.check_output(f"{in_app} rm -f {marker}")
+        assert not canaries(host), "the restore is live: the rows written after the backup are gone"
+
+        rc, out = restore_with({}, "MOLECULE-KILLED")
+        assert rc != 0 and "incident_run_break_lock=true" in out, out
+
+        rc, out = playbook("restore_database.yml", "incident_id=MOLECULE-KILLED", "confirm=true", "incident_run_break_lock=true")
+        assert rc == 0, out
+        assert "wa_mcp already is the restore of change MOLECULE-KILLED" in out, "restored again instead of checked again"
+        assert "Run the smoke checks" in out and "Check the row counts against the backup's manifest" in out
+        assert not canaries(host)
+        assert not [name for name in set(databases(host)) - set(present) if "failed_restore" in name], "nothing was rolled back"
+        assert json.loads(host.check_output("curl -fsS http://127.0.0.1/health"))["status"] == "ok"
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
 
 
 def test_a_dry_run_finds_a_corrupt_dump_and_changes_nothing(host):
