@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import contextlib
 import errno
 import hashlib
 import json
@@ -74,30 +73,13 @@ def rel_parts(rel):
 
 def open_dir_beneath(dir_fd, parts, create_mode=None):
     """Descriptor of the directory `parts` under `dir_fd`, no component followed if it is a symlink (with
-    `create_mode`, missing directories are created). Raises UnsafePathError naming a symlink on the way."""
-    fd = os.dup(dir_fd)
+    `create_mode`, missing directories are created): _fileio.open_dir_beneath, its refusal worded for the archive.
+    Raises UnsafePathError naming a symlink on the way."""
     try:
-        for index, part in enumerate(parts):
-            try:
-                child = os.open(part, _fileio.DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                if create_mode is None:
-                    raise
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, create_mode, dir_fd=fd)
-                child = os.open(part, _fileio.DIR_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                    raise
-                link = stat_module.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode)
-                raise _fileio.UnsafePathError(errno.ELOOP, "%s is %s inside the archive: not followed" % (
-                    "/".join(parts[:index + 1]), "a symlink" if link else "not a directory")) from None
-            os.close(fd)
-            fd = child
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
+        return _fileio.open_dir_beneath(dir_fd, parts, create_mode)
+    except _fileio.NotFollowedError as exc:
+        raise _fileio.UnsafePathError(errno.ELOOP, "%s is %s inside the archive: not followed" % (
+            exc.rel, "a symlink" if exc.is_link else "not a directory")) from None
 
 
 def open_file_beneath(dir_fd, parts):

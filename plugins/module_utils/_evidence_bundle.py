@@ -366,28 +366,14 @@ class Collector:
 
     # ---------------------------------------------------------------- bundle side
     def bundle_dir(self, parts):
-        """Descriptor of the bundle's directory `parts`, created 0700 where missing. A name there taken by something
-        other than a directory (a link collected from another source) is a collision: SourceError."""
-        fd = os.dup(self.root_fd)
+        """Descriptor of the bundle's directory `parts` (_fileio.open_dir_beneath: a dir_fd for *at calls), created
+        0700 where missing. A name there taken by something other than a directory (a link collected from another
+        source) is a collision: SourceError."""
         try:
-            for index, part in enumerate(parts):
-                try:
-                    os.mkdir(part, 0o700, dir_fd=fd)
-                except FileExistsError:
-                    pass
-                try:
-                    child = os.open(part, READ_DIR, dir_fd=fd)
-                except OSError as exc:
-                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                        raise
-                    raise SourceError("its place in the bundle, %s, is taken by a symlink or file collected from another "
-                                      "source" % shown("/".join(parts[:index + 1]))) from None
-                os.close(fd)
-                fd = child
-            return fd
-        except BaseException:
-            os.close(fd)
-            raise
+            return _fileio.open_dir_beneath(self.root_fd, parts, create_mode=0o700)
+        except _fileio.NotFollowedError as exc:
+            raise SourceError("its place in the bundle, %s, is taken by a symlink or file collected from another "
+                              "source" % shown(exc.rel)) from None
 
     def _create(self, dst_dir_fd, name, rel):
         try:

@@ -245,6 +245,49 @@ def subdir(dir_fd, name, create_mode=None):
         raise
 
 
+class NotFollowedError(UnsafePathError):
+    """open_dir_beneath met a component that is a symlink (`is_link`) or not a directory; `rel` is the path of it,
+    relative to where the walk began. Callers word it for what the tree is (an archive, a bundle)."""
+
+    def __init__(self, rel, is_link):
+        super().__init__(errno.ELOOP, "%s is %s: not followed" % (rel, "a symlink" if is_link else "not a directory"))
+        self.rel, self.is_link = rel, is_link
+
+
+def open_dir_beneath(dir_fd, parts, create_mode=None):
+    """A descriptor of the directory `parts` (a list of names) under the directory of `dir_fd`, no component
+    followed if it is a symlink, wherever it is (unlike open_dir: the tree is one a link must never lead out of). With
+    `create_mode`, missing directories are created with that mode. An empty `parts` is `dir_fd` itself (a new
+    descriptor). The descriptor is O_PATH where there is one (DIR_FLAGS): a dir_fd for *at calls, not for listing,
+    fsync or fchmod (listdir_at, or reopen "." for that). Raises NotFollowedError at a symlink or non-directory on the
+    way; the caller closes the descriptor."""
+    for part in parts:
+        if not isinstance(part, str) or not part or "/" in part or part in (".", ".."):
+            raise UnsafePathError(errno.EINVAL, "not a directory name", part)
+    fd = os.dup(dir_fd)
+    try:
+        for index, part in enumerate(parts):
+            try:
+                child = os.open(part, DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if create_mode is None:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, create_mode, dir_fd=fd)
+                child = os.open(part, DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                link = stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode)
+                raise NotFollowedError("/".join(parts[:index + 1]), link) from None
+            os.close(fd)
+            fd = child
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def write_bytes(final_path, data, mode=0o600, owner=None, group=None):
     with atomic_writer(final_path, mode, owner, group) as handle:
         handle.write(data)

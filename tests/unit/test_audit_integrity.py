@@ -371,6 +371,22 @@ def test_preserve_never_copies_through_a_symlinked_directory_in_the_archive(run_
     assert not (dest / ONE).exists() and "root's secret" not in (dest / "SHA256SUMS").read_text()
 
 
+def test_a_symlink_or_file_inside_the_archive_is_named_and_never_followed(tmp_path):
+    from ansible_collections.runbooks.incident.plugins.module_utils import _fileio  # pylint: disable=import-outside-toplevel
+    (tmp_path / "2026").mkdir()
+    (tmp_path / "2026" / "10").symlink_to(tmp_path)
+    (tmp_path / "2026" / "11").write_text("")
+    root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(_fileio.UnsafePathError, match="2026/10 is a symlink inside the archive: not followed"):
+            _audit_manifest.open_dir_beneath(root, ["2026", "10", "01"], create_mode=0o750)
+        with pytest.raises(_fileio.UnsafePathError, match="2026/11 is not a directory inside the archive: not followed"):
+            _audit_manifest.open_dir_beneath(root, ["2026", "11"])
+    finally:
+        os.close(root)
+    assert not (tmp_path / "01").exists()
+
+
 def test_preserve_never_writes_through_a_symlinked_directory_of_dest(run_module, pair, tmp_path):
     _local, remote, _cache = pair
     evidence = planted_link(tmp_path, "evidence")

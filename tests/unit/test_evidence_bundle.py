@@ -180,6 +180,25 @@ def test_same_basenames_from_two_directories_and_dotdot_paths(run_module, tmp_pa
     assert verify(run_module, bundle)["problems"] == []
 
 
+def test_a_source_whose_place_in_the_bundle_is_a_link_collected_before_is_unreadable(run_module, tmp_path):
+    """A link collected from one source is never followed by the copy of another one that lies beyond it."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "app.log").write_text("through the link\n")
+    link = tmp_path / "x" / "link"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    result = collect(run_module, [link, link / "app.log"], dest=tmp_path / "evidence")
+    assert not result.get("failed"), result
+    bundle = Path(result["bundle"])
+    assert [record["status"] for record in result["sources"]] == ["collected", "unreadable"]
+    place = "files%s" % link
+    assert result["sources"][1]["reason"] == ("its place in the bundle, %s, is taken by a symlink or file collected from "
+                                              "another source" % place)
+    assert (bundle / place).is_symlink() and not (real / "app.log.partial").exists() and list(real.iterdir()) == [real / "app.log"]
+    assert verify(run_module, bundle)["problems"] == []
+
+
 def test_odd_names_are_listed_so_that_sha256sum_checks_them(run_module, tmp_path):
     tree = tmp_path / "odd"
     tree.mkdir()

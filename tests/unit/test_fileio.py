@@ -109,3 +109,45 @@ def test_a_failed_write_leaves_neither_the_final_name_nor_a_partial(tmp_path: Pa
     with pytest.raises(OSError, match="no such user"):
         _fileio.write_bytes(str(tmp_path / "out"), b"x", owner="no-such-user-here")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_open_dir_beneath_creates_what_is_missing_and_returns_a_dir_fd_for_at_calls(tmp_path: Path) -> None:
+    root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(FileNotFoundError):
+            _fileio.open_dir_beneath(root, ["a", "b"])
+        fd = _fileio.open_dir_beneath(root, ["a", "b"], create_mode=0o700)
+        try:
+            os.close(os.open("made", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+            assert _fileio.listdir_at(fd) == ["made"]
+        finally:
+            os.close(fd)
+        assert (tmp_path / "a" / "b" / "made").is_file() and stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o700
+        fd = _fileio.open_dir_beneath(root, [])  # the directory itself, a descriptor of its own
+        assert fd != root and os.path.samestat(os.fstat(fd), os.fstat(root))
+        os.close(fd)
+    finally:
+        os.close(root)
+
+
+@pytest.mark.parametrize("create_mode", [None, 0o700])
+def test_open_dir_beneath_never_follows_a_symlink_nor_enters_a_file(tmp_path: Path, create_mode) -> None:
+    tree, elsewhere = tmp_path / "tree", tmp_path / "elsewhere"
+    (tree / "a").mkdir(parents=True)
+    elsewhere.mkdir()
+    (tree / "a" / "link").symlink_to(elsewhere)  # in a directory only root can write to: still not followed
+    (tree / "a" / "file").write_text("")
+    root = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(_fileio.NotFollowedError, match="a/link is a symlink: not followed") as raised:
+            _fileio.open_dir_beneath(root, ["a", "link", "sub"], create_mode)
+        assert (raised.value.rel, raised.value.is_link) == ("a/link", True) and isinstance(raised.value, _fileio.UnsafePathError)
+        with pytest.raises(_fileio.NotFollowedError, match="a/file is not a directory: not followed") as raised:
+            _fileio.open_dir_beneath(root, ["a", "file"], create_mode)
+        assert (raised.value.rel, raised.value.is_link) == ("a/file", False)
+        for parts in (["a", ".."], [".."], ["a/link"], [""], ["."]):
+            with pytest.raises(_fileio.UnsafePathError, match="not a directory name"):
+                _fileio.open_dir_beneath(root, parts, create_mode)
+    finally:
+        os.close(root)
+    assert not list(elsewhere.iterdir())
