@@ -87,6 +87,8 @@ APT_PACKAGES = [
     "openssh-client", "git", "bind9-dnsutils", "util-linux", "shellcheck",
     # The secret scans read every exec from the kernel's audit records (molecule/exec_audit.py).
     "auditd",
+    # A real authoritative DNS server for the dynamic updates of role dns_record (tests/unit/test_dns_record.py).
+    "bind9",
     # The timeline callback's Gantt page is opened and screenshotted headless (tests/unit/test_timeline.py).
     "chromium",
     # nft_blocklist's tests change the firewall of network namespaces of their own (tests/unit/test_nft_blocklist.py).
