@@ -494,14 +494,15 @@ class PlayResult:
 
 @pytest.fixture
 def ansible_play(tmp_path: Path) -> Callable[..., PlayResult]:
-    """Run a list of tasks on localhost through ansible-playbook; check/diff/extra vars like on the CLI."""
+    """Run a list of tasks on localhost through ansible-playbook; check/diff/extra vars like on the CLI; `inventory`
+    (a file holding localhost) for plays that read other hosts' variables."""
 
     def play(tasks: list, *, check: bool = False, diff: bool = False, extra_vars: dict | None = None,
-             verbosity: int = 0, env: dict | None = None) -> PlayResult:
+             verbosity: int = 0, env: dict | None = None, inventory: str | None = None) -> PlayResult:
         playbook = tmp_path / "play.yml"
         playbook.write_text(json.dumps([{"name": "test", "hosts": "localhost", "gather_facts": False,
                                          "tasks": tasks}]))
-        command = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(playbook)]
+        command = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", inventory or "localhost,", "-c", "local", str(playbook)]
         if check:
             command.append("--check")
         if diff:

@@ -15,7 +15,9 @@ description:
   - "The names: C(service), C(project_dir), C(config_dir), C(data_dir), C(backup_dir), C(media_dir),
     C(audit_archive_dir), C(releases_dir), C(secrets_dir), C(secrets_file) (relative to C(project_dir), or absolute), C(sops_config), C(age_key_file),
     C(tls_dir), C(acme_webroot), C(user), C(secrets_group), C(service_unit), C(secrets_unit), C(domain), C(health_url), C(app_service),
-    C(db_service), C(db), C(db_user); and C(sops_file), the secrets file's absolute path, derived."
+    C(db_service), C(db), C(db_user), C(offsite_prefix) (the key prefix of the service's off-host backups, by default
+    C(<service>/<domain>/), so that a host replacing a dead one finds them); and C(sops_file), the secrets file's
+    absolute path, derived."
   - A value that is not what its name needs (a relative path, a name with a slash, a URL that is not http or https)
     fails, naming the variable.
 options:
@@ -24,6 +26,11 @@ options:
     type: list
     elements: str
     required: false
+  host:
+    description:
+      - The layout of this inventory host instead of the current one's, from its inventory variables (for example
+        the production host whose off-host backups a drill on a scratch host restores).
+    type: str
 author:
   - runbooks.incident contributors (@runbooks)
 """
@@ -54,6 +61,14 @@ from ansible_collections.runbooks.incident.plugins.module_utils import _layout
 class LookupModule(LookupBase):
     def run(self, terms, variables=None, **kwargs):
         variables = variables or {}
+        host = kwargs.pop("host", None)
+        if kwargs:
+            raise AnsibleLookupError("service_layout takes no option %s (only host)" % ", ".join(sorted(kwargs)))
+        if host:
+            hostvars = variables.get("hostvars") or {}
+            if host not in hostvars:
+                raise AnsibleLookupError("service_layout: %s is not a host of the inventory" % host)
+            variables = hostvars[host]
         given = {}
         for name in _layout.settable():
             key = _layout.PREFIX + name

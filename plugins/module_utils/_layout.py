@@ -43,12 +43,15 @@ LAYOUT = {
     "db_service": ("postgres", "name", "the compose service of the database"),
     "db": ("wa_mcp", "sqlname", "the database"),
     "db_user": ("wa", "sqlname", "the database role the app and the runbooks log in as"),
+    "offsite_prefix": ("{service}/{domain}/", "keyprefix", "where the service's backups are off-host (the key prefix in the bucket): "
+                       "the service's identity, not a host's name, so that a host that replaces a dead one finds them"),
 }
 # Derived only: set through the names they are derived from.
 DERIVED = ("sops_file",)
 
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
 _SQL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+_KEY_PREFIX = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.@-]*/)+$")
 
 
 class LayoutError(ValueError):
@@ -103,6 +106,12 @@ def check(name, found):
         if kind == "path" and not found.startswith("/"):
             raise LayoutError("%s%s must be an absolute path: %r" % (PREFIX, name, found))
         return found.rstrip("/") or "/"
+    if kind == "keyprefix":
+        found = found if found.endswith("/") else found + "/"
+        if not _KEY_PREFIX.match(found) or "/../" in "/" + found or "/./" in "/" + found:
+            raise LayoutError("%s%s must be a key prefix of plain names separated by / (letters, digits, and . _ @ -): %r"
+                              % (PREFIX, name, found))
+        return found
     if kind == "url" and not found.startswith(("http://", "https://")):
         raise LayoutError("%s%s must be an http:// or https:// URL: %r" % (PREFIX, name, found))
     if kind == "sqlname" and not _SQL_NAME.match(found):

@@ -38,6 +38,12 @@ def test_names_left_out_are_derived_from_the_ones_set():
     assert _layout.resolve({}) == {name: _layout.resolve({})[name] for name in _layout.LAYOUT}
 
 
+def test_the_off_host_prefix_is_the_services_identity_not_a_hosts_name():
+    assert _layout.resolve({})["offsite_prefix"] == "whatsapp-mcp/wa.example.com/"
+    assert _layout.resolve({"service": "chat", "domain": "chat.example.org"})["offsite_prefix"] == "chat/chat.example.org/"
+    assert _layout.resolve({"offsite_prefix": "old-host"})["offsite_prefix"] == "old-host/"  # an old host's prefix, as shipped before
+
+
 @pytest.mark.parametrize("given, message", [
     ({"data_dir": "var/lib/wa"}, "whatsapp_mcp_data_dir must be an absolute path"),
     ({"backup_dir": "/srv/wa/../../etc"}, "whatsapp_mcp_backup_dir must be a path without '..'"),
@@ -49,6 +55,11 @@ def test_names_left_out_are_derived_from_the_ones_set():
     ({"sops_file": "/etc/x.yaml"}, "not a name of the service's layout: whatsapp_mcp_sops_file"),
     ({"projectdir": "/opt/x"}, "not a name of the service's layout: whatsapp_mcp_projectdir"),
     ({"user": ""}, "whatsapp_mcp_user must be a non-empty string"),
+    ({"offsite_prefix": "../other-service/"}, "whatsapp_mcp_offsite_prefix must be a key prefix of plain names"),
+    ({"offsite_prefix": "/abs/"}, "whatsapp_mcp_offsite_prefix must be a key prefix of plain names"),
+    ({"offsite_prefix": "a//b/"}, "whatsapp_mcp_offsite_prefix must be a key prefix of plain names"),
+    ({"offsite_prefix": "a/./b/"}, "whatsapp_mcp_offsite_prefix must be a key prefix of plain names"),
+    ({"offsite_prefix": "a b/"}, "whatsapp_mcp_offsite_prefix must be a key prefix of plain names"),
 ])
 def test_a_value_the_layout_cannot_use_is_refused_naming_its_variable(given, message):
     with pytest.raises(_layout.LayoutError, match=re.escape(message)):
@@ -71,6 +82,23 @@ def test_the_lookup_reads_the_inventory_and_refuses_a_bad_value(ansible_play):
     assert bad.rc != 0 and "whatsapp_mcp_data_dir must be an absolute path: 'relative/data'" in bad.stdout
     unknown = ansible_play([{"name": "x", "ansible.builtin.debug": {"msg": "{{ lookup('runbooks.incident.service_layout', 'datadir') }}"}}])
     assert unknown.rc != 0 and "not a name of the service's layout: datadir" in unknown.stdout
+
+
+def test_the_lookup_reads_another_hosts_layout_when_asked(ansible_play, tmp_path):
+    """A drill on a scratch host restores a production host's backups: their prefix is the production host's."""
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {
+        "localhost": {"ansible_connection": "local"},
+        "prod": {"whatsapp_mcp_domain": "chat.example.org", "whatsapp_mcp_service": "{{ service_name }}", "service_name": "chat"}}}}))
+    tasks = [{"name": "prefix", "ansible.builtin.set_fact": {
+        "own": "{{ lookup('runbooks.incident.service_layout', 'offsite_prefix') }}",
+        "prod": "{{ lookup('runbooks.incident.service_layout', 'offsite_prefix', host='prod') }}"}}]
+    result = ansible_play(tasks, inventory=str(inventory))
+    assert result.rc == 0, result.stdout[-2000:] + result.stderr
+    assert result["prefix"]["ansible_facts"] == {"own": "whatsapp-mcp/wa.example.com/", "prod": "chat/chat.example.org/"}
+    missing = ansible_play([{"name": "x", "ansible.builtin.debug": {
+        "msg": "{{ lookup('runbooks.incident.service_layout', 'offsite_prefix', host='gone') }}"}}], inventory=str(inventory))
+    assert missing.rc != 0 and "service_layout: gone is not a host of the inventory" in missing.stdout
 
 
 def role_defaults():

@@ -21,6 +21,8 @@ testinfra_hosts = ["app"]
 
 PSQL = "docker compose --project-directory /opt/whatsapp-mcp exec -T postgres psql -U wa -d wa_mcp -At"
 BACKUPS = "/var/lib/whatsapp-mcp/backups"
+# The service's identity (<service>/<domain>/ of the sandbox inventory), not the host's name: a replacement host finds it.
+OFFSITE = "whatsapp-mcp/wa.sandbox.test/"
 
 
 def sql(host, query):
@@ -73,8 +75,8 @@ def test_without_confirmation_the_media_restore_refuses_and_changes_nothing(host
 def test_off_host_copies_are_encrypted_and_never_hold_the_age_key(host):
     objects = s3_objects(host, body=True)
     names = sorted(objects)
-    assert any(name.startswith("app/db-") and name.endswith(".sql.gz.age") for name in names), names
-    assert any(name.startswith("app/media-") and name.endswith(".tar.age") for name in names), names
+    assert any(name.startswith(OFFSITE + "db-") and name.endswith(".sql.gz.age") for name in names), names
+    assert any(name.startswith(OFFSITE + "media-") and name.endswith(".tar.age") for name in names), names
     assert not any("age.key" in name for name in names)
     for name, head in objects.items():
         if name.endswith(".age"):
@@ -182,7 +184,7 @@ def test_a_dry_run_of_each_backup_runbook_succeeds_and_changes_nothing(name, ext
     assert rc == 0, out
     if name == "backup_failed.yml":
         assert "no exclusive lock held" in out and "MiB free in /var/lib/whatsapp-mcp/backups" in out
-        assert re.search(r"s3://wa-mcp-backups/app/ reachable: [1-9]\d* complete backup set\(s\)", out), out
+        assert re.search(r"s3://wa-mcp-backups/" + OFFSITE + r" reachable: [1-9]\d* complete backup set\(s\)", out), out
 
 
 def timed_dumps(host):
@@ -223,10 +225,10 @@ def test_backup_failed_backs_up_now_and_ships_it(host):
     before = timed_dumps(host)
     rc, out = playbook("backup_failed.yml", "incident_id=MOLECULE-BACKUP-NOW")
     assert rc == 0, out
-    assert "no exclusive lock held" in out and "s3://wa-mcp-backups/app/ reachable:" in out
+    assert "no exclusive lock held" in out and f"s3://wa-mcp-backups/{OFFSITE} reachable:" in out
     new = timed_dumps(host) - before
     assert len(new) == 1, new
-    assert f"app/{new.pop()}.age" in s3_objects(host)
+    assert f"{OFFSITE}{new.pop()}.age" in s3_objects(host)
 
 
 def test_a_media_restore_keeps_the_current_directory_as_a_hard_linked_copy(host):
