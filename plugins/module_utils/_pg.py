@@ -363,6 +363,31 @@ def qualified(table):
     return "%s.%s" % (quote_ident(schema), quote_ident(name))
 
 
+def end_psql(proc, last_input=None):
+    """End a psql coprocess (Popen with text pipes): unless it has exited, write `last_input` if given (say
+    "ROLLBACK;\n") and close its stdin, which makes it exit; kill it if it has not within 30 s. Then close its
+    output pipes. A psql that has gone already (a broken pipe) is no error."""
+    if proc.poll() is None:
+        try:
+            if last_input:
+                proc.stdin.write(last_input)
+                proc.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
 class Session:
     """One long-lived psql session (a coprocess), for work that must share a transaction or snapshot.
 
@@ -399,18 +424,7 @@ class Session:
         raise PgError(first_line(self._proc.stderr.read()))
 
     def close(self):
-        if self._proc.poll() is None:
-            try:
-                self._proc.stdin.close()
-            except BrokenPipeError:
-                pass
-            try:
-                self._proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._proc.stdout.close()
-        self._proc.stderr.close()
+        end_psql(self._proc)
 
     def __enter__(self):
         return self

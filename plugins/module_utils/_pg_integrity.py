@@ -249,18 +249,7 @@ class Checker:
 
     def close(self):
         """Roll the transaction back (the server would at the disconnection anyway), then end psql."""
-        if self._proc.poll() is None:
-            try:
-                self._send("ROLLBACK;\n")
-                self._proc.stdin.close()
-            except (_pg.PgError, BrokenPipeError):
-                pass
-            try:
-                self._proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._proc.stdout.close()
+        _pg.end_psql(self._proc, "ROLLBACK;\n")
         self._stderr.close()
 
 
