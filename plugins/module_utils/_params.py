@@ -4,6 +4,8 @@
 PRIVATE to the collection: no compatibility promise."""
 from __future__ import annotations
 
+from ansible.module_utils.basic import AnsibleModule
+
 
 def postgres_argument_spec():
     """Options of doc fragment runbooks.incident.postgres."""
@@ -21,6 +23,20 @@ def postgres_argument_spec():
 
 
 POSTGRES_MUTUALLY_EXCLUSIVE = [("compose_project_dir", "login_host"), ("compose_project_dir", "login_unix_socket")]
+
+
+def postgres_module(options, mutually_exclusive=(), **kwargs):
+    """The AnsibleModule of a module that takes the postgres options and its own `options` (argument spec entries,
+    after the postgres ones), with check mode. `mutually_exclusive` adds to POSTGRES_MUTUALLY_EXCLUSIVE; the other
+    keyword arguments (required_if, required_by, ...) go to AnsibleModule as they are. A string option holding a NUL
+    byte fails the module (refuse_nul)."""
+    argument_spec = postgres_argument_spec()
+    argument_spec.update(options)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
+                           mutually_exclusive=POSTGRES_MUTUALLY_EXCLUSIVE + list(mutually_exclusive), **kwargs)
+    refuse_nul(module)
+    return module
+
 
 # A role's connection variables, `<prefix>_<suffix>` (lookup runbooks.incident.postgres_connection), by option.
 CONNECTION_VARIABLES = dict(compose_project_dir="project_dir", compose_service="compose_service", login_user="login_user",

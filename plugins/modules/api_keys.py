@@ -100,25 +100,18 @@ notify:
   sample: [{client: acme, contact_email: ops@acme.example, revoked_keys: 2}]
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.runbooks.incident.plugins.module_utils import _params, _pg, _run_lock, _service_db
 
 
 def main():
-    argument_spec = _params.postgres_argument_spec()
-    argument_spec.update(
+    module = _params.postgres_module(dict(
         db=dict(type="str", default="wa_mcp"),
         state=dict(type="str", choices=["report", "revoked"], default="report"),
         keep_pepper_fingerprint=dict(type="str", no_log=False),
         change_id=dict(type="str"),
         reason=dict(type="str", default="API key pepper rotated (hard)"),
         actor=dict(type="str", default="runbooks.incident"),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE,
-                           required_if=[("state", "revoked", ["keep_pepper_fingerprint", "change_id"])])
-    _params.refuse_nul(module)
+    ), required_if=[("state", "revoked", ["keep_pepper_fingerprint", "change_id"])])
     params = module.params
     runtime = _pg.Runtime.from_params(params)
     if params["state"] == "revoked" and not _run_lock.INCIDENT_ID.match(params["change_id"]):

@@ -91,24 +91,17 @@ counts:
   sample: {send_attempt: {success: 1}}
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.runbooks.incident.plugins.module_utils import _params, _pg, _pg_info, _service_db
 
 
 def main():
-    argument_spec = _params.postgres_argument_spec()
-    argument_spec.update(
+    module = _params.postgres_module(dict(
         db=dict(type="str", default="wa_mcp"),
         audit_table=dict(type="str", default="audit_log"),
         since_id=dict(type="int"),
         actions=dict(type="list", elements="str"),
         match_details=dict(type="dict"),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE,
-                           required_by=dict(actions="since_id", match_details="since_id"))
-    _params.refuse_nul(module)
+    ), required_by=dict(actions="since_id", match_details="since_id"))
     params = module.params
     try:
         _pg.check_name(params["db"])

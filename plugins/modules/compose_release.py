@@ -288,14 +288,11 @@ to:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.runbooks.incident.plugins.module_utils import _compose_release, _params, _pg
 
 
 def main():
-    argument_spec = _params.postgres_argument_spec()
-    argument_spec.update(
+    module = _params.postgres_module(dict(
         state=dict(type="str", choices=list(_compose_release.STATES), default="report"),
         release=dict(type="str"),
         project_dir=dict(type="path", default="/opt/whatsapp-mcp"),
@@ -311,10 +308,7 @@ def main():
         keep=dict(type="int", default=5),
         force=dict(type="bool", default=False),
         incident_id=dict(type="str"),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
-    _params.refuse_nul(module)
+    ))
     try:
         result = _compose_release.run(module.params, check_mode=module.check_mode, diff=module._diff,  # pylint: disable=protected-access
                                       warn=module.warn)

@@ -104,23 +104,17 @@ problems_total:
   sample: 1
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.runbooks.incident.plugins.module_utils import _media, _params, _pg
 
 
 def main():
-    argument_spec = _params.postgres_argument_spec()
-    argument_spec.update(
+    module = _params.postgres_module(dict(
         media_dir=dict(type="path", default="/var/lib/whatsapp-mcp/media"),
         db=dict(type="str", default="wa_mcp"),
         sample=dict(type="raw", default=100),
         seed=dict(type="int"),
         fail_on_mismatch=dict(type="bool", default=True),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
-    _params.refuse_nul(module)
+    ))
     params = module.params
     try:
         result = _media.verify(_pg.Runtime.from_params(params), params["db"], params["media_dir"],

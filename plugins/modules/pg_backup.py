@@ -132,14 +132,11 @@ manifest:
            row_counts: {clients: 50, messages: 3000000}, server_version: "15.18"}
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.runbooks.incident.plugins.module_utils import _dumpfile, _params, _pg, _pg_backup
 
 
 def main():
-    argument_spec = _params.postgres_argument_spec()
-    argument_spec.update(
+    module = _params.postgres_module(dict(
         db=dict(type="str", default="wa_mcp"),
         dest=dict(type="path", default="/var/lib/whatsapp-mcp/backups"),
         format=dict(type="str", choices=["plain", "custom", "directory"], default="plain"),
@@ -152,10 +149,7 @@ def main():
         owner=dict(type="str"),
         group=dict(type="str"),
         signing_key=dict(type="path", no_log=False),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
-    _params.refuse_nul(module)
+    ))
     params = module.params
     if not 1 <= params["compress_level"] <= 9 or not 1 <= params["jobs"] <= 64:
         module.fail_json(msg="compress_level must be 1..9 and jobs 1..64; nothing was dumped")

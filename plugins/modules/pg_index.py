@@ -181,14 +181,11 @@ diff:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.runbooks.incident.plugins.module_utils import _params, _pg, _pg_index, _pg_info
 
 
 def main():
-    argument_spec = _params.postgres_argument_spec()
-    argument_spec.update(
+    module = _params.postgres_module(dict(
         db=dict(type="str", default="wa_mcp"),
         name=dict(type="str", required=True),
         table=dict(type="str", required=True),
@@ -198,11 +195,7 @@ def main():
         lock_timeout=dict(type="int", default=5),
         force=dict(type="bool", default=False),
         incident_id=dict(type="str"),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE,
-                           required_if=[("state", "present", ("columns",))])
-    _params.refuse_nul(module)
+    ), required_if=[("state", "present", ("columns",))])
     params = module.params
     try:
         _pg_index.check_params(params)

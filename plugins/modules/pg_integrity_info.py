@@ -165,24 +165,18 @@ healthy:
   type: bool
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.runbooks.incident.plugins.module_utils import _params, _pg, _pg_info, _pg_integrity
 
 
 def main():
-    argument_spec = _params.postgres_argument_spec()
-    argument_spec.update(
+    module = _params.postgres_module(dict(
         db=dict(type="str", required=True),
         tables=dict(type="list", elements="str"),
         indexes=dict(type="bool", default=True),
         max_relations=dict(type="int", default=500),
         statement_timeout=dict(type="int", default=300),
         incident_id=dict(type="str"),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
-    _params.refuse_nul(module)
+    ))
     params = module.params
     try:
         _pg_integrity.check_params(params)

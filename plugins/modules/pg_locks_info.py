@@ -101,20 +101,14 @@ summary:
     - "pid 4250 by wa (pg_dump) waits for AccessShareLock on messages for 20 s, blocked by pid 4242: LOCK TABLE public.messages IN ACCESS SHARE MODE"
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.runbooks.incident.plugins.module_utils import _params, _pg, _pg_info
 
 
 def main():
-    argument_spec = _params.postgres_argument_spec()
-    argument_spec.update(
+    module = _params.postgres_module(dict(
         db=dict(type="str", default="wa_mcp"),
         query_chars=dict(type="int", default=80),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
-    _params.refuse_nul(module)
+    ))
     params = module.params
     try:
         _pg.check_name(params["db"])

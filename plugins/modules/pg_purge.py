@@ -167,14 +167,11 @@ reclaimed_bytes:
   sample: 1327104
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.runbooks.incident.plugins.module_utils import _params, _pg, _pg_purge
 
 
 def main():
-    argument_spec = _params.postgres_argument_spec()
-    argument_spec.update(
+    module = _params.postgres_module(dict(
         db=dict(type="str", default="wa_mcp"),
         table=dict(type="str", required=True),
         where=dict(type="str", required=True),
@@ -182,10 +179,7 @@ def main():
         batch_size=dict(type="int", default=10000),
         statement_timeout=dict(type="int", default=300),
         vacuum=dict(type="bool", default=True),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
-    _params.refuse_nul(module)
+    ))
     params = module.params
     try:
         _pg_purge.check_params(params)

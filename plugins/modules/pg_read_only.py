@@ -151,23 +151,17 @@ diff:
     after: {db: wa_mcp, state: read_only, default_transaction_read_only: "on"}
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.runbooks.incident.plugins.module_utils import _params, _pg, _pg_info, _pg_read_only
 
 
 def main():
-    argument_spec = _params.postgres_argument_spec()
-    argument_spec.update(
+    module = _params.postgres_module(dict(
         db=dict(type="str", required=True),
         state=dict(type="str", choices=list(_pg_read_only.STATES), default="read_only"),
         end_sessions=dict(type="bool", default=True),
         max_terminate=dict(type="int", default=20),
         incident_id=dict(type="str", required=True),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
-    _params.refuse_nul(module)
+    ))
     params = module.params
     try:
         _pg_read_only.check_params(params)

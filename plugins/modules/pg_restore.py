@@ -240,14 +240,11 @@ plan:
   elements: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.runbooks.incident.plugins.module_utils import _appcycle, _dumpfile, _params, _pg, _pg_restore, _run_lock, _signature
 
 
 def main():
-    argument_spec = _params.postgres_argument_spec()
-    argument_spec.update(
+    module = _params.postgres_module(dict(
         incident_id=dict(type="str", required=True),
         src=dict(type="path", required=True),
         db=dict(type="str", default="wa_mcp"),
@@ -270,11 +267,8 @@ def main():
         app_start_command=dict(type="list", elements="str"),
         health_url=dict(type="str"),
         health_timeout=dict(type="int", default=120),
-    )
-    argument_spec.update(_params.backup_trust_argument_spec())
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
-    _params.refuse_nul(module)
+        **_params.backup_trust_argument_spec(),
+    ))
     params = module.params
     if not _run_lock.INCIDENT_ID.match(params["incident_id"]):
         module.fail_json(msg="incident_id %r is not valid (letters, digits and ._:-, at most 64); nothing was changed"

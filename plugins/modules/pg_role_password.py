@@ -66,20 +66,15 @@ fingerprint:
   type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.runbooks.incident.plugins.module_utils import _params, _pg, _scram, _secret, _service_db, _sops
 
 
 def main():
-    argument_spec = _params.postgres_argument_spec()
-    argument_spec.update(_params.sops_argument_spec())
-    argument_spec.update(
+    module = _params.postgres_module(dict(
+        **_params.sops_argument_spec(),
         role=dict(type="str", default="wa"),
         password_key=dict(type="str", default="db_password", no_log=False),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
-    _params.refuse_nul(module)
+    ))
     params = module.params
     if not params["sops_file"]:
         module.fail_json(msg="sops_file is required")

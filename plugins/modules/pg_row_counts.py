@@ -62,21 +62,15 @@ mismatches:
   sample: {messages: {actual: 2999990, expected: 3000000}}
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.runbooks.incident.plugins.module_utils import _params, _pg
 
 
 def main():
-    argument_spec = _params.postgres_argument_spec()
-    argument_spec.update(
+    module = _params.postgres_module(dict(
         db=dict(type="str", default="wa_mcp"),
         tables=dict(type="list", elements="str"),
         expected=dict(type="dict"),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
-    _params.refuse_nul(module)
+    ))
     params = module.params
     expected = {}
     for table, count in (params["expected"] or {}).items():

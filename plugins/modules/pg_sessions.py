@@ -220,14 +220,11 @@ terminated:
   sample: [4242]
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.runbooks.incident.plugins.module_utils import _params, _pg, _pg_info, _pg_sessions
 
 
 def main():
-    argument_spec = _params.postgres_argument_spec()
-    argument_spec.update(
+    module = _params.postgres_module(dict(
         db=dict(type="str", default="wa_mcp"),
         state=dict(type="str", choices=list(_pg_sessions.STATES), default="report"),
         pids=dict(type="list", elements="int"),
@@ -237,10 +234,7 @@ def main():
         max_terminate=dict(type="int", default=5),
         incident_id=dict(type="str"),
         query_chars=dict(type="int", default=80),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
-    _params.refuse_nul(module)
+    ))
     params = module.params
     try:
         _pg_sessions.check_params(params)

@@ -221,14 +221,11 @@ findings:
       table: messages
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.runbooks.incident.plugins.module_utils import _params, _pg, _pg_stats
 
 
 def main():
-    argument_spec = _params.postgres_argument_spec()
-    argument_spec.update(
+    module = _params.postgres_module(dict(
         db=dict(type="str", default="wa_mcp"),
         min_rows=dict(type="int", default=10000),
         seq_scan_ratio=dict(type="float", default=0.5),
@@ -236,10 +233,7 @@ def main():
         top=dict(type="int", default=10),
         query_chars=dict(type="int", default=80),
         incident_id=dict(type="str"),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
-    _params.refuse_nul(module)
+    ))
     params = module.params
     try:
         _pg_stats.check_params(params)

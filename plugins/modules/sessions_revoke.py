@@ -83,14 +83,11 @@ active:
   sample: {sessions: 0, refresh_tokens: 0}
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.runbooks.incident.plugins.module_utils import _params, _pg, _run_lock, _service_db
 
 
 def main():
-    argument_spec = _params.postgres_argument_spec()
-    argument_spec.update(
+    module = _params.postgres_module(dict(
         db=dict(type="str", default="wa_mcp"),
         tables=dict(type="list", elements="str", default=["sessions", "refresh_tokens"]),
         revoked_column=dict(type="str", default="revoked_at"),
@@ -98,9 +95,7 @@ def main():
         reason=dict(type="str", default="suspected key compromise"),
         actor=dict(type="str", default="runbooks.incident"),
         audit_table=dict(type="str", default="audit_log"),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
-    _params.refuse_nul(module)
+    ))
     params = module.params
     if not _run_lock.INCIDENT_ID.match(params["change_id"]):
         module.fail_json(msg="change_id %r is not valid (letters, digits and ._:-, at most 64); nothing was changed" % params["change_id"])

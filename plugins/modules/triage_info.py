@@ -282,14 +282,11 @@ incident_id:
   type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.runbooks.incident.plugins.module_utils import _params, _pg, _triage
 
 
 def main():
-    argument_spec = _params.postgres_argument_spec()
-    argument_spec.update(
+    module = _params.postgres_module(dict(
         db=dict(type="str", default="wa_mcp"),
         project_dir=dict(type="path", default="/opt/whatsapp-mcp"),
         app_service=dict(type="str", default="app"),
@@ -317,10 +314,7 @@ def main():
         flood_share=dict(type="float", default=0.5),
         checks=dict(type="list", elements="str", choices=list(_triage.CHECKS), default=list(_triage.CHECKS)),
         incident_id=dict(type="str"),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           mutually_exclusive=_params.POSTGRES_MUTUALLY_EXCLUSIVE)
-    _params.refuse_nul(module)
+    ))
     try:
         result = _triage.run(module.params)
     except (_triage.TriageError, _pg.PgError) as exc:
