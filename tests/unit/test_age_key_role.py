@@ -92,3 +92,25 @@ def test_a_key_and_shares_together_are_refused(ansible_play, tmp_path, shares):
     assert both.rc != 0 and "Both age_key_content and paper shares" in both.stdout
     assert os.listdir(tmp_path / "etc") == []
     assert_nothing_secret(both.stdout + both.stderr, shares)
+
+
+@pytest.mark.parametrize("source", ["content", "shares"])
+def test_a_different_key_on_the_host_is_not_replaced_unless_asked(ansible_play, tmp_path, shares, source):
+    """The key given by mistake (another one) must not destroy the only key the host's secrets open."""
+    (tmp_path / "etc").mkdir()
+    dest = tmp_path / "etc" / "age.key"
+    subprocess.run(["age-keygen", "-o", str(dest)], check=True, capture_output=True)
+    os.chmod(dest, 0o400)
+    before = dest.read_bytes()
+    given = {"age_key_content": shares["key"].read_text()} if source == "content" else {"age_key_shares": shares["lines"][:2]}
+    refused = ansible_play(ROLE, extra_vars=role_vars(tmp_path, **given), verbosity=3)
+    assert refused.rc != 0 and "holds another age key" in refused.stdout and "Nothing was changed" in refused.stdout
+    assert dest.read_bytes() == before
+    assert_nothing_secret(refused.stdout + refused.stderr, shares)
+
+    replaced = ansible_play(ROLE, extra_vars=role_vars(tmp_path, age_key_replace=True, **given))
+    assert replaced.rc == 0, replaced.stdout[-3000:]
+    assert dest.read_bytes() == shares["key"].read_bytes()
+    # The same key again is no replacement: no age_key_replace needed.
+    same = ansible_play(ROLE, extra_vars=role_vars(tmp_path, **given))
+    assert same.rc == 0 and f"recipient={shares['public']} changed=False" in same.stdout, same.stdout[-3000:]
