@@ -26,7 +26,7 @@ def test_a_rebootstrap_without_the_age_key_refuses_says_where_it_is_and_changes_
             rc, out = playbook("rebootstrap.yml", "incident_id=MOLECULE-NO-AGE-KEY", "whatsapp_mcp_age_key=")
         assert rc != 0
         assert f"No age key at {KEY} and none given in age_key_content" in out
-        assert "runbooks.incident.shamir_combine" in out and "age_key_generate=true" in out
+        assert "paper shares (age_key_shares, or age_key_share_files" in out and "age_key_generate=true" in out
         assert not host.file(KEY).exists  # not generated behind the operator's back
 
 
@@ -61,3 +61,40 @@ def test_the_paper_split_writes_shares_any_two_of_which_rebuild_the_key(host):
             assert res.returncode == 0, res.stdout + res.stderr
             with open(dest, encoding="utf-8") as rebuilt:
                 assert rebuilt.read().strip() == key.strip(), pair
+
+
+def test_a_rebootstrap_rebuilds_a_lost_key_from_its_paper_shares(host):
+    """The operator has two of the three paper shares, scanned into files on the controller, and no key."""
+    before = host.file(KEY).sha256sum
+    with tempfile.TemporaryDirectory() as shares_dir, restored(host, KEY):
+        rc, out = playbook(ROLE_ALONE, "age_key_split=true", f"age_key_split_dir={shares_dir}")
+        assert rc == 0, out
+        files = sorted(glob.glob(os.path.join(shares_dir, "app", "*")))
+        host.check_output(f"rm {KEY}")
+        rc, out = playbook("rebootstrap.yml", "incident_id=MOLECULE-AGE-SHARES", "whatsapp_mcp_age_key=",
+                           json.dumps({"whatsapp_mcp_age_key_share_files": files[1:]}))
+        assert rc == 0, out
+        key = host.file(KEY)
+        assert key.sha256sum == before and key.mode == 0o400 and key.group == "whatsapp-mcp-secrets"
+        assert json.loads(host.check_output("curl -fsS http://127.0.0.1/health"))["status"] == "ok"
+
+
+def test_a_wrong_key_is_refused_before_the_service_is_touched(host, tmp_path):
+    """Another key given: refused before anything is written while the host has its own; even when the operator
+    insists (age_key_replace), the run stops before the service restarts, saying the key does not open the secrets."""
+    wrong = tmp_path / "wrong.key"
+    subprocess.run(["age-keygen", "-o", str(wrong)], check=True, capture_output=True)
+    given = tmp_path / "given.json"  # a key goes in a vars file, as AWX hands a credential over, never in argv
+    given.write_text(json.dumps({"whatsapp_mcp_age_key": wrong.read_text()}))
+    started = "docker ps -q | xargs docker inspect -f '{{.Name}} {{.State.StartedAt}}' | sort"
+    services = host.check_output(started)
+    with restored(host, KEY, then="systemctl restart whatsapp-mcp-secrets"):
+        with unchanged():
+            rc, out = playbook("rebootstrap.yml", "incident_id=MOLECULE-WRONG-KEY", vars_files=[str(given)])
+        assert rc != 0 and f"{KEY} holds another age key" in out and "Nothing was changed" in out, out
+
+        rc, out = playbook("rebootstrap.yml", "incident_id=MOLECULE-WRONG-KEY", "age_key_replace=true", vars_files=[str(given)])
+        assert rc != 0 and "does not decrypt /opt/whatsapp-mcp/ops/secrets/secrets.enc.yaml" in out, out
+        assert "identity did not match" in out and "The service was not started" in out
+        assert host.check_output(started) == services, "no container restarted"
+    assert json.loads(host.check_output("curl -fsS http://127.0.0.1/health"))["status"] == "ok"
