@@ -110,8 +110,7 @@ def destroys(reclaim, candidates, rotated_logs=None, log_dirs=(), journal_keep="
     if rotated_logs.get("count", 0) > 0:
         phrases.append("delete %s rotated log file(s) (%s) under %s" % (rotated_logs["count"], rotated_logs["bytes_human"], ", ".join(log_dirs)))
     if "docker" in reclaim and is_measured(by_name, "docker_dangling_images"):
-        # "dockers" (sic) is what the role printed before (#16): its Jinja 'docker''s' was two string literals, joined.
-        phrases.append("remove dockers dangling images (%s) and its unused build cache (%s)"
+        phrases.append("remove docker's dangling images (%s) and its unused build cache (%s)"
                        % (human_of["docker_dangling_images"], human_of.get("docker_build_cache", UNKNOWN)))
     if "journal" in reclaim and is_measured(by_name, "journal"):
         phrases.append("vacuum the journal (%s) down to %s (archived files only)" % (human_of["journal"], journal_keep))
@@ -153,9 +152,9 @@ def reclaimed(results, candidates_before, candidates_after=()):
         report["journal"] = "journal %s -> %s: %s" % (before.get("journal", UNKNOWN), after.get("journal", UNKNOWN), freed)
     if "rc" in images:
         report["docker"] = "images: %s; build cache: %s" % (_last(images.get("stdout_lines")), _last(cache.get("stdout_lines")))
-    # A looped task registers its results also when every item was skipped: then 0 entries, not `not selected`.
-    if "results" in result("backups"):
-        removals = items(result("backups"))
+    # A looped task registers its results also when every item was skipped (backups not selected): those do not count.
+    removals = [removal for removal in items(result("backups")) if not removal.get("skipped")]
+    if removals:
         entries = sum(len(removal.get("removed") or []) for removal in removals)
         freed = sum(removal["removed_bytes"] for removal in removals if "removed_bytes" in removal)
         report["backups"] = "%d entries, %s" % (entries, human(int(freed)))

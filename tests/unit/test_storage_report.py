@@ -167,7 +167,7 @@ def test_no_condition_counted_is_none_over():
 def test_everything_selected_and_measured_is_named_with_how_much_in_the_order_reclaimed():
     assert destroys(EVERYTHING) == [
         "delete 3 rotated log file(s) (60.0 KiB) under /var/log",
-        "remove dockers dangling images (2.0 GiB) and its unused build cache (300.0 MiB)",
+        "remove docker's dangling images (2.0 GiB) and its unused build cache (300.0 MiB)",
         "vacuum the journal (1.9 GiB) down to 100M (archived files only)",
         "remove 4 backup entries (70.00 MB) of /var/backups/whatsapp-mcp that the retention policy does not keep (the newest dump, verified, is kept)",
         "delete 43 expired row(s) (old_media_rows: 40, old_audit: 3), then VACUUM their tables"]
@@ -249,9 +249,10 @@ def test_nothing_reached_is_nothing_selected():
     assert storage_full.storage_reclaimed(dict.fromkeys(NOT_SELECTED, {}), []) == NOT_SELECTED
 
 
-def test_the_retention_loop_skipped_item_by_item_counts_as_0_entries():
-    """Ansible registers a loop's results even when every item is skipped: the role has always printed 0 entries then."""
-    assert storage_full.storage_reclaimed(dict(NOTHING_RAN, backups=all_skipped(DB, MEDIA)), MEASURED) == dict(NOT_SELECTED, backups="0 entries, 0.00 Bytes")
+def test_the_retention_loop_skipped_item_by_item_is_not_selected():
+    """Ansible registers a loop's results even when every item is skipped (backups not among the choices): that is
+    "not selected", not "0 entries"."""
+    assert storage_full.storage_reclaimed(dict(NOTHING_RAN, backups=all_skipped(DB, MEDIA)), MEASURED) == NOT_SELECTED
 
 
 def test_the_journal_without_a_measure_after_or_a_freed_line_still_says_it_was_vacuumed():
