@@ -74,13 +74,9 @@ def open_dir(path, create_mode=None):
         while pending:
             name = pending.pop(0)
             try:
-                child = os.open(name, DIR_FLAGS, dir_fd=fd)
+                child = _open_or_make_dir(fd, name, create_mode)
             except FileNotFoundError:
-                if create_mode is None:
-                    raise FileNotFoundError(errno.ENOENT, "no such directory", path) from None
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(name, create_mode, dir_fd=fd)
-                child = os.open(name, DIR_FLAGS, dir_fd=fd)
+                raise FileNotFoundError(errno.ENOENT, "no such directory", path) from None
             except OSError as exc:
                 if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise
@@ -254,6 +250,19 @@ class NotFollowedError(UnsafePathError):
         self.rel, self.is_link = rel, is_link
 
 
+def _open_or_make_dir(dir_fd, name, create_mode):
+    """A DIR_FLAGS descriptor of the directory `name` under `dir_fd`, made first with `create_mode` when it is missing
+    and a mode is given (FileNotFoundError otherwise); a symlink at `name` is not followed (ELOOP)."""
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        if create_mode is None:
+            raise
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, create_mode, dir_fd=dir_fd)
+        return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+
+
 def open_dir_beneath(dir_fd, parts, create_mode=None):
     """A descriptor of the directory `parts` (a list of names) under the directory of `dir_fd`, no component
     followed if it is a symlink, wherever it is (unlike open_dir: the tree is one a link must never lead out of). With
@@ -268,13 +277,7 @@ def open_dir_beneath(dir_fd, parts, create_mode=None):
     try:
         for index, part in enumerate(parts):
             try:
-                child = os.open(part, DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                if create_mode is None:
-                    raise
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, create_mode, dir_fd=fd)
-                child = os.open(part, DIR_FLAGS, dir_fd=fd)
+                child = _open_or_make_dir(fd, part, create_mode)
             except OSError as exc:
                 if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise

@@ -14,8 +14,7 @@ import time
 
 import pytest
 
-from ansible_collections.runbooks.incident.plugins.filter.dns_fqdn import dns_fqdn
-from ansible_collections.runbooks.incident.plugins.filter.dns_record_type import dns_record_type
+from ansible_collections.runbooks.incident.plugins.filter.dns import dns_fqdn, dns_record_type
 
 from ansible.errors import AnsibleFilterError
 
