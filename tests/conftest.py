@@ -222,6 +222,7 @@ def pg_server() -> Iterator[PostgresServer]:
 
 def run_module(name: str, params: dict, *, check_mode: bool = False, diff: bool = False, tmpdir: str | None = None) -> dict:
     """Run runbooks.incident.<name> in this process with `params`; returns the module's JSON result."""
+    from ansible.module_utils import _internal  # pylint: disable=import-outside-toplevel
     from ansible.module_utils.common import warnings  # pylint: disable=import-outside-toplevel
     from ansible.module_utils.testing import patch_module_args  # pylint: disable=import-outside-toplevel
 
@@ -232,11 +233,16 @@ def run_module(name: str, params: dict, *, check_mode: bool = False, diff: bool 
     args = dict(params, _ansible_check_mode=check_mode, _ansible_diff=diff,
                 _ansible_remote_tmp=tmpdir or tempfile.gettempdir(), _ansible_keep_remote_files=False)
     out = io.StringIO()
+    # A module runs on the host's side: a test that imported controller code (a filter plugin, ansible.errors) in this
+    # process has switched ansible to the controller's, where warnings go to the display instead of the result.
+    controller, _internal.is_controller = _internal.is_controller, False
     with patch_module_args(args), contextlib.redirect_stdout(out):
         try:
             module.main()
         except SystemExit:
             pass
+        finally:
+            _internal.is_controller = controller
     result = json.loads(out.getvalue())
     # ansible-core 2.19 wraps warnings in structured events; tests compare their text.
     result["warnings"] = [w["event"]["msg"] if isinstance(w, dict) else w for w in result.get("warnings", [])]
