@@ -88,7 +88,7 @@ def test_a_wrong_key_is_refused_before_the_service_is_touched(host, tmp_path):
     given.write_text(json.dumps({"whatsapp_mcp_age_key": wrong.read_text()}))
     started = "docker ps -q | xargs docker inspect -f '{{.Name}} {{.State.StartedAt}}' | sort"
     services = host.check_output(started)
-    with restored(host, KEY, then="systemctl restart whatsapp-mcp-secrets"):
+    with restored(host, KEY):
         with unchanged():
             rc, out = playbook("rebootstrap.yml", "incident_id=MOLECULE-WRONG-KEY", vars_files=[str(given)])
         assert rc != 0 and f"{KEY} holds another age key" in out and "Nothing was changed" in out, out
