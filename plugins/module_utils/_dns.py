@@ -53,16 +53,17 @@ def fqdn(name):
 def answer(server, port, name, rdtype, timeout):
     """The sorted addresses (text) `server` answers for `name`, or a short description of why there are none
     (for example `NXDOMAIN`, `no answer`, `timed out`)."""
-    query = dns.message.make_query(dns.name.from_text(name), dns.rdatatype.from_text(rdtype))
+    wanted_type = dns.rdatatype.from_text(rdtype)
+    query = dns.message.make_query(dns.name.from_text(name), wanted_type)
     try:
-        response = dns.query.tcp(query, str(server), port=port, timeout=timeout)
+        response = dns.query.tcp(query, server, port=port, timeout=timeout)
     except dns.exception.Timeout:
         return "timed out"
     except (OSError, dns.exception.DNSException) as exc:
         return "no answer (%s)" % (exc.strerror if isinstance(exc, OSError) and exc.strerror else exc)
     if response.rcode() != dns.rcode.NOERROR:
         return dns.rcode.to_text(response.rcode())
-    found = [str(rdata) for rrset in response.answer if rrset.rdtype == dns.rdatatype.from_text(rdtype) for rdata in rrset]
+    found = [str(rdata) for rrset in response.answer if rrset.rdtype == wanted_type for rdata in rrset]
     return sorted(found) if found else "no %s record" % rdtype
 
 
@@ -70,9 +71,7 @@ def wait(name, value, servers, port=53, timeout=120.0, interval=2.0, query_timeo
     """Ask every server until each answers exactly `value` for `name` (compared as addresses, so that 2001:db8::1 and
     2001:DB8:0::1 are the same), or `timeout` seconds passed. Returns (the servers that do not answer it,
     {server: what it answered last}, seconds waited)."""
-    wanted = address(value)
-    rdtype = "A" if wanted.version == 4 else "AAAA"
-    name = fqdn(name)
+    wanted, rdtype, name = address(value), record_type(value), fqdn(name)
     pending = [str(address(server, "server")) for server in servers]
     if not pending:
         raise DnsError("no server to ask")

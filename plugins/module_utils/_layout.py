@@ -108,7 +108,8 @@ def check(name, found):
         return found.rstrip("/") or "/"
     if kind == "keyprefix":
         found = found if found.endswith("/") else found + "/"
-        if not _KEY_PREFIX.match(found) or "/../" in "/" + found or "/./" in "/" + found:
+        # Every name starts with a letter or digit: no "." or ".." can be one.
+        if not _KEY_PREFIX.match(found):
             raise LayoutError("%s%s must be a key prefix of plain names separated by / (letters, digits, and . _ @ -): %r"
                               % (PREFIX, name, found))
         return found
