@@ -239,7 +239,7 @@ def _scanned(name, extra, flags, vars_files, artifacts, given):
 
 
 def _command(name, extra, flags=(), vars_files=()):
-    """(flags, extra vars, env) of a run of playbooks/<name> (see playbook())."""
+    """(the playbook's path, flags, extra vars, env) of a run of playbooks/<name> (see playbook())."""
     project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
     flags = list(flags) + [item for item in extra if item.startswith("--")]
     for path in vars_files:
@@ -247,14 +247,13 @@ def _command(name, extra, flags=(), vars_files=()):
     extravars = [item for item in extra if not item.startswith("--")]
     env = {"ANSIBLE_COLLECTIONS_PATH": os.path.join(project, ".build", "collections"), **PLAYBOOK_ENV,
            "ANSIBLE_CALLBACKS_ENABLED": "runbooks.incident.timeline", "RUNBOOKS_INCIDENT_DIR": incident_dir()}
-    return flags, extravars, env
+    return os.path.join(project, "playbooks", name), flags, extravars, env
 
 
 def _cli(name, extra, flags=(), vars_files=()):
     """(argv, env) of an ansible-playbook run of playbooks/<name>, from the project directory."""
-    flags, extravars, env = _command(name, extra, flags, vars_files)
-    argv = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-            os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", name)] + flags
+    path, flags, extravars, env = _command(name, extra, flags, vars_files)
+    argv = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], path] + flags
     return argv + [arg for item in extravars for arg in ("-e", item)], dict(os.environ, **env)
 
 
@@ -273,8 +272,7 @@ def _playbook(name, extra, flags, vars_files, artifacts):
         argv, env = _cli(name, extra, flags, vars_files)
         res = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=project, env=env)
         return res.returncode, unfolded(res.stdout + res.stderr)
-    flags, extravars, env = _command(name, extra, flags, vars_files)
-    path = os.path.join(project, "playbooks", name)
+    path, flags, extravars, env = _command(name, extra, flags, vars_files)
     given = {}
     for item in extravars:
         given.update(json.loads(item) if item.startswith("{") else [item.split("=", 1)])
