@@ -98,7 +98,7 @@ def event_text(event):
         head = "Journal marker on %s" % event.get("host")
     else:
         head = {"declared": "Incident declared", "updated": "Incident updated", "resolved": "Incident resolved",
-                "outcome": "Outcome recorded"}.get(kind, str(kind))
+                "outcome": "Outcome recorded", "recovery": "Service recovered"}.get(kind, str(kind))
     suffix = " [%s]" % ", ".join(details) if details else ""
     return "%s%s: %s" % (head, suffix, event.get("summary", ""))
 

@@ -45,7 +45,7 @@ JOURNAL_ACTIONS = frozenset(["community.general.syslogger"])
 INCIDENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 SEVERITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,15}")
 STATUSES = ("ok", "changed", "failed", "skipped", "unreachable")
-EVENT_KINDS = ("declared", "updated", "resolved", "outcome", "notification")
+EVENT_KINDS = ("declared", "updated", "resolved", "outcome", "notification", "recovery")
 NOTIFY_CHANNELS = ("slack", "email", "pagerduty")
 # Result keys of the collection's modules (their RETURN blocks) that are never secret: durations, verdicts, names of
 # kept databases and copies, fingerprints (never the value), counts. `timeline_events` is read apart (events).
@@ -54,7 +54,7 @@ KEY_RESULTS = frozenset([
     "fingerprint", "previous_fingerprint", "replaced_fingerprint", "row_counts", "counts", "count", "rows",
     "revoked", "restarted", "renewed", "pushed", "signed", "steps", "ok", "cause", "problems_total", "checked",
     "files_transferred", "bytes_uploaded", "shares", "threshold", "rotated_at", "change_id", "mismatches",
-    "outcome", "restored", "rotated", "backup", "changed",
+    "outcome", "restored", "rotated", "backup", "changed", "rto_s", "rpo_s", "step_durations", "backup_time",
 ])
 MAX_TEXT = 300
 MAX_SUMMARY = 500
@@ -203,6 +203,11 @@ def event_from(entry, at, run_id, host=None, task=None):
         event["ok"] = entry["ok"]
     if normal_time(entry.get("detected")):
         event["detected"] = normal_time(entry["detected"])
+    if normal_time(entry.get("backup_time")):
+        event["backup_time"] = normal_time(entry["backup_time"])
+    for key in ("rto_s", "rpo_s"):  # a recovery's times (recovery_report)
+        if isinstance(entry.get(key), (int, float)) and not isinstance(entry[key], bool):
+            event[key] = entry[key]
     if host:
         event["host"] = text(host, MAX_NAME)
     if task:
