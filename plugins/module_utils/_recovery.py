@@ -7,7 +7,8 @@ A step is timed from the mark before it: marks are (step, UTC time) in order, th
 lost is what was written after the restored dump's snapshot (its manifest's `started_at`): `rpo_s` is from then to
 the start of the recovery, an upper bound (the host died in between).
 
-Standard library and _timeline (the timeline's reading of times); no Ansible imports.
+Standard library, _timeline (the timeline's reading of times) and _postmortem (its way of writing durations); no
+Ansible imports.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import datetime
 import math
 import re
 
-from ansible_collections.runbooks.incident.plugins.module_utils import _timeline
+from ansible_collections.runbooks.incident.plugins.module_utils import _postmortem, _timeline
 
 # A backup set's stamp (its name), when no manifest gives the snapshot's time.
 BACKUP_STAMP = "%Y-%m-%dT%H%M%SZ"
@@ -45,21 +46,9 @@ def parse_time(value, what):
         raise ReportError("%s is out of range: %r" % (what, value)) from None
 
 
-def duration(seconds):
-    """2h03m, 4m12s, 38s, 0.4s."""
-    if round(seconds, 1) < 10:  # 9.96 is 10s, not 10.0s
-        return "%.1fs" % seconds
-    whole = int(round(seconds))
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return "%dh%02dm" % (hours, minutes)
-    return "%dm%02ds" % (minutes, secs) if minutes else "%ds" % secs
-
-
 def report(marks, backup_time=None, goal_s=None):
     """The report of `marks` [{step, at}] (the first is the start, the last the end of verification)."""
-    if goal_s is not None and not (math.isfinite(goal_s) and goal_s > 0):  # nan and inf have no duration()
+    if goal_s is not None and not (math.isfinite(goal_s) and goal_s > 0):  # nan and inf cannot be written as a duration
         raise ReportError("goal_s must be more than 0 seconds, not %s" % goal_s)
     if not isinstance(marks, list) or len(marks) < 2:
         raise ReportError("a report needs the start and at least one step's end (marks: %d)" % (len(marks) if isinstance(marks, list) else 0))
@@ -77,22 +66,22 @@ def report(marks, backup_time=None, goal_s=None):
     rto_s = round((ended - started).total_seconds(), 1)
     result = dict(rto_s=rto_s, started=_iso(started), verified=_iso(ended), steps=steps,
                   step_durations={step["step"]: step["duration_s"] for step in steps})
-    lines = ["Recovery time (RTO): %s, from %s to verified at %s." % (duration(rto_s), _iso(started), _iso(ended))]
-    lines += ["  %-28s %s" % (step["step"], duration(step["duration_s"])) for step in steps]
+    lines = ["Recovery time (RTO): %s, from %s to verified at %s." % (_postmortem.human(rto_s), _iso(started), _iso(ended))]
+    lines += ["  %-28s %s" % (step["step"], _postmortem.human(step["duration_s"])) for step in steps]
     if goal_s is not None:
         result["within_goal"] = rto_s <= goal_s
-        lines.append("Goal %s: %s." % (duration(goal_s), "met" if result["within_goal"] else "missed by %s" % duration(rto_s - goal_s)))
+        lines.append("Goal %s: %s." % (_postmortem.human(goal_s), "met" if result["within_goal"] else "missed by %s" % _postmortem.human(rto_s - goal_s)))
     if backup_time:
         snapshot = parse_time(backup_time, "the backup's time")
         result.update(backup_time=_iso(snapshot), rpo_s=round(max((started - snapshot).total_seconds(), 0.0), 1))
         lines.append("Data restored as of %s: what was written after it is lost (at most %s before this recovery began)."
-                     % (_iso(snapshot), duration(result["rpo_s"])))
+                     % (_iso(snapshot), _postmortem.human(result["rpo_s"])))
     else:
         lines.append("No backup was restored: the service starts without its earlier data.")
     result["lines"] = lines
     summary = "Recovered in %s (RTO)%s" % (
-        duration(rto_s), "; data as of %s" % result["backup_time"] if backup_time else "; no data restored")
-    result["summary"] = summary + ". " + ", ".join("%s %s" % (step["step"], duration(step["duration_s"])) for step in steps)
+        _postmortem.human(rto_s), "; data as of %s" % result["backup_time"] if backup_time else "; no data restored")
+    result["summary"] = summary + ". " + ", ".join("%s %s" % (step["step"], _postmortem.human(step["duration_s"])) for step in steps)
     return result
 
 
