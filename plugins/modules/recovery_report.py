@@ -13,13 +13,15 @@ description:
   - With I(backup_time), the time of the restored dump's snapshot, reports the data loss (what was written after it
     is lost), at most RV(rpo_s) seconds before the recovery began.
   - Returns the report as a C(recovery) event of the incident's timeline (the C(runbooks.incident.timeline) callback
-    records it); it changes nothing anywhere.
+    records it), except in check mode; it changes nothing anywhere.
 extends_documentation_fragment:
   - runbooks.incident.attributes
 attributes:
   check_mode:
     support: full
-    details: The same report; nothing is changed in either mode.
+    details: >-
+      The same report, but no C(recovery) event for the timeline: a dry run recovered nothing. Nothing is changed in
+      either mode.
   diff_mode:
     support: none
 options:
@@ -105,7 +107,7 @@ summary:
   type: str
   sample: "Recovered in 4m02s (RTO); data as of 2026-12-06T02:30:04Z. deployed 2m10s, data restored 1m30s, verified 22s"
 timeline_events:
-  description: The report as one C(recovery) event of the incident's timeline.
+  description: The report as one C(recovery) event of the incident's timeline; none in check mode.
   returned: success
   type: list
   elements: dict
@@ -133,7 +135,8 @@ def main():
     event = dict(kind="recovery", summary=found["summary"], time=found["verified"], rto_s=found["rto_s"])
     if "rpo_s" in found:
         event.update(rpo_s=found["rpo_s"], backup_time=found["backup_time"])
-    module.exit_json(changed=False, msg=" ".join(found["lines"][:1]), timeline_events=[event], **found)
+    # A dry run recovered nothing: its report is shown, not recorded as the incident's recovery.
+    module.exit_json(changed=False, msg=" ".join(found["lines"][:1]), timeline_events=[] if module.check_mode else [event], **found)
 
 
 if __name__ == "__main__":

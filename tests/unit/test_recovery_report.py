@@ -87,9 +87,13 @@ def test_without_a_backup_there_is_no_rpo(run_module, backup_time):
     assert set(result["timeline_events"][0]) == {"kind", "summary", "time", "rto_s"}
 
 
-def test_check_mode_gives_the_same_report(run_module):
+def test_check_mode_gives_the_same_report_but_records_no_recovery(run_module):
     params = dict(backup_time=BACKUP_TIMES[2], goal_s=300)
-    assert report(run_module, **params) == run_module("recovery_report", dict(params, marks=MARKS), check_mode=True)
+    applied = report(run_module, **params)
+    dry = run_module("recovery_report", dict(params, marks=MARKS), check_mode=True)
+    assert applied["timeline_events"] and dry.pop("timeline_events") == []
+    applied.pop("timeline_events")
+    assert dry == applied
 
 
 # --- refusals ------------------------------------------------------------------------------------------------------
