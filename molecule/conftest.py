@@ -93,9 +93,11 @@ def received_alerts(receiver="offhost"):
 @functools.lru_cache(maxsize=None)
 def containers():
     """{inventory name: container} of the scenario's hosts (molecule/instances.py names the containers after the
-    scenario: the inventory's `ansible_host`), in the inventory's order."""
+    scenario: the inventory's `ansible_host`), in the inventory's order. A host of the group `died` is not one any
+    more: host_died's prepare destroyed it."""
     runner = AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"])
-    return {name: runner.get_variables(name).get("ansible_host", name) for name in runner.get_hosts("all")}
+    died = set(runner.get_hosts("died"))
+    return {name: runner.get_variables(name).get("ansible_host", name) for name in runner.get_hosts("all") if name not in died}
 
 
 def fed(host, command, data):

@@ -316,7 +316,7 @@ def test_a_redeploy_from_the_repository_keeps_every_rotated_secret(host, runs):
     assert any(name.startswith("secrets-") and name.endswith(".enc.yaml") for name in backups)
 
     host.check_output("systemctl stop whatsapp-mcp.service whatsapp-mcp-secrets.service && rm -rf /opt/whatsapp-mcp /run/secrets/*")
-    rc, out = runs("rebootstrap.yml", "incident_id=MOLECULE-REDEPLOY")
+    rc, out = runs("rebootstrap.yml", "incident_id=MOLECULE-REDEPLOY", "backup=none")
     assert rc == 0, out
     assert decrypted(host) == in_force
     after = health(host)

@@ -23,7 +23,7 @@ def test_a_rebootstrap_without_the_age_key_refuses_says_where_it_is_and_changes_
         host.check_output(f"rm {KEY}")
         with unchanged():
             # The key is neither on the host nor given (the AWX credential left out).
-            rc, out = playbook("rebootstrap.yml", "incident_id=MOLECULE-NO-AGE-KEY", "whatsapp_mcp_age_key=")
+            rc, out = playbook("rebootstrap.yml", "incident_id=MOLECULE-NO-AGE-KEY", "backup=none", "whatsapp_mcp_age_key=")
         assert rc != 0
         assert f"No age key at {KEY} and none given in age_key_content" in out
         assert "paper shares (age_key_shares, or age_key_share_files" in out and "age_key_generate=true" in out
@@ -71,7 +71,7 @@ def test_a_rebootstrap_rebuilds_a_lost_key_from_its_paper_shares(host):
         assert rc == 0, out
         files = sorted(glob.glob(os.path.join(shares_dir, "app", "*")))
         host.check_output(f"rm {KEY}")
-        rc, out = playbook("rebootstrap.yml", "incident_id=MOLECULE-AGE-SHARES", "whatsapp_mcp_age_key=",
+        rc, out = playbook("rebootstrap.yml", "incident_id=MOLECULE-AGE-SHARES", "backup=none", "whatsapp_mcp_age_key=",
                            json.dumps({"whatsapp_mcp_age_key_share_files": files[1:]}))
         assert rc == 0, out
         key = host.file(KEY)
@@ -90,10 +90,10 @@ def test_a_wrong_key_is_refused_before_the_service_is_touched(host, tmp_path):
     services = host.check_output(started)
     with restored(host, KEY):
         with unchanged():
-            rc, out = playbook("rebootstrap.yml", "incident_id=MOLECULE-WRONG-KEY", vars_files=[str(given)])
+            rc, out = playbook("rebootstrap.yml", "incident_id=MOLECULE-WRONG-KEY", "backup=none", vars_files=[str(given)])
         assert rc != 0 and f"{KEY} holds another age key" in out and "Nothing was changed" in out, out
 
-        rc, out = playbook("rebootstrap.yml", "incident_id=MOLECULE-WRONG-KEY", "age_key_replace=true", vars_files=[str(given)])
+        rc, out = playbook("rebootstrap.yml", "incident_id=MOLECULE-WRONG-KEY", "backup=none", "age_key_replace=true", vars_files=[str(given)])
         assert rc != 0 and "does not decrypt /opt/whatsapp-mcp/ops/secrets/secrets.enc.yaml" in out, out
         assert "identity did not match" in out and "The service was not started" in out
         assert host.check_output(started) == services, "no container restarted"
