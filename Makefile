@@ -20,7 +20,7 @@ SANDBOX := $(BIN)/python tests/sandbox/sandbox.py
 TIMED := $(BIN)/python tests/timings.py run
 COLLECTION_LINK := .build/collections/ansible_collections/runbooks/incident
 # Molecule scenarios, longest first: with MOLECULE_JOBS lanes, the short ones fill the gaps at the end.
-SCENARIOS ?= incidents offsite secret_rotation certificates db_restore whatsapp_mcp audit_integrity
+SCENARIOS ?= incidents offsite host_died secret_rotation certificates db_restore whatsapp_mcp audit_integrity
 # Scenarios at a time. Each has hosts and a network of its own (molecule/instances.py), so they run side by side. A
 # scenario keeps about one core of two busy (Ansible waits on its hosts half the time): two at once finish together in
 # about 65% of the time they take one after the other (docs/testing.md).
@@ -54,11 +54,15 @@ sandbox: deps collection ## build the sandbox images and the converged app host 
 	$(TIMED) "converged app host" -- $(SANDBOX) converge
 
 .PHONY: demo
-demo: sandbox ## sandbox up, re-bootstrap the app host with the incident playbook, seed data, print the result
+# The host-died incident (docs/runbooks/rebootstrap.md) from scratch: `app` serves seeded data with its backups shipped
+# off-host and its DNS name on it; it dies; rebootstrap.yml brings the service back on the bare host `spare`.
+demo: sandbox ## the host-died incident: app serves data, backs up off-host, dies; rebootstrap.yml recovers it on spare
+	$(SANDBOX) destroy spare
 	$(SANDBOX) up
-	ansible-playbook -i inventories/sandbox playbooks/rebootstrap.yml -e incident_id=$(DEMO_INCIDENT)
-	ansible-playbook -i inventories/sandbox tests/sandbox/seed.yml
-	ansible-playbook -i inventories/sandbox tests/sandbox/report.yml -e incident_id=$(DEMO_INCIDENT)
+	ansible-playbook -i inventories/sandbox tests/sandbox/demo_before.yml
+	$(SANDBOX) destroy app
+	ansible-playbook -i inventories/sandbox playbooks/rebootstrap.yml -e target=spare -e incident_id=$(DEMO_INCIDENT)
+	ansible-playbook -i inventories/sandbox tests/sandbox/report.yml -e target=spare -e incident_id=$(DEMO_INCIDENT)
 
 .PHONY: demo-down
 demo-down: venv ## remove the sandbox hosts

@@ -4,7 +4,9 @@
 
     sandbox.py deps     install the host packages the suite needs and start dockerd if none runs
     sandbox.py build    build the images (cached by content hash) and the artefacts handed to the hosts
-    sandbox.py up       start the sandbox hosts (app, offhost) on a private network, reachable over SSH
+    sandbox.py up       start the sandbox hosts (app, offhost, drill, spare) and the S3 emulator on a private
+                        network, reachable over SSH
+    sandbox.py destroy HOST  remove one host with everything on it (a host that died; `up` starts it bare again)
     sandbox.py converge build the converged app host (image + nested Docker volume), cached by content hash
     sandbox.py down     remove the sandbox hosts and network
     sandbox.py status   print what runs
@@ -73,6 +75,8 @@ HOSTS = {
     "app": {"ip": "172.29.0.10", "nested_docker": True},
     "offhost": {"ip": "172.29.0.11", "nested_docker": False},
     "drill": {"ip": "172.29.0.13", "nested_docker": True},
+    # The bare host `make demo` re-bootstraps when `app` has died (another name, another address).
+    "spare": {"ip": "172.29.0.14", "nested_docker": True},
 }
 # Services beside the hosts (no systemd, no SSH): the S3 emulator for off-host backups.
 SERVICES = {
@@ -356,7 +360,7 @@ def cmd_converge(_args: argparse.Namespace) -> None:
                        RUNBOOKS_INCIDENT_DIR=str(Path(tmp) / "incidents"),
                        ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".build" / "collections"), ANSIBLE_PIPELINING="true")
             res = run(str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory),
-                      str(ROOT / "playbooks" / "rebootstrap.yml"), "-e", "incident_id=SANDBOX-CONVERGED",
+                      str(ROOT / "playbooks" / "rebootstrap.yml"), "-e", "incident_id=SANDBOX-CONVERGED", "-e", "backup=none",
                       check=False, capture=True, env=env, cwd=str(ROOT))
         if res.returncode != 0:
             sys.exit(f"sandbox: converging the app host failed:\n{res.stdout[-4000:]}{res.stderr[-2000:]}")
@@ -482,6 +486,14 @@ def cmd_down(args: argparse.Namespace) -> None:
     log("sandbox hosts removed")
 
 
+def cmd_destroy(args: argparse.Namespace) -> None:
+    """A host dies: its container and its volumes (a nested /var/lib/docker) are removed, nothing kept."""
+    if args.host not in HOSTS:
+        sys.exit(f"sandbox: no host {args.host!r} (hosts: {', '.join(HOSTS)})")
+    gone = docker("rm", "-f", "-v", container(args.host), check=False)
+    log(f"{args.host}: destroyed, with everything on it" if gone.returncode == 0 else f"{args.host}: not there")
+
+
 def cmd_status(_args: argparse.Namespace) -> None:
     print(docker("ps", "-a", "--filter", "label=runbooks.sandbox=1",
                  "--format", "{{ .Names }}\t{{ .Status }}").stdout or "no sandbox hosts", end="")
@@ -497,6 +509,9 @@ def main() -> None:
     down = sub.add_parser("down")
     down.add_argument("--purge", action="store_true", help="also forget the generated age key and secrets")
     down.set_defaults(func=cmd_down)
+    destroy = sub.add_parser("destroy", help="remove one host's container and volumes (a host that died)")
+    destroy.add_argument("host")
+    destroy.set_defaults(func=cmd_destroy)
     sub.add_parser("status").set_defaults(func=cmd_status)
     args = parser.parse_args()
     try:
