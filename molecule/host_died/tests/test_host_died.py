@@ -141,7 +141,7 @@ def test_a_host_holding_data_is_not_overwritten_by_another_incident():
 def test_a_missing_backup_fails_naming_where_it_looked_and_leaves_the_data(host):
     rc, out = runs(f"incident_id={INCIDENT}", "backup=2020-01-01")
     assert rc != 0, out
-    assert "no complete db- set 2020-01-01" in out and "wa-mcp-backups" in out and "whatsapp-mcp/wa.sandbox.test/" in out, out
+    assert "no complete db-/media- set of 2020-01-01 off-host in s3://wa-mcp-backups/whatsapp-mcp/wa.sandbox.test/" in out, out
     for table, (count, highest, digest) in old_rows().items():
         now = host.check_output(f"{PSQL} -c \"SELECT count(*), {ROW_DIGEST} FROM {table} t WHERE id <= {highest}\"")
         assert now == f"{count}|{digest}", table
