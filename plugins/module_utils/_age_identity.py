@@ -156,12 +156,6 @@ def _identity_lines(text):
     return found
 
 
-def identities(text):
-    """The identity lines of an age key file's content `text` (blank lines and # comments left out, whitespace
-    stripped); IdentityError when there is none."""
-    return [line for _number, line in _identity_lines(text)]
-
-
 def recipients_of_key(text):
     """The recipients of every identity in the age key file content `text`, in order; IdentityError naming the
     line (by number only) of the first one that is not an age X25519 identity."""

@@ -111,9 +111,9 @@ def test_a_key_file_with_comments_blank_lines_and_crlf(run_module, new_key):
     key = new_key()
     assert key.text.startswith("# created: ")  # as age-keygen writes it: comments, then the identity
     messy = "\ufeff\n\n  # the service's key, kept offline\r\n" + key.text.replace("\n", "\r\n") + "\n   \n\t" + key.identity + "  \n\n"
-    assert _age_identity.identities(messy) == [key.identity, key.identity]
     result = check(run_module, key=messy, recipients=[key.recipient])
     assert not result.get("failed") and result["matches"] and result["recipient"] == key.recipient, result
+    assert result["key_recipients"] == [key.recipient, key.recipient]  # both identity lines, nothing else
     assert_leaks_nothing(result, *secret_parts(key))
 
 
@@ -395,18 +395,17 @@ def test_recipient_of_refuses_wrong_type_length_case_and_checksum(new_key):
     assert _age_identity.recipient_of("  %s\n" % key.identity) == key.recipient
 
 
-def test_identities_and_recipients_of_key(new_key):
+def test_recipients_of_key(new_key):
     one, two = new_key(), new_key()
     text = "# a comment\n\n %s \n#%s\n%s\n" % (one.identity, "commented-out", two.identity)
-    assert _age_identity.identities(text) == [one.identity, two.identity]
     assert _age_identity.recipients_of_key(text) == [one.recipient, two.recipient]
     for empty in ("", "\n\n", "# just a comment\n  # another\n"):
         with pytest.raises(_age_identity.IdentityError, match="holds no identity"):
-            _age_identity.identities(empty)
+            _age_identity.recipients_of_key(empty)
     with pytest.raises(_age_identity.IdentityError, match=r"^line 5 of the key: the age key: checksum mismatch"):
         _age_identity.recipients_of_key(text.replace(two.identity, two.identity[:-1] + ("Q" if two.identity[-1] != "Q" else "P")))
     with pytest.raises(_age_identity.IdentityError, match="not text"):
-        _age_identity.identities(b"AGE-SECRET-KEY-1")
+        _age_identity.recipients_of_key(b"AGE-SECRET-KEY-1")
 
 
 def test_check_recipient(new_key):
