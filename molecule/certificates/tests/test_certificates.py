@@ -15,6 +15,7 @@ import ssl
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -32,6 +33,13 @@ RECORDS = f"/var/lib/runbooks-incident/certificates/{NAME}"
 RENEW, CHECK = "renew_certificate.yml", "check_certificates.yml"
 CERTBOT_TIMER_RUN = ("REQUESTS_CA_BUNDLE=/etc/ssl/pebble-ca.pem certbot renew --force-renewal --no-random-sleep-on-renew "
                      "--non-interactive")
+
+
+def forget_validations(host):
+    """The CA forgets the names it validated, so the next renewal must pass a challenge (forget_validations.py)."""
+    script = Path(__file__).with_name("forget_validations.py").read_text(encoding="utf-8")
+    host.check_output(f"REQUESTS_CA_BUNDLE=/etc/ssl/pebble-ca.pem /usr/bin/python3 - /etc/letsencrypt/renewal/{NAME}.conf"
+                      f" <<'PY'\n{script}\nPY")
 
 
 def served():
@@ -218,6 +226,7 @@ def test_port_80_dropped_by_the_firewall_is_diagnosed_then_opened_when_confirmed
     drop = "DOCKER-USER -p tcp --dport 80 -j DROP"
     host.check_output(f"iptables -I {drop}")
     try:
+        forget_validations(host)
         assert host.run(CERTBOT_TIMER_RUN).rc != 0  # the nightly renewal fails, as it would in production
         before = served().serial_number
         rc, out = playbook(RENEW, "incident_id=MOLECULE-FIREWALL", "force=true")
@@ -239,6 +248,7 @@ def test_a_misconfigured_webroot_is_diagnosed_then_corrected_when_confirmed(host
     with restored(host, conf, then=NGINX + " -s reload"):
         host.check_output(f"sed -i 's|root /var/www/certbot;|root /var/www/html;|' {conf}")
         nginx(host, "-s", "reload")
+        forget_validations(host)
         assert host.run(CERTBOT_TIMER_RUN).rc != 0
         before = served().serial_number
         rc, out = playbook(RENEW, "incident_id=MOLECULE-WEBROOT", "force=true")
@@ -256,6 +266,7 @@ def test_a_misconfigured_webroot_is_diagnosed_then_corrected_when_confirmed(host
 def test_dns_pointing_elsewhere_is_diagnosed_and_nothing_changes(host):
     dns("/add-a", host=NAME + ".", addresses=["172.29.7.20"])  # the acme host: nothing listens on its port 80
     try:
+        forget_validations(host)
         assert host.run(CERTBOT_TIMER_RUN).rc != 0
         before = served().serial_number
         rc, out = playbook(RENEW, "incident_id=MOLECULE-DNS", "force=true", "fix_webroot=true", "fix_firewall=true")
