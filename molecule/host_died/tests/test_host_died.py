@@ -9,13 +9,17 @@ SSH, PostgreSQL and the compose stack are real.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import socket
+import ssl
 import subprocess
+from pathlib import Path
 
 import dns.resolver
 
-from conftest import fed, incident_dir, playbook, restored, unchanged  # pylint: disable=import-error
+from conftest import fed, incident_dir, other, playbook, restored, unchanged  # pylint: disable=import-error
 
 testinfra_hosts = ["replacement"]
 
@@ -65,12 +69,28 @@ def api(host, path, token):
     return int(code), json.loads(text) if text.strip() else None
 
 
-def test_the_service_serves_exactly_the_data_of_the_last_backup(host):
+def assert_the_data_of_the_last_backup(host):
+    """Every table's rows up to the old host's last backup are the old host's, in the newest backup's counts."""
     manifest = json.loads(recorded("old-manifest.json"))
     for table, (count, highest, digest) in old_rows().items():
         assert manifest["row_counts"][table] == count, f"the backup restored is not the newest ({table})"
         now = host.check_output(f"{PSQL} -c \"SELECT count(*), {ROW_DIGEST} FROM {table} t WHERE id <= {highest}\"")
         assert now == f"{count}|{digest}", f"{table}: the rows up to id {highest} differ from the old host's"
+
+
+def assert_the_rotated_pepper_and_old_keys_work(host):
+    health = json.loads(host.check_output("curl -fsS http://127.0.0.1/health"))
+    before = json.loads(recorded("old-health.json"))
+    assert health["status"] == "ok"
+    assert health["pepper_fingerprint"] == before["pepper_fingerprint"]
+    for token in tokens():
+        status, body = api(host, "/v1/whoami", token)
+        assert status == 200 and body["client_name"], (status, body)
+    assert api(host, "/v1/whoami", tokens()[0][:-4] + "0000")[0] == 401  # not a server that lets any key in
+
+
+def test_the_service_serves_exactly_the_data_of_the_last_backup(host):
+    assert_the_data_of_the_last_backup(host)
     # Since the restore, only what the verification wrote: its one test message (and its audit rows).
     newer = host.check_output(f"{PSQL} -c \"SELECT count(*) FROM messages WHERE id > {old_rows()['messages'][1]}\"")
     assert newer == "1"
@@ -83,14 +103,7 @@ def test_every_media_file_is_back_byte_for_byte(host):
 
 
 def test_the_rotated_pepper_is_in_force_and_old_api_keys_work(host):
-    health = json.loads(host.check_output("curl -fsS http://127.0.0.1/health"))
-    before = json.loads(recorded("old-health.json"))
-    assert health["status"] == "ok"
-    assert health["pepper_fingerprint"] == before["pepper_fingerprint"]
-    for token in tokens():
-        status, body = api(host, "/v1/whoami", token)
-        assert status == 200 and body["client_name"], (status, body)
-    assert api(host, "/v1/whoami", tokens()[0][:-4] + "0000")[0] == 401  # not a server that lets any key in
+    assert_the_rotated_pepper_and_old_keys_work(host)
 
 
 def test_the_verification_sent_a_message_that_the_audit_log_records(host):
@@ -99,12 +112,27 @@ def test_the_verification_sent_a_message_that_the_audit_log_records(host):
     assert rows.splitlines() == ["send_attempt|success"]
 
 
+def address_of(host):
+    return host.ansible("setup", "gather_subset=network")["ansible_facts"]["ansible_default_ipv4"]["address"]
+
+
 def test_dns_answers_the_replacement_address_at_the_zone_primary(host):
     resolver = dns.resolver.Resolver(configure=False)
     resolver.nameservers = [recorded("server").strip()]
     answer = [record.address for record in resolver.resolve("wa.sandbox.test", "A")]
-    address = host.ansible("setup", "gather_subset=network")["ansible_facts"]["ansible_default_ipv4"]["address"]
-    assert answer == [address] and address != recorded("old-address").strip()
+    assert answer == [address_of(host)] and address_of(host) != recorded("old-address").strip()
+
+
+def test_nginx_serves_a_certificate_of_the_ca_for_the_name(host):
+    """The bootstrap certificate is self-signed: a chain the TLS client verifies against pebble's root, for the
+    service's name, is the one the CA issued after validating the name where DNS now points."""
+    context = ssl.create_default_context(cafile=os.path.join(HERE, "pebble-root.pem"))
+    with socket.create_connection((address_of(host), 443), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="wa.sandbox.test") as tls:
+        names = [value for kind, value in tls.getpeercert()["subjectAltName"] if kind == "DNS"]
+    assert names == ["wa.sandbox.test"]
+    for pem in ("fullchain.pem", "privkey.pem"):  # nginx reads certbot's lineage
+        assert host.check_output(f"readlink -f /etc/whatsapp-mcp/tls/{pem}").startswith("/etc/letsencrypt/archive/wa.sandbox.test")
 
 
 def test_the_units_are_enabled_and_running(host):
@@ -124,7 +152,7 @@ def test_a_run_again_changes_nothing_and_reports_the_recovery_into_the_timeline(
     manifest = json.loads(recorded("old-manifest.json"))
     assert recoveries[0]["backup_time"][:19] == manifest["started_at"][:19]
     assert recoveries[0]["rto_s"] > 0 and recoveries[0]["rpo_s"] >= 0
-    for step in ("provisioned and deployed", "data restored", "DNS", "verified"):
+    for step in ("provisioned and deployed", "data restored", "DNS", "certificate", "verified"):
         assert step in recoveries[0]["summary"], recoveries[0]["summary"]
     assert "Recovery time (RTO)" in out and "Data restored as of" in out
     with open(os.path.join(incident_dir(), INCIDENT, "postmortem.md"), encoding="utf-8") as handle:
@@ -200,3 +228,22 @@ def test_shares_of_another_key_stop_the_run_before_anything_changes(tmp_path):
     with unchanged():
         rc, out = runs(f"incident_id={INCIDENT}", "whatsapp_mcp_age_key=", json.dumps({"whatsapp_mcp_age_key_share_files": files[1:]}))
     assert rc != 0 and "rebuilt from the shares is not the service's" in out, out
+
+
+def test_a_bare_host_is_rebuilt_with_the_paper_shares_as_the_only_key(tmp_path):
+    """The key file is lost with the host: two of three paper shares of the service's key, typed into files on the
+    controller, are all there is of it. DNS and the certificate stay with replacement."""
+    with open(os.path.join(os.environ["RUNBOOKS_SANDBOX_DIR"], "age.key"), encoding="utf-8") as handle:
+        service_key = handle.read()
+    files = paper_shares(service_key, tmp_path / "service")
+    shares = [line for path in files for line in Path(path).read_text(encoding="utf-8").split() if len(line) > 20]
+    given = {"whatsapp_mcp_age_key": "", "whatsapp_mcp_age_key_share_files": files[1:], "dns_record_server": "",
+             "rebootstrap_certificate": False}
+    rc, out = playbook("rebootstrap.yml", "target=paper", "incident_id=MOLECULE-HOST-DIED-PAPER", json.dumps(given),
+                       secrets=[*tokens(), tsig_secret(), *shares])
+    assert rc == 0, out
+    paper = other("paper")  # no key was given but the shares: the key there is the one they rebuilt
+    key = paper.file(KEY)
+    assert key.sha256sum == hashlib.sha256(service_key.encode()).hexdigest() and key.mode == 0o400
+    assert_the_data_of_the_last_backup(paper)
+    assert_the_rotated_pepper_and_old_keys_work(paper)
