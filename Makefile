@@ -19,6 +19,7 @@ SANDBOX := $(BIN)/python tests/sandbox/sandbox.py
 # The venv's python: a pyenv shim would put its own bin first on the PATH of the command it times.
 TIMED := $(BIN)/python tests/timings.py run
 COLLECTION_LINK := .build/collections/ansible_collections/runbooks/incident
+VERSION := $(shell sed -n 's/^version: *//p' galaxy.yml)
 # Molecule scenarios, longest first: with MOLECULE_JOBS lanes, the short ones fill the gaps at the end.
 SCENARIOS ?= incidents offsite host_died secret_rotation certificates db_restore whatsapp_mcp audit_integrity
 # Scenarios at a time. Each has hosts and a network of its own (molecule/instances.py), so they run side by side. A
@@ -122,7 +123,13 @@ changelog: venv ## lint changelogs/fragments and render CHANGELOG.rst from them 
 .PHONY: build
 build: venv ## the collection tarball (ansible-galaxy collection build)
 	mkdir -p .build/dist
-	ansible-galaxy collection build --force --output-path .build/dist .
+	$(BIN)/ansible-galaxy collection build --force --output-path .build/dist .
+
+.PHONY: ee
+ee: build ## the execution environment's build context, offline (.build/ee/context; docs/awx.md builds the image)
+	mkdir -p .build/ee
+	cp .build/dist/runbooks-incident-$(VERSION).tar.gz .build/ee/runbooks-incident.tar.gz
+	$(BIN)/ansible-builder create --file execution-environment.yml --context .build/ee/context --output-filename Containerfile
 
 .PHONY: clean
 clean: ## remove sandbox hosts and generated files (keeps .venv and cached images)

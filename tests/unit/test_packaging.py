@@ -4,6 +4,7 @@
 (ansible-builder introspect, as AWX builds one), the collections it declares, its action group and ansible-core floor."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -57,6 +58,35 @@ def test_an_execution_environment_gets_only_the_runtime_dependencies(built):
     assert sorted(line.split(" ")[0] for line in python) == ["dnspython>=2.0", "pycryptodome>=3.20"], python
     assert sorted(line.split(" ")[0] for line in system) == ["openssh-client", "openssh-clients"], system
     assert not any(tool in line for line in python for tool in DEV_TOOLS)
+
+
+def test_the_execution_environment_context_is_made_offline_from_the_built_collection(built, tmp_path):
+    """`ansible-builder create` (what `make ee` runs) writes the build context without a registry or the network: the
+    image installs the ansible-core and ansible-runner CI tests, and this collection from the tarball just built, whose
+    meta/execution-environment.yml the builder stage introspects for the runtime dependencies."""
+    _members, collections = built
+    [tarball] = collections.parent.glob("runbooks-incident-*.tar.gz")
+    (tmp_path / ".build" / "ee").mkdir(parents=True)
+    (tmp_path / ".build" / "ee" / "runbooks-incident.tar.gz").write_bytes(tarball.read_bytes())
+    (tmp_path / "execution-environment.yml").write_text((REPO_ROOT / "execution-environment.yml").read_text())
+    subprocess.run([str(BIN / "ansible-builder"), "create", "--file", "execution-environment.yml", "--context", "context",
+                    "--output-filename", "Containerfile"], cwd=tmp_path, capture_output=True, text=True, check=True)
+    context = tmp_path / "context"
+    containerfile = (context / "Containerfile").read_text()
+    pins = dict(line.split("==") for line in (REPO_ROOT / "constraints.txt").read_text().split() if "==" in line)
+    pins.update(line.split("==") for line in (REPO_ROOT / "requirements.txt").read_text().split() if "==" in line)
+    assert 'ANSIBLE_INSTALL_REFS="ansible-core=={} ansible-runner=={}"'.format(pins["ansible-core"], pins["ansible-runner"]) in containerfile
+    assert re.search(r'^ARG PKGMGR="/usr/bin/(dnf|microdnf)"$', containerfile, re.M)  # an RPM-based base image
+    assert yaml.safe_load((context / "_build" / "requirements.yml").read_text()) == {
+        "collections": [{"name": "collections/runbooks-incident.tar.gz", "type": "file"}]}
+    shipped = context / "_build" / "collections" / "runbooks-incident.tar.gz"
+    assert shipped.read_bytes() == tarball.read_bytes()
+    with tarfile.open(shipped) as archive:
+        manifest = json.load(archive.extractfile("MANIFEST.json"))
+        assert "meta/execution-environment.yml" in archive.getnames()
+    assert manifest["collection_info"]["dependencies"] == GALAXY["dependencies"]  # fetched from Galaxy at build time
+    assert "introspect" in containerfile
+    assert [tool for tool in DEV_TOOLS if tool in containerfile] == ["ansible-runner"]  # the one AWX runs jobs with
 
 
 def installed_collections():
