@@ -201,7 +201,7 @@ def unchanged():
     assert not found, "changed on the hosts:\n" + host_state.summary(found)
 
 
-def playbook(name, *extra, check=False, vars_files=(), artifacts=None, secrets=()):
+def playbook(name, *extra, check=False, vars_files=(), artifacts=None, secrets=(), injected=None):
     """Run playbooks/<name> on the scenario's inventory, as an operator would; (rc, its output with colours removed
     and lines unfolded, stderr included: errors go there). Each of `extra` is an extra var ("key=value" or a JSON
     object) or a command-line flag ("--diff"); `vars_files` are passed as -e @file, relative to the project.
@@ -211,24 +211,29 @@ def playbook(name, *extra, check=False, vars_files=(), artifacts=None, secrets=(
     artifacts/ (stdout, job events, command, status) and env/, its input. The extra vars reach it as AWX hands them
     over, in env/extravars, never on a command line (the runner reads env/ only once: one directory per run).
 
+    `injected` ({name: secret}) hands secrets over as the collection's AWX credentials do: each in a file of its own,
+    named by RUNBOOKS_<NAME>_FILE (lookup runbooks.incident.injected_secret); they are scanned for too.
+
     A check-mode run must leave every host as it found it (unchanged()); and no run may show a secret the hosts
     hold before or after it (held_secrets()), or one of `secrets`, in its output, in the incident records the
     timeline callback keeps (incident_dir()), or in the argv of any program started during it (exec_audit: on the
     controller, on the hosts, in their containers). Either fails the test."""
+    injected = injected or {}
+    secrets = [*secrets, *injected.values()]
     if check:
         with unchanged():
-            return _scanned(name, extra, ["--check"], vars_files, artifacts, secrets)
-    return _scanned(name, extra, [], vars_files, artifacts, secrets)
+            return _scanned(name, extra, ["--check"], vars_files, artifacts, secrets, injected)
+    return _scanned(name, extra, [], vars_files, artifacts, secrets, injected)
 
 
-def _scanned(name, extra, flags, vars_files, artifacts, given):
+def _scanned(name, extra, flags, vars_files, artifacts, given, injected):
     hosts = containers().values()
     with spending("the secrets the hosts hold"):
         secrets = {**dict.fromkeys(given, "the test's list of secrets"), **held_secrets(hosts)}
     audit = ExecAudit().start()
     try:
-        with spending("playbook runs"):
-            rc, out = _playbook(name, extra, flags, vars_files, artifacts)
+        with spending("playbook runs"), credential_files(injected) as credentials:
+            rc, out = _playbook(name, extra, flags, vars_files, artifacts, credentials)
     finally:
         with spending("the exec capture read"):
             execs = audit.stop()
@@ -268,20 +273,36 @@ def started_playbook(name, *extra):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def _playbook(name, extra, flags, vars_files, artifacts):
+@contextlib.contextmanager
+def credential_files(injected):
+    """{RUNBOOKS_<NAME>_FILE: path} of `injected` ({name: secret}) written as AWX writes a job's credential files (a
+    private directory, a 0600 file each), removed after the run."""
+    with tempfile.TemporaryDirectory(prefix="credentials-") as directory:
+        env = {}
+        for name, value in injected.items():
+            path = os.path.join(directory, name)
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
+                handle.write(value)
+            env["RUNBOOKS_%s_FILE" % name.upper()] = path
+        yield env
+
+
+def _playbook(name, extra, flags, vars_files, artifacts, credentials):
     project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
     if artifacts is None:
         argv, env = _cli(name, extra, flags, vars_files)
-        res = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=project, env=env)
+        res = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=project, env={**env, **credentials})
         return res.returncode, unfolded(res.stdout + res.stderr)
     path, flags, extravars, env = _command(name, extra, flags, vars_files)
+    env.update(credentials)
     given = {}
     for item in extravars:
         given.update(json.loads(item) if item.startswith("{") else [item.split("=", 1)])
     env.update(ANSIBLE_CACHE_PLUGIN="jsonfile", ANSIBLE_CACHE_PLUGIN_CONNECTION=os.path.join(artifacts, "facts"))
     private = tempfile.mkdtemp(prefix=name + "-", dir=artifacts)
     runner = ansible_runner.run(private_data_dir=private, project_dir=project, playbook=path, inventory=os.environ["MOLECULE_INVENTORY_FILE"],
-                                extravars=given, cmdline=shlex.join(["-v", "--diff"] + flags), envvars=env, quiet=True)
+                                extravars=given, cmdline=shlex.join(["-v", "--diff"] + flags), envvars=env, quiet=True,
+                                settings={"idle_timeout": 900})  # a run waiting for an answer fails instead of hanging
     return runner.rc, unfolded(runner.stdout.read())
 
 

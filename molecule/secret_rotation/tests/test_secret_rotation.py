@@ -72,9 +72,10 @@ class Runs:
         self.since = host.check_output("date '+%Y-%m-%d %H:%M:%S'")
         self.secrets = secret_values(host) | set(host.check_output("cat /root/molecule-tokens").split())
 
-    def __call__(self, name, *extra, check=False):
+    def __call__(self, name, *extra, check=False, injected=None):
         self.secrets |= {item.split("=", 1)[1] for item in extra if item.startswith("access_token=")}
-        rc, out = playbook(name, *extra, check=check, artifacts=self.directory, secrets=self.secrets)
+        self.secrets |= set((injected or {}).values())
+        rc, out = playbook(name, *extra, check=check, artifacts=self.directory, secrets=self.secrets, injected=injected)
         self.count += 1
         self.secrets |= secret_values(self.host)
         return rc, out
@@ -195,7 +196,8 @@ def meta_issues(host, token):
 def test_access_token_rotation_sets_restarts_and_proves_a_real_send(host, runs):
     new = "EAAGsandbox" + "n" * 40
     meta_issues(host, new)
-    rc, out = runs(TOKEN, f"phone_id={PHONE_ID}", "incident_id=MOLECULE-TOKEN", f"access_token={new}")
+    # As AWX hands it over: the credential "runbooks: WhatsApp access token" puts it in a file of the job.
+    rc, out = runs(TOKEN, f"phone_id={PHONE_ID}", "incident_id=MOLECULE-TOKEN", injected={"access_token": new})
     assert rc == 0, out
     assert decrypted(host)[f"wa_access_token_{PHONE_ID}"] == new
     assert "send_attempt after the restart" in out and "success" in out
@@ -203,6 +205,14 @@ def test_access_token_rotation_sets_restarts_and_proves_a_real_send(host, runs):
     assert not host.file("/opt/whatsapp-mcp/ops/secrets/secrets.enc.yaml.pre-MOLECULE-TOKEN").exists
     again, out = runs(TOKEN, f"phone_id={PHONE_ID}", "incident_id=MOLECULE-TOKEN", f"access_token={new}")
     assert again == 0 and "already in place" in out
+
+
+def test_without_a_token_the_job_fails_saying_so_instead_of_waiting_for_an_answer(host, runs):
+    """Under ansible-runner, as in AWX, nobody answers a prompt: a job without the credential stops at once."""
+    before = host.file(SECRETS_FILE).sha256sum
+    rc, out = runs(TOKEN, f"phone_id={PHONE_ID}", "incident_id=MOLECULE-TOKEN-NONE")
+    assert rc != 0 and "through the AWX credential or the prompt" in out, out
+    assert host.file(SECRETS_FILE).sha256sum == before
 
 
 def test_a_token_meta_does_not_accept_is_rolled_back(host, runs):
