@@ -231,16 +231,19 @@ def test_shares_of_another_key_stop_the_run_before_anything_changes(tmp_path):
 
 
 def test_a_bare_host_is_rebuilt_with_the_paper_shares_as_the_only_key(tmp_path):
-    """The key file is lost with the host: two of three paper shares of the service's key, typed into files on the
-    controller, are all there is of it. DNS and the certificate stay with replacement."""
+    """The key file is lost with the host: two of three paper shares of the service's key, typed into the AWX
+    survey's password questions (age_key_share_<n>, awx/job_templates.yml), are all there is of it; the job runs
+    through ansible-runner as AWX runs it. DNS and the certificate stay with replacement."""
     with open(os.path.join(os.environ["RUNBOOKS_SANDBOX_DIR"], "age.key"), encoding="utf-8") as handle:
         service_key = handle.read()
     files = paper_shares(service_key, tmp_path / "service")
-    shares = [line for path in files for line in Path(path).read_text(encoding="utf-8").split() if len(line) > 20]
-    given = {"whatsapp_mcp_age_key": "", "whatsapp_mcp_age_key_share_files": files[1:], "dns_record_server": "",
-             "rebootstrap_certificate": False}
-    rc, out = playbook("rebootstrap.yml", "target=paper", "incident_id=MOLECULE-HOST-DIED-PAPER", json.dumps(given),
-                       secrets=[*tokens(), tsig_secret(), *shares])
+    shares = [line for path in files for line in Path(path).read_text(encoding="utf-8").split() if line.startswith("rbi-shamir-v1:")]
+    assert len(shares) == 3
+    (tmp_path / "runner").mkdir()
+    answers = {"age_key_share_1": shares[2], "age_key_share_2": shares[0], "age_key_share_3": "",
+               "whatsapp_mcp_age_key": "", "dns_record_server": "", "rebootstrap_certificate": False}
+    rc, out = playbook("rebootstrap.yml", "target=paper", "incident_id=MOLECULE-HOST-DIED-PAPER", json.dumps(answers),
+                       artifacts=str(tmp_path / "runner"), secrets=[*tokens(), tsig_secret(), *shares])
     assert rc == 0, out
     paper = other("paper")  # no key was given but the shares: the key there is the one they rebuilt
     key = paper.file(KEY)
