@@ -97,6 +97,8 @@ APT_PACKAGES = [
     "chromium",
     # nft_blocklist's tests change the firewall of network namespaces of their own (tests/unit/test_nft_blocklist.py).
     "nftables",
+    # ansible-rulebook's rules engine (Drools) runs on Java 17 (tests/unit/test_eda_rulebook_runs.py).
+    "openjdk-17-jre-headless",
 ]
 # Phone number id of the sandbox's WhatsApp Business number (Graph API stand-in).
 SANDBOX_PHONE_ID = "109876543210987"
