@@ -4,7 +4,14 @@
 clock the tests move (the rulebook test runs the source itself in ansible-rulebook)."""
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import json
+import socket
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -122,3 +129,55 @@ def test_what_is_not_a_notification_is_refused(clock, payload):
 def test_limits_below_one_are_refused():
     with pytest.raises(ValueError, match="at least 1"):
         guarded.Guard(max_runs_per_hour=0)
+
+
+def test_the_webhook_serves_https_with_a_token_and_queues_an_event_per_alert(tmp_path):
+    """main() itself, as ansible-rulebook runs it: HTTPS with the certificate given, the bearer token required, one
+    event per alert on the queue, and what is not a notification refused without an event."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=eda", "-addext",
+                    "subjectAltName=IP:127.0.0.1", "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+
+    def post(payload, token):
+        request = urllib.request.Request("https://127.0.0.1:%d/alerts" % port, data=json.dumps(payload).encode(), method="POST",
+                                         headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=context) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    async def scenario():
+        queue = asyncio.Queue()
+        args = {"host": "127.0.0.1", "port": port, "token": "s3cret", "certfile": str(tmp_path / "cert.pem"), "keyfile": str(tmp_path / "key.pem")}
+        server = asyncio.create_task(guarded.main(queue, args))
+        loop = asyncio.get_running_loop()
+        try:
+            while True:  # until it listens (or has failed)
+                assert not server.done(), server.exception()
+                try:
+                    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.close()
+                    break
+                except OSError:
+                    await asyncio.sleep(0.05)
+            statuses = [await loop.run_in_executor(None, post, payload, token) for payload, token in (
+                (notification(alert("ServiceDown", "app-1"), alert("ServiceDown", "app-2")), "s3cret"),
+                (notification(alert("ServiceDown", "app-3")), "wrong"),
+                ({"alerts": "all of them"}, "s3cret"))]
+            return statuses, [queue.get_nowait() for dummy in range(queue.qsize())]
+        finally:
+            server.cancel()
+
+    statuses, events = asyncio.run(scenario())
+    assert statuses == [200, 401, 400]
+    assert [(event["host"], event["guard"]["decision"]) for event in events] == [("app-1", "run"), ("app-2", "run")]
+
+
+def test_a_certificate_without_its_key_is_refused():
+    with pytest.raises(ValueError, match="certfile and keyfile go together"):
+        guarded.tls_context("/etc/ssl/cert.pem", None)

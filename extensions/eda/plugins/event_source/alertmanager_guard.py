@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import os
 import re
+import ssl
 import time
 from typing import Any
 
@@ -47,6 +48,12 @@ options:
     description:
       - The bearer token Alertmanager sends (its receiver's C(http_config.authorization.credentials)); also read from
         the environment variable C(RUNBOOKS_EDA_TOKEN). Without one, any client is accepted.
+    type: str
+  certfile:
+    description: The certificate (PEM, with its chain) to serve HTTPS with; without it, plain HTTP (behind a TLS proxy).
+    type: str
+  keyfile:
+    description: The private key of O(certfile).
     type: str
   window:
     description: Seconds during which an alert is acted on once, and the blast radius is counted.
@@ -196,9 +203,21 @@ def events_of(payload, guard, host_labels=("host", "nodename", "instance"), inci
     return events
 
 
+def tls_context(certfile, keyfile):
+    """The server's TLS context, or None for plain HTTP; a key without a certificate (or the reverse) is refused."""
+    if not certfile and not keyfile:
+        return None
+    if not (certfile and keyfile):
+        raise ValueError("alertmanager_guard: certfile and keyfile go together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    return context
+
+
 async def main(queue: asyncio.Queue, args: dict[str, Any]) -> None:
     from aiohttp import web  # pylint: disable=import-outside-toplevel  # ansible-rulebook's own dependency
 
+    context = tls_context(args.get("certfile"), args.get("keyfile"))
     guard = Guard(int(args.get("window", 3600)), int(args.get("max_hosts_per_alert", 3)), int(args.get("max_runs_per_hour", 10)))
     token = args.get("token") or os.environ.get("RUNBOOKS_EDA_TOKEN", "")
     host_labels = args.get("host_labels") or ["host", "nodename", "instance"]
@@ -223,7 +242,8 @@ async def main(queue: asyncio.Queue, args: dict[str, Any]) -> None:
     app.router.add_post("/{tail:.*}", receive)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, args.get("host", "0.0.0.0"), int(args.get("port", 5000)))
+    site = web.TCPSite(runner, args.get("host", "0.0.0.0"), int(args.get("port", 5000)),
+                       ssl_context=context)
     await site.start()
     try:
         await asyncio.Future()
