@@ -79,7 +79,8 @@ def test_too_few_shares_or_a_typo_are_refused_and_write_nothing(ansible_play, tm
     few = ansible_play(ROLE, extra_vars=role_vars(tmp_path, age_key_shares=shares["lines"][:1]), verbosity=3)
     assert few.rc != 0 and "nothing was written" in few.stdout, few.stdout[-3000:]
     line = shares["lines"][0]
-    typo = line[:-3] + ("A" if line[-3] != "A" else "B") + line[-2:]
+    # A character of the checksum (hex, read in either case) changed to another digit: "A" for an "a" is no typo.
+    typo = line[:-3] + ("0" if line[-3].lower() != "0" else "1") + line[-2:]
     wrong = ansible_play(ROLE, extra_vars=role_vars(tmp_path, age_key_shares=[typo, shares["lines"][1]]), verbosity=3)
     assert wrong.rc != 0 and "nothing was written" in wrong.stdout, wrong.stdout[-3000:]
     assert os.listdir(tmp_path / "etc") == []
