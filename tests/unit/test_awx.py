@@ -79,9 +79,12 @@ def test_every_definition_is_valid_for_the_module_that_applies_it(defined, specs
             assert not errors(specs["workflow_job_template_node"], params), (workflow["name"], node["identifier"])
 
 
-def configure_arguments():
+def configure_tasks():
+    return yaml.safe_load((REPO_ROOT / "playbooks" / "awx_configure.yml").read_text())[0]["tasks"]
+
+
+def configure_arguments(tasks):
     """{kind: the options awx_configure.yml passes for each item of that kind}."""
-    tasks = yaml.safe_load((REPO_ROOT / "playbooks" / "awx_configure.yml").read_text())[0]["tasks"]
     passed = {}
     for task in tasks:
         found = re.search(r"(controller_\w+)", str(task.get("loop", "")))
@@ -93,15 +96,14 @@ def configure_arguments():
 
 def test_awx_configure_applies_every_option_the_definitions_give(defined):
     """A key of the data that awx_configure.yml does not pass on would be silently left out of AWX."""
-    passed = configure_arguments()
+    tasks = configure_tasks()
+    passed = configure_arguments(tasks)
     assert set(passed) == set(MODULES)
     for kind in MODULES:
         given = {key for item in defined[kind] for key in item} - FORMAT_KEYS.get(kind, set())
         assert given <= passed[kind], (kind, given - passed[kind])
     node_keys = {key for workflow in defined["controller_workflows"] for node in workflow["simplified_workflow_nodes"] for key in node}
-    node_tasks = [task["awx.awx.workflow_job_template_node"] for task in
-                  yaml.safe_load((REPO_ROOT / "playbooks" / "awx_configure.yml").read_text())[0]["tasks"]
-                  if "awx.awx.workflow_job_template_node" in task]
+    node_tasks = [task["awx.awx.workflow_job_template_node"] for task in tasks if "awx.awx.workflow_job_template_node" in task]
     assert node_keys <= {key for task in node_tasks for key in task}
 
 

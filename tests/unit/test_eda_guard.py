@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import socket
 import ssl
 import subprocess
 import urllib.error
@@ -131,15 +130,13 @@ def test_limits_below_one_are_refused():
         guarded.Guard(max_runs_per_hour=0)
 
 
-def test_the_webhook_serves_https_with_a_token_and_queues_an_event_per_alert(tmp_path):
+def test_the_webhook_serves_https_with_a_token_and_queues_an_event_per_alert(tmp_path, free_port):
     """main() itself, as ansible-rulebook runs it: HTTPS with the certificate given, the bearer token required, one
     event per alert on the queue, and what is not a notification refused without an event."""
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=eda", "-addext",
                     "subjectAltName=IP:127.0.0.1", "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
                    check=True, capture_output=True)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
 
     def post(payload, token):

@@ -35,10 +35,9 @@ DECLARE, RESTORE = "Runbook: Declare an incident", "Workflow: Restore the databa
 TRIAGE_INCIDENT = "AM-triaged0000000001"
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def listening(port):
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 class Alerts:
@@ -55,7 +54,7 @@ class Alerts:
 
 
 @pytest.fixture(name="rulebook")
-def rulebook_fixture(tmp_path):
+def rulebook_fixture(tmp_path, free_port):
     """The rulebook running against the AWX stand-in: (Alerts, the stand-in)."""
     binary = ansible_rulebook()
     defined = definitions()
@@ -75,7 +74,7 @@ def rulebook_fixture(tmp_path):
                                     cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             try:
                 deadline = time.monotonic() + 120
-                while socket.socket().connect_ex(("127.0.0.1", port)) != 0:  # the source listens once the rules are loaded
+                while not listening(port):  # the source listens once the rules are loaded
                     assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "rulebook.log").read_text()[-5000:]
                     time.sleep(0.1)
                 yield Alerts(port, token), awx

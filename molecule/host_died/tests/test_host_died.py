@@ -120,7 +120,8 @@ def test_dns_answers_the_replacement_address_at_the_zone_primary(host):
     resolver = dns.resolver.Resolver(configure=False)
     resolver.nameservers = [recorded("server").strip()]
     answer = [record.address for record in resolver.resolve("wa.sandbox.test", "A")]
-    assert answer == [address_of(host)] and address_of(host) != recorded("old-address").strip()
+    address = address_of(host)
+    assert answer == [address] and address != recorded("old-address").strip()
 
 
 def test_nginx_serves_a_certificate_of_the_ca_for_the_name(host):
